@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import sys
+import types
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import two_blob_logits
+
+from useful_data import _cluster, find_slow_learnable
+
+
+@pytest.fixture
+def fake_cuml(monkeypatch):
+    """A cuML that imports fine and fails at fit, as on a machine without a usable GPU."""
+    calls = {"fit": 0}
+
+    class KMeans:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+        def fit(self, x):
+            calls["fit"] += 1
+            raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
+
+        def fit_predict(self, x):
+            self.fit(x)
+
+    cuml = types.ModuleType("cuml")
+    cluster = types.ModuleType("cuml.cluster")
+    cluster.KMeans = KMeans
+    cuml.cluster = cluster
+    cuml.__spec__ = types.SimpleNamespace(name="cuml")  # find_spec looks at sys.modules first
+    monkeypatch.setitem(sys.modules, "cuml", cuml)
+    monkeypatch.setitem(sys.modules, "cuml.cluster", cluster)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    _cluster._cuml_probe.cache_clear()
+    yield calls
+    _cluster._cuml_probe.cache_clear()
+
+
+def test_auto_falls_back_to_sklearn_with_one_warning(fake_cuml):
+    logits, targets, truth = two_blob_logits()
+    with pytest.warns(RuntimeWarning, match="cuML is installed but not usable") as record:
+        sel = find_slow_learnable(logits=logits, targets=targets, backend="auto")
+    assert len([w for w in record if "cuML" in str(w.message)]) == 1
+    assert sel.params["backend"] == "sklearn"
+    np.testing.assert_array_equal(sel.mask, truth)
+    assert fake_cuml["fit"] == 1  # the probe only, not one failed fit per class
+
+
+def test_probe_is_cached(fake_cuml):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            _cluster.resolve_backend("auto")
+    assert fake_cuml["fit"] == 1
+
+
+def test_explicit_cuml_that_cannot_run_is_an_error(fake_cuml):
+    with pytest.raises(RuntimeError, match="backend='cuml' was requested but cuML cannot run"):
+        find_slow_learnable(logits=np.zeros((4, 2)), targets=[0, 1, 0, 1], backend="cuml")
+
+
+def test_fit_time_failure_falls_back_in_auto_mode(monkeypatch):
+    """cuML passes the probe but fails later on real data: auto mode falls back, once."""
+    logits, targets, _truth = two_blob_logits()
+    km = _cluster.KMeans2("sklearn")
+    km.backend, km.requested = "cuml", "auto"
+
+    def broken(_features):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(km, "_fit_cuml", broken)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        labels = km.fit_predict(logits[targets == 0])
+    assert km.backend == "sklearn" and set(labels.tolist()) == {0, 1}
+    km.requested = "cuml"
+    km.backend = "cuml"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        km.fit_predict(logits[targets == 0])
+
+
+def test_no_cuml_installed(monkeypatch):
+    monkeypatch.setattr(_cluster, "_cuml_installed", lambda: False)
+    _cluster._cuml_probe.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # silently CPU when cuML is simply absent
+            assert _cluster.resolve_backend("auto") == "sklearn"
+        with pytest.raises(ImportError, match=r"useful-data\[gpu\]"):
+            _cluster.resolve_backend("cuml")
+    finally:
+        _cluster._cuml_probe.cache_clear()
+
+
+@pytest.mark.skipif(not _cluster.cuml_usable(), reason="needs RAPIDS cuML and a usable GPU")
+def test_cuml_and_sklearn_give_the_same_partition():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2000, 10)).astype(np.float32)
+    targets = rng.integers(0, 10, 2000)
+    logits[np.arange(2000), targets] += rng.choice([0.0, 5.0], size=2000)
+    a = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    b = find_slow_learnable(logits=logits, targets=targets, backend="cuml")
+    assert b.params["backend"] == "cuml"
+    np.testing.assert_array_equal(a.mask, b.mask)  # slow = higher loss: label swap irrelevant

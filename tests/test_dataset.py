@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from conftest import two_blob_logits
+from torch.utils.data import DataLoader, TensorDataset
+
+from useful_data import USEFULDataset, find_slow_learnable
+
+
+class Labelled(torch.utils.data.Dataset):
+    """A torchvision-like dataset: .targets list, .classes, settable .transform."""
+
+    def __init__(self, n: int = 10):
+        self.data = torch.arange(float(n))
+        self.targets = [i % 3 for i in range(n)]
+        self.classes = ["a", "b", "c"]
+        self.transform = None
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x = self.data[i]
+        return (self.transform(x) if self.transform else x), self.targets[i]
+
+
+def test_length_order_and_items():
+    ds = USEFULDataset(Labelled(6), [1, 4], upsample_factor=3)
+    assert len(ds) == 6 + 2 * 2
+    assert ds.index_map.tolist() == [0, 1, 2, 3, 4, 5, 1, 4, 1, 4]
+    assert [float(ds[i][0]) for i in range(len(ds))] == ds.index_map.tolist()
+    assert float(ds[-1][0]) == 4.0
+
+
+def test_every_example_once_and_slow_ones_k_times():
+    logits, targets, _ = two_blob_logits()
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    ds = USEFULDataset(TensorDataset(torch.arange(len(targets))), sel)
+    counts = np.bincount(ds.index_map, minlength=len(targets))
+    np.testing.assert_array_equal(counts, np.where(sel.mask, 2, 1))
+    assert len(ds) == sel.upsampled_size
+
+
+@pytest.mark.parametrize("selection", [[2, 0], np.array([True, False, True, False, False])])
+def test_accepts_indices_and_masks(selection):
+    ds = USEFULDataset(Labelled(5), selection)
+    assert sorted(ds.index_map[5:].tolist()) == [0, 2]
+
+
+def test_accepts_tensor_indices_and_path(tmp_path):
+    logits, targets, _ = two_blob_logits()
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    base = TensorDataset(torch.arange(len(targets)), torch.from_numpy(targets))
+    from_path = USEFULDataset(base, sel.save(tmp_path / "s.npz"))
+    from_tensor = USEFULDataset(base, torch.from_numpy(sel.indices))
+    np.testing.assert_array_equal(from_path.index_map, from_tensor.index_map)
+
+
+def test_upsample_factor_defaults_to_selection_hint():
+    logits, targets, _ = two_blob_logits()
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn", upsample_factor=3)
+    ds = USEFULDataset(TensorDataset(torch.zeros(len(targets))), sel)
+    assert ds.upsample_factor == 3 and len(ds) == len(targets) + 2 * sel.num_slow_learnable
+    assert len(USEFULDataset(Labelled(4), [0])) == 5
+    assert len(USEFULDataset(Labelled(4), [0], upsample_factor=1)) == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"selection": [0], "upsample_factor": 0}, ValueError, "upsample_factor=0"),
+        ({"selection": [0], "upsample_factor": 2.0}, TypeError, "upsample_factor"),
+        ({"selection": [0], "upsample_factor": True}, TypeError, "upsample_factor"),
+        ({"selection": [9]}, ValueError, "index 9"),
+        ({"selection": [1, 1]}, ValueError, "repeat"),
+        ({"selection": np.ones(3, dtype=bool)}, ValueError, "shape"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        USEFULDataset(Labelled(5), **kwargs)
+
+
+def test_index_errors():
+    ds = USEFULDataset(Labelled(3), [0])
+    with pytest.raises(IndexError, match="out of range"):
+        ds[4]
+    with pytest.raises(IndexError):
+        ds[-5]
+    with pytest.raises(TypeError, match="integer"):
+        ds[[0, 1]]
+
+
+def test_fingerprint_mismatch_is_a_clear_error():
+    logits, targets, _ = two_blob_logits()
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    other = TensorDataset(torch.zeros(len(targets)))
+    other.targets = np.roll(targets, 1)  # same size, another order/split
+    with pytest.raises(ValueError, match="fingerprint"):
+        USEFULDataset(other, sel)
+    with pytest.raises(ValueError, match="another dataset"):
+        USEFULDataset(TensorDataset(torch.zeros(len(targets) + 1)), sel)
+
+
+def test_transform_assignment_reaches_wrapped_dataset_and_attributes_delegate():
+    base = Labelled(4)
+    ds = USEFULDataset(base, [3])
+    ds.transform = lambda x: x * 10
+    assert base.transform is ds.transform
+    assert float(ds[4][0]) == 30.0
+    assert ds.classes == ["a", "b", "c"]
+    with pytest.raises(AttributeError):
+        ds.no_such_attribute  # noqa: B018
+    with pytest.raises(AttributeError, match="read-only"):
+        ds.index_map = np.arange(3)
+
+
+def test_targets_reflect_upsampled_view():
+    ds = USEFULDataset(Labelled(5), [1, 2])
+    assert ds.targets == [0, 1, 2, 0, 1, 1, 2]
+    tensor_ds = TensorDataset(torch.zeros(3))
+    tensor_ds.targets = torch.tensor([2, 0, 1])
+    assert USEFULDataset(tensor_ds, [2]).targets.tolist() == [2, 0, 1, 1]
+    assert USEFULDataset(TensorDataset(torch.zeros(2)), [0]).targets is None
+
+
+def test_picklable_and_works_with_spawn_workers():
+    ds = USEFULDataset(Labelled(8), [0, 7])
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone.index_map.tolist() == ds.index_map.tolist()
+    assert clone.classes == ds.classes
+    loader = DataLoader(ds, batch_size=5, num_workers=2, multiprocessing_context="spawn")
+    seen = torch.cat([x for x, _ in loader]).tolist()
+    assert seen == [float(i) for i in ds.index_map.tolist()]
+
+
+def test_repr():
+    assert "num_slow_learnable=1" in repr(USEFULDataset(Labelled(3), [1]))

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from useful_data import UpsampleSampler, USEFULDataset
+
+
+def _multiset(n, slow, k):
+    return Counter(list(range(n)) + [i for i in slow for _ in range(k - 1)])
+
+
+@pytest.mark.parametrize("n", [1, 7, 50])
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_single_process_yields_the_upsampled_multiset(n, k, shuffle):
+    slow = list(range(0, n, 3))
+    sampler = UpsampleSampler(slow, num_examples=n, upsample_factor=k, shuffle=shuffle, seed=1)
+    out = list(sampler)
+    assert Counter(out) == _multiset(n, slow, k)
+    assert len(out) == len(sampler) == n + (k - 1) * len(slow) == sampler.multiset_size
+
+
+def test_same_multiset_as_useful_dataset():
+    mask = np.zeros(20, dtype=bool)
+    mask[[3, 5, 19]] = True
+    ds = USEFULDataset(torch.utils.data.TensorDataset(torch.arange(20)), mask)
+    assert Counter(UpsampleSampler(mask)) == Counter(ds.index_map.tolist())
+    assert list(UpsampleSampler(mask, shuffle=False)) == ds.index_map.tolist()
+
+
+@pytest.mark.parametrize(
+    ("n", "num_slow", "k", "replicas", "drop_last"),
+    list(itertools.product([5, 13, 64], [0, 1, 4], [2, 3], [1, 2, 3, 4], [False, True])),
+)
+def test_shards_match_torch_distributed_sampler_arithmetic(n, num_slow, k, replicas, drop_last):
+    slow = list(range(num_slow))
+    total = n + (k - 1) * num_slow
+    shards = [
+        list(
+            UpsampleSampler(
+                slow,
+                num_examples=n,
+                upsample_factor=k,
+                num_replicas=replicas,
+                rank=r,
+                drop_last=drop_last,
+                seed=7,
+            )
+        )
+        for r in range(replicas)
+    ]
+    lengths = {len(s) for s in shards}
+    assert len(lengths) == 1  # every rank gets the same number of samples
+    per_rank = lengths.pop()
+    expected = (
+        math.ceil((total - replicas) / replicas)
+        if drop_last and total % replicas
+        else math.ceil(total / replicas)
+    )
+    assert per_rank == expected
+    # compare positions with torch's DistributedSampler over the same shuffled multiset
+    full = list(UpsampleSampler(slow, num_examples=n, upsample_factor=k, seed=7))
+    ref = [
+        [
+            full[i]
+            for i in DistributedSampler(
+                range(total), num_replicas=replicas, rank=r, shuffle=False, drop_last=drop_last
+            )
+        ]
+        for r in range(replicas)
+    ]
+    assert shards == ref
+    union = Counter(itertools.chain.from_iterable(shards))
+    if drop_last:
+        assert union == Counter(full[: per_rank * replicas])  # shards disjoint slices
+    else:
+        multiset = _multiset(n, slow, k)
+        padded = union - multiset
+        assert not (multiset - union)  # union covers the full multiset
+        assert sum(padded.values()) == per_rank * replicas - total  # only padding is extra
+
+
+def test_shards_are_disjoint_positions_without_padding():
+    sampler_args = {"num_examples": 12, "upsample_factor": 2, "seed": 3}
+    shards = [
+        list(UpsampleSampler([0, 1, 2, 3], num_replicas=4, rank=r, **sampler_args))
+        for r in range(4)
+    ]
+    assert Counter(itertools.chain.from_iterable(shards)) == _multiset(12, [0, 1, 2, 3], 2)
+
+
+def test_deterministic_per_seed_and_epoch_and_changes_across_epochs():
+    a = UpsampleSampler([1, 2, 3], num_examples=40, seed=11)
+    b = UpsampleSampler([1, 2, 3], num_examples=40, seed=11)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert list(a) == list(b) != first
+    assert Counter(list(a)) == Counter(first)
+    c = UpsampleSampler([1, 2, 3], num_examples=40, seed=12)
+    assert list(c) != first
+
+
+def test_epoch_order_is_consistent_across_ranks():
+    def shard(rank, epoch):
+        s = UpsampleSampler([0, 5], num_examples=30, num_replicas=2, rank=rank, seed=0)
+        s.set_epoch(epoch)
+        return list(s)
+
+    for epoch in range(3):
+        union = Counter(shard(0, epoch) + shard(1, epoch))
+        assert union == _multiset(30, [0, 5], 2)
+
+
+def test_does_not_touch_global_rng():
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    list(UpsampleSampler([1], num_examples=10))
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_works_in_a_dataloader():
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    loader = DataLoader(data, batch_size=4, sampler=UpsampleSampler([9], num_examples=10))
+    seen = torch.cat([b[0] for b in loader]).tolist()
+    assert Counter(seen) == _multiset(10, [9], 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_replicas": 0}, ValueError, "num_replicas"),
+        ({"num_replicas": 2, "rank": 2}, ValueError, r"Invalid rank 2"),
+        ({"rank": -1}, ValueError, "rank"),
+        ({"upsample_factor": 0}, ValueError, "upsample_factor"),
+        ({"num_examples": 2}, ValueError, "index 3"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    kwargs.setdefault("num_examples", 10)
+    with pytest.raises(error, match=match):
+        UpsampleSampler([3], **kwargs)
+
+
+def test_indices_need_num_examples():
+    with pytest.raises(ValueError, match="num_examples"):
+        UpsampleSampler([3])

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import two_blob_logits
+
+from useful_data import Selection, find_slow_learnable
+from useful_data.selection import dataset_fingerprint, resolve_selection
+
+
+@pytest.fixture
+def selection() -> Selection:
+    logits, targets, _ = two_blob_logits()
+    return find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+
+
+def test_selection_is_immutable(selection):
+    with pytest.raises(ValueError):
+        selection.mask[0] = not selection.mask[0]
+    with pytest.raises(AttributeError):
+        selection.upsample_factor = 3  # type: ignore[misc]
+
+
+def test_save_load_round_trip(tmp_path, selection):
+    path = selection.save(tmp_path / "sel.npz")
+    loaded = Selection.load(path)
+    np.testing.assert_array_equal(loaded.mask, selection.mask)
+    np.testing.assert_array_equal(loaded.loss, selection.loss)
+    np.testing.assert_array_equal(loaded.targets, selection.targets)
+    assert loaded.params == selection.params
+    assert loaded.unsplit == selection.unsplit
+    assert loaded.upsample_factor == selection.upsample_factor
+    assert loaded.fingerprint == selection.fingerprint
+    assert [c for c in loaded.class_summary()] == [c for c in selection.class_summary()]
+
+
+def test_save_keeps_exact_path_and_leaves_no_temp_files(tmp_path, selection):
+    selection.save(tmp_path / "selection.useful")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["selection.useful"]
+
+
+def test_file_is_not_a_pickle(tmp_path, selection):
+    path = selection.save(tmp_path / "sel.npz")
+    with np.load(path, allow_pickle=False) as data:  # loads without pickle
+        meta = json.loads(data["meta"].tobytes())
+    assert meta["format"] == "useful-data/selection" and meta["format_version"] == 1
+
+
+def test_unsplit_classes_survive_round_trip(tmp_path):
+    sel = Selection(
+        mask=np.array([True, False, False]),
+        loss=np.array([1.0, 0.5, 0.1]),
+        targets=np.array([0, 0, 1]),
+        unsplit={1: "single example"},
+    )
+    assert Selection.load(sel.save(tmp_path / "s.npz")).unsplit == {1: "single example"}
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Selection.load(tmp_path / "nope.npz")
+
+
+def test_load_unreadable_file(tmp_path):
+    path = tmp_path / "garbage.npz"
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="not a readable useful-data selection"):
+        Selection.load(path)
+
+
+def _rewrite_meta(path, **changes):
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    meta.update(changes)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
+
+
+def test_load_wrong_version(tmp_path, selection):
+    path = selection.save(tmp_path / "sel.npz")
+    _rewrite_meta(path, format_version=99)
+    with pytest.raises(ValueError, match="format_version=99"):
+        Selection.load(path)
+
+
+def test_load_other_npz(tmp_path):
+    path = tmp_path / "other.npz"
+    np.savez(path, a=np.zeros(3))
+    with pytest.raises(ValueError, match="missing"):
+        Selection.load(path)
+
+
+def test_load_detects_corruption(tmp_path, selection):
+    path = selection.save(tmp_path / "sel.npz")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["targets"] = arrays["targets"][::-1].copy()
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="corrupt"):
+        Selection.load(path)
+    assert zipfile.is_zipfile(path)
+
+
+def test_fingerprint_changes_with_labels_or_order():
+    a = dataset_fingerprint(np.array([0, 1, 2]))
+    assert a == dataset_fingerprint(np.array([0, 1, 2], dtype=np.int32))
+    assert a != dataset_fingerprint(np.array([0, 2, 1]))
+    assert a != dataset_fingerprint(np.array([0, 1, 2, 2]))
+
+
+def test_class_summary_counts(selection):
+    summary = selection.class_summary()
+    assert sum(c.num_examples for c in summary) == selection.num_examples
+    assert sum(c.num_slow_learnable for c in summary) == selection.num_slow_learnable
+    assert selection.upsampled_size == selection.num_examples + selection.num_slow_learnable
+    assert "num_slow_learnable=54" in repr(selection)
+
+
+def test_constructor_validates_shapes():
+    with pytest.raises(ValueError, match="mask"):
+        Selection(mask=np.array([1, 0]), loss=np.zeros(2), targets=np.zeros(2, dtype=int))
+    with pytest.raises(ValueError, match="loss"):
+        Selection(mask=np.array([True]), loss=np.zeros(2), targets=np.zeros(1, dtype=int))
+
+
+@pytest.mark.parametrize(
+    ("value", "num_examples", "match"),
+    [
+        ([0, 5], 5, r"\[0, 5\).*index 5"),
+        ([-1], 5, "index -1"),
+        ([1, 1], 5, "appears 2 times"),
+        (np.array([True, False]), 3, r"shape \(3,\)"),
+        ([1, 2], None, "num_examples"),
+    ],
+)
+def test_resolve_selection_errors(value, num_examples, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_selection(value, num_examples)
+
+
+def test_resolve_selection_size_mismatch(selection):
+    with pytest.raises(ValueError, match="computed on 180 examples"):
+        resolve_selection(selection, 100)
+
+
+def test_resolve_selection_type_error():
+    with pytest.raises(TypeError, match="selection"):
+        resolve_selection(3.5, 4)  # type: ignore[arg-type]

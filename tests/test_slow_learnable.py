@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import two_blob_logits
+from torch.utils.data import ConcatDataset, Subset, TensorDataset
+
+from useful_data import Selection, find_slow_learnable
+from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
+
+
+def test_higher_loss_cluster_is_selected():
+    logits, targets, truth = two_blob_logits()
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    np.testing.assert_array_equal(sel.mask, truth)
+    # a flipped cluster choice would select exactly the complement
+    assert not np.array_equal(sel.mask, ~truth)
+    for c in sel.class_summary():
+        assert c.mean_loss_slow > c.mean_loss_fast
+        assert c.split
+
+
+def test_cluster_choice_is_by_loss_not_by_size_or_label():
+    # The high-loss cluster is the LARGER one here (70%), so "smaller cluster" heuristics fail.
+    logits, targets, truth = two_blob_logits(slow_fraction=0.7, seed=3)
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    np.testing.assert_array_equal(sel.mask, truth)
+
+
+def test_numpy_and_torch_inputs_agree_and_indices_are_sorted_int64():
+    logits, targets, _ = two_blob_logits(seed=1)
+    a = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    b = find_slow_learnable(
+        logits=torch.from_numpy(logits), targets=torch.from_numpy(targets), backend="sklearn"
+    )
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.indices.dtype == np.int64
+    assert np.all(np.diff(a.indices) > 0)
+    np.testing.assert_array_equal(a.indices, np.flatnonzero(a.mask))
+
+
+def test_loss_is_per_example_cross_entropy():
+    logits, targets, _ = two_blob_logits(seed=2)
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -log_probs[np.arange(len(targets)), targets]
+    np.testing.assert_allclose(sel.loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_labels_are_fine():
+    logits, targets, truth = two_blob_logits(num_classes=3)
+    wide = np.zeros((len(targets), 8), dtype=np.float32) - 5.0
+    mapping = np.array([1, 4, 7])
+    wide[:, mapping] = logits
+    sel = find_slow_learnable(logits=wide, targets=mapping[targets], backend="sklearn")
+    np.testing.assert_array_equal(sel.mask, truth)
+    assert [c.label for c in sel.class_summary()] == [1, 4, 7]
+
+
+def test_deterministic_given_seed():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(300, 4)).astype(np.float32)  # no clear structure: seed matters
+    targets = rng.integers(0, 4, 300)
+    a = find_slow_learnable(logits=logits, targets=targets, seed=5, backend="sklearn")
+    b = find_slow_learnable(logits=logits, targets=targets, seed=5, backend="sklearn")
+    np.testing.assert_array_equal(a.mask, b.mask)
+    assert a.params["seed"] == 5 and a.params["n_init"] == 10
+
+
+def test_probs_features():
+    logits, targets, truth = two_blob_logits(seed=4)
+    sel = find_slow_learnable(logits=logits, targets=targets, features="probs", backend="sklearn")
+    np.testing.assert_array_equal(sel.mask, truth)
+    assert sel.params["features"] == "probs"
+
+
+def test_single_example_class_is_reported_not_split():
+    logits, targets, _ = two_blob_logits(num_classes=2)
+    logits = np.vstack([logits, np.array([[0.0, 0.0, 3.0]], dtype=np.float32)[:, :2]])
+    logits = np.hstack([logits, np.zeros((len(logits), 1), dtype=np.float32)])
+    targets = np.append(targets, 2)
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    summary = {c.label: c for c in sel.class_summary()}
+    assert summary[2].num_examples == 1 and not summary[2].split
+    assert summary[2].note == "single example"
+    assert not sel.mask[-1]
+
+
+def test_identical_outputs_warn_and_are_not_split():
+    logits = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (10, 1))
+    targets = np.zeros(10, dtype=np.int64)
+    with pytest.warns(RuntimeWarning, match="identical"):
+        sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    assert sel.num_slow_learnable == 0
+    assert sel.class_summary()[0].note == "identical outputs"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"logits": np.zeros((4, 2)), "targets": np.zeros(3, dtype=int)}, ValueError, r"\(4,\)"),
+        ({"logits": np.zeros(4), "targets": np.zeros(4, dtype=int)}, ValueError, "shape"),
+        ({"logits": np.zeros((4, 1)), "targets": np.zeros(4, dtype=int)}, ValueError, "2 col"),
+        ({"logits": np.zeros((4, 2)), "targets": np.array([0, 1, 2, 0])}, ValueError, "label 2"),
+        ({"logits": np.zeros((4, 2)), "targets": np.array([0, 1, -1, 0])}, ValueError, "label -1"),
+        ({"logits": np.zeros((4, 2)), "targets": np.array([0.5, 1, 0, 0])}, ValueError, "integer"),
+        ({"logits": np.zeros((4, 2))}, TypeError, "targets="),
+        ({}, TypeError, "exactly one source"),
+        ({"logits": np.zeros((4, 2)), "targets": [0, 1, 0, 1], "n_init": 0}, ValueError, "n_init"),
+        (
+            {"logits": np.zeros((4, 2)), "targets": [0, 1, 0, 1], "backend": "gpu"},
+            ValueError,
+            "backend",
+        ),
+        (
+            {"logits": np.zeros((4, 2)), "targets": [0, 1, 0, 1], "features": "x"},
+            ValueError,
+            "features",
+        ),
+        (
+            {"logits": np.zeros((4, 2)), "targets": [0, 1, 0, 1], "upsample_factor": 0},
+            ValueError,
+            "upsample_factor",
+        ),
+        (
+            {"logits": np.zeros((4, 2)), "targets": [0, 1, 0, 1], "upsample_factor": 1.5},
+            TypeError,
+            "upsample_factor",
+        ),
+    ],
+)
+def test_bad_input_is_a_clear_error(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        find_slow_learnable(**kwargs)
+
+
+def test_non_finite_logits_say_how_many_and_where():
+    logits, targets, _ = two_blob_logits()
+    logits[7, 0] = np.nan
+    logits[9, 1] = np.inf
+    logits[9, 2] = np.nan
+    with pytest.raises(ValueError, match=r"2 of 180 rows .*\(first at index 7\)"):
+        find_slow_learnable(logits=logits, targets=targets)
+
+
+def test_model_and_logits_together_is_an_error():
+    with pytest.raises(TypeError, match="exactly one"):
+        find_slow_learnable(torch.nn.Linear(2, 2), logits=np.zeros((2, 2)), targets=[0, 1])
+
+
+def _blob_dataset(seed: int = 0):
+    logits, targets, truth = two_blob_logits(seed=seed)
+    # identity "model" over logits-as-inputs makes the expected answer exact
+    return TensorDataset(torch.from_numpy(logits), torch.from_numpy(targets)), truth
+
+
+def test_model_mode_matches_logits_mode_and_restores_train_mode():
+    data, truth = _blob_dataset()
+    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Dropout(0.0))
+    model.train()
+    model[0].eval()  # mixed modes must be restored exactly
+    sel = find_slow_learnable(model, data, batch_size=32, progress=False, backend="sklearn")
+    np.testing.assert_array_equal(sel.mask, truth)
+    assert model.training and not model[0].training and model[1].training
+
+
+class _TargetsDataset(torch.utils.data.Dataset):
+    """Items are dicts; labels also exposed as .targets (and counted when items are read)."""
+
+    def __init__(self, x, y):
+        self.x, self.targets, self.reads = x, y.tolist(), 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return {"image": self.x[i], "label": self.targets[i]}
+
+
+def test_dict_items_and_targets_attribute():
+    logits, targets, truth = two_blob_logits()
+    data = _TargetsDataset(torch.from_numpy(logits), targets)
+    sel = find_slow_learnable(torch.nn.Identity(), data, progress=False, backend="sklearn")
+    np.testing.assert_array_equal(sel.mask, truth)
+    assert data.reads == len(data)  # each item loaded once
+
+
+def test_targets_read_through_subset_and_concat():
+    logits, targets, truth = two_blob_logits()
+    base = _TargetsDataset(torch.from_numpy(logits), targets)
+    view = ConcatDataset([Subset(base, range(0, 100)), Subset(base, range(100, 180))])
+    sel = find_slow_learnable(logits=logits, dataset=view, backend="sklearn")
+    np.testing.assert_array_equal(sel.mask, truth)
+
+
+def test_eval_dataset_must_match_length_and_labels():
+    data, _ = _blob_dataset()
+    x, y = data.tensors
+    with pytest.raises(ValueError, match="same examples"):
+        find_slow_learnable(
+            torch.nn.Identity(), data, eval_dataset=TensorDataset(x[:-1], y[:-1]), progress=False
+        )
+    shuffled = y.clone()
+    shuffled[[0, 1]] = shuffled[[1, 0]] if shuffled[0] != shuffled[1] else shuffled[[0, 2]]
+    wrong = _TargetsDataset(x, shuffled.numpy())
+    with pytest.raises(ValueError, match="labels"):
+        find_slow_learnable(
+            torch.nn.Identity(), _TargetsDataset(x, y.numpy()), eval_dataset=wrong, progress=False
+        )
+
+
+def test_eval_dataset_is_used_for_outputs():
+    data, truth = _blob_dataset()
+    x, y = data.tensors
+    noisy_train_view = TensorDataset(torch.randn_like(x), y)  # "augmented": useless outputs
+    sel = find_slow_learnable(
+        torch.nn.Identity(),
+        noisy_train_view,
+        eval_dataset=data,
+        progress=False,
+        backend="sklearn",
+    )
+    np.testing.assert_array_equal(sel.mask, truth)
+
+
+def test_item_without_target_is_a_clear_error():
+    data = TensorDataset(torch.randn(6, 2))
+    with pytest.raises(ValueError, match="labels"):
+        find_slow_learnable(torch.nn.Identity(), data, progress=False)
+
+
+def test_selection_on_the_papers_synthetic_distribution():
+    """Definition 3.1 data: after early GD, the selection is the examples without v_e."""
+    data = make_simplicity_bias_data(2000, seed=0)
+    model = ToyCNN(init_std=0.01, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(250):  # calibrated: v_e is learned, v_d is not (see docs/how-it-works)
+        loss = torch.nn.functional.cross_entropy(model(data.inputs), data.targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model.feature_alignment(data.v_e) > 2 * model.feature_alignment(data.v_d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sel = find_slow_learnable(model, data, batch_size=500, progress=False, backend="sklearn")
+    truth = ~data.has_fast_feature.numpy()
+    tp = int((sel.mask & truth).sum())
+    precision, recall = tp / sel.num_slow_learnable, tp / int(truth.sum())
+    print(f"synthetic selection: precision={precision:.3f} recall={recall:.3f}")
+    assert precision >= 0.9 and recall >= 0.95
+    assert isinstance(sel, Selection)

@@ -1,0 +1,24 @@
+"""useful-data: USEFUL (UpSample Early For Uniform Learning) for PyTorch training loops.
+
+Train for a few epochs, find the slow-learnable examples with :func:`find_slow_learnable`,
+then restart training from scratch on :class:`USEFULDataset` (or with
+:class:`UpsampleSampler`), where they appear twice.
+
+Paper: Nguyen, Haddad, Gan, Mirzasoleiman, "Changing the Training Data Distribution to Reduce
+Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024.
+"""
+
+from useful_data._version import __version__
+from useful_data.dataset import USEFULDataset
+from useful_data.sampler import UpsampleSampler
+from useful_data.selection import ClassSummary, Selection
+from useful_data.slow_learnable import find_slow_learnable
+
+__all__ = [
+    "ClassSummary",
+    "Selection",
+    "USEFULDataset",
+    "UpsampleSampler",
+    "__version__",
+    "find_slow_learnable",
+]

@@ -1,0 +1,97 @@
+"""Reading class labels from datasets and batches without loading inputs twice."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+__all__ = ["INPUT_KEYS", "TARGET_KEYS", "dataset_targets", "split_batch"]
+
+#: Keys tried, in order, for the model input of a dict-shaped dataset item.
+INPUT_KEYS: tuple[str, ...] = ("input", "inputs", "image", "images", "pixel_values", "x")
+#: Keys tried, in order, for the class label of a dict-shaped dataset item.
+TARGET_KEYS: tuple[str, ...] = ("target", "targets", "label", "labels", "y")
+
+
+def dataset_targets(dataset: Dataset[Any]) -> np.ndarray | None:
+    """Return the labels of ``dataset`` as an int64 array, or ``None`` if it does not expose them.
+
+    Reads ``dataset.targets`` or ``dataset.labels`` (torchvision's and timm's convention) and
+    follows :class:`~torch.utils.data.Subset` and :class:`~torch.utils.data.ConcatDataset`,
+    so labels are known without loading a single input.
+    """
+    if isinstance(dataset, Subset):
+        base = dataset_targets(dataset.dataset)
+        return None if base is None else base[np.asarray(dataset.indices, dtype=np.int64)]
+    if isinstance(dataset, ConcatDataset):
+        parts = [dataset_targets(d) for d in dataset.datasets]
+        if any(p is None for p in parts):
+            return None
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    for name in ("targets", "labels"):
+        # getattr on the class first: a property that loads data is still fine to call once.
+        values = getattr(dataset, name, None)
+        if values is None or callable(values):
+            continue
+        array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+        try:
+            array = np.asarray(array)
+        except (TypeError, ValueError):
+            continue
+        if array.ndim != 1 or array.dtype == object:
+            continue
+        if array.size and not np.issubdtype(array.dtype, np.integer):
+            if not np.issubdtype(array.dtype, np.floating) or not np.all(array == np.round(array)):
+                continue
+        try:
+            size = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            size = len(array)
+        if len(array) != size:
+            continue
+        return array.astype(np.int64, copy=False)
+    return None
+
+
+def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
+    """Split a collated batch into ``(inputs, targets)``.
+
+    Accepts ``(input, target, ...)`` tuples/lists, dicts keyed by one of :data:`INPUT_KEYS`
+    and :data:`TARGET_KEYS`, or a bare input tensor (targets then ``None``).
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, Mapping):
+        input_key = next((k for k in INPUT_KEYS if k in batch), None)
+        if input_key is None:
+            raise TypeError(
+                f"dataset items that are dicts should hold the input under one of {INPUT_KEYS}, "
+                f"but got keys {sorted(map(str, batch))}"
+            )
+        target_key = next((k for k in TARGET_KEYS if k in batch), None)
+        return batch[input_key], (_as_target_tensor(batch[target_key]) if target_key else None)
+    if isinstance(batch, Sequence) and not isinstance(batch, str | bytes):
+        if len(batch) == 0:
+            raise TypeError("dataset items should be (input, target, ...), but got an empty item")
+        if len(batch) == 1:
+            return batch[0], None
+        return batch[0], _as_target_tensor(batch[1])
+    raise TypeError(
+        "dataset items should be tensors, (input, target, ...) tuples or dicts, "
+        f"but got {type(batch).__name__}"
+    )
+
+
+def _as_target_tensor(value: Any) -> torch.Tensor:
+    tensor = torch.as_tensor(value)
+    if tensor.ndim != 1 or (tensor.is_floating_point() and not torch.equal(tensor, tensor.round())):
+        raise TypeError(
+            "targets should be integer class indices of shape (B,), but got a batch of "
+            f"dtype {tensor.dtype} and shape {tuple(tensor.shape)} (one-hot or soft labels "
+            "are not class labels: pass targets= explicitly)"
+        )
+    return tensor.long()

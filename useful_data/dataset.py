@@ -1,0 +1,156 @@
+"""``USEFULDataset``: a training set in which the slow-learnable examples appear ``k`` times.
+
+The wrapped dataset is untouched: the wrapper maps each of its ``N + (k - 1) |S|`` positions
+to a base index through one int64 array, ``[0, 1, ..., N-1]`` followed by the slow-learnable
+indices repeated ``k - 1`` times (Algorithm 1: ``D = D ∪ C2``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from useful_data._checks import check_upsample_factor
+from useful_data._targets import dataset_targets
+from useful_data.selection import SelectionLike, dataset_fingerprint, resolve_selection
+
+__all__ = ["USEFULDataset"]
+
+T_co = TypeVar("T_co", covariant=True)
+
+# Attributes that belong to the wrapper itself; every other attribute is read from and
+# written to the wrapped dataset, so timm's ``loader.dataset.transform = ...`` reaches it.
+_OWN = frozenset({"dataset", "upsample_factor", "index_map", "slow_learnable_mask", "selection"})
+
+
+class USEFULDataset(Dataset[T_co], Generic[T_co]):
+    """Wrap a map-style dataset so its slow-learnable examples appear ``upsample_factor`` times.
+
+    Drop it in right after building the training set; everything downstream (DataLoader,
+    ``DistributedSampler``, timm's ``create_loader``) works unchanged.
+
+    Args:
+        dataset: The original training set (map-style, with ``__len__``).
+        selection: A :class:`~useful_data.Selection`, a path to a saved one, a boolean mask of
+            shape ``(N,)`` or a sequence of distinct indices of slow-learnable examples.
+        upsample_factor: How many times a slow-learnable example appears, ``k >= 1``. Defaults
+            to the Selection's ``upsample_factor`` (2, as in the paper), or 2.
+
+    Raises:
+        ValueError: if the selection does not fit the dataset (length, indices, or a
+            fingerprint mismatch when the dataset exposes its labels).
+        TypeError: if ``upsample_factor`` is not an integer.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> base = TensorDataset(torch.arange(5.0), torch.tensor([0, 0, 1, 1, 1]))
+        >>> ds = USEFULDataset(base, [1, 4])
+        >>> len(ds), ds.index_map.tolist()
+        (7, [0, 1, 2, 3, 4, 1, 4])
+        >>> ds[6]
+        (tensor(4.), tensor(1))
+    """
+
+    dataset: Dataset[T_co]
+    upsample_factor: int
+    index_map: np.ndarray
+    slow_learnable_mask: np.ndarray
+
+    def __init__(
+        self,
+        dataset: Dataset[T_co],
+        selection: SelectionLike,
+        upsample_factor: int | None = None,
+    ) -> None:
+        try:
+            num_examples = len(dataset)  # type: ignore[arg-type]
+        except TypeError as err:
+            raise TypeError(
+                "dataset should be a map-style dataset with __len__, "
+                f"but got {type(dataset).__name__}"
+            ) from err
+        mask, sel = resolve_selection(selection, num_examples)
+        if upsample_factor is None:
+            upsample_factor = sel.upsample_factor if sel is not None else 2
+        k = check_upsample_factor(upsample_factor)
+        if sel is not None:
+            targets = dataset_targets(dataset)
+            if targets is not None and dataset_fingerprint(targets) != sel.fingerprint:
+                raise ValueError(
+                    "selection does not match dataset: same length but different labels "
+                    "(fingerprint mismatch); it was computed on another dataset, split or order"
+                )
+        indices = np.flatnonzero(mask).astype(np.int64)
+        index_map = np.concatenate([np.arange(num_examples, dtype=np.int64), *[indices] * (k - 1)])
+        index_map.setflags(write=False)
+        mask = np.array(mask, dtype=bool)
+        mask.setflags(write=False)
+        object.__setattr__(self, "dataset", dataset)
+        object.__setattr__(self, "upsample_factor", k)
+        object.__setattr__(self, "index_map", index_map)
+        object.__setattr__(self, "slow_learnable_mask", mask)
+        object.__setattr__(self, "selection", sel)
+
+    def __len__(self) -> int:
+        return int(self.index_map.shape[0])
+
+    def __getitem__(self, index: int) -> T_co:
+        if isinstance(index, torch.Tensor) and index.ndim == 0:
+            index = int(index)
+        if isinstance(index, bool) or not isinstance(index, int | np.integer):
+            raise TypeError(
+                f"index should be an integer, but got {type(index).__name__}; "
+                "use a DataLoader or Subset for batches of indices"
+            )
+        size = len(self)
+        if not -size <= index < size:
+            raise IndexError(f"index {index} is out of range for USEFULDataset of length {size}")
+        return self.dataset[int(self.index_map[index])]
+
+    @property
+    def num_slow_learnable(self) -> int:
+        """``|S|``, the number of distinct slow-learnable examples."""
+        return int(self.slow_learnable_mask.sum())
+
+    @property
+    def targets(self) -> Any:
+        """Labels of the upsampled view (same type as the wrapped dataset's), or ``None``."""
+        base = getattr(self.dataset, "targets", None)
+        if base is None:
+            labels = dataset_targets(self.dataset)
+            return None if labels is None else labels[self.index_map]
+        if isinstance(base, torch.Tensor):
+            return base[torch.tensor(self.index_map)]
+        if isinstance(base, np.ndarray):
+            return base[self.index_map]
+        return [base[i] for i in self.index_map.tolist()]
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: delegate to the wrapped dataset. Guard the
+        # wrapper's own names so unpickling (before __dict__ is filled) cannot recurse.
+        if name in _OWN or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _OWN:
+            raise AttributeError(f"USEFULDataset.{name} is read-only; build a new USEFULDataset")
+        setattr(self.dataset, name, value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return (
+            f"USEFULDataset(num_examples={len(self.slow_learnable_mask)}, "
+            f"num_slow_learnable={self.num_slow_learnable}, "
+            f"upsample_factor={self.upsample_factor}, length={len(self)}, "
+            f"dataset={type(self.dataset).__name__})"
+        )

@@ -1,0 +1,129 @@
+"""``UpsampleSampler``: USEFUL's upsampled distribution as a sampler over the original dataset.
+
+Each epoch yields every base index once and every slow-learnable index ``k`` times in total,
+the same multiset as :class:`~useful_data.USEFULDataset`, shuffled with a local
+:class:`torch.Generator` seeded ``seed + epoch``. Sharding for distributed training follows
+:class:`torch.utils.data.DistributedSampler` exactly: pad (or drop) to a multiple of
+``num_replicas``, then take ``indices[rank:total_size:num_replicas]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from useful_data._checks import check_positive_int, check_upsample_factor
+from useful_data.selection import SelectionLike, resolve_selection
+
+__all__ = ["UpsampleSampler"]
+
+
+class UpsampleSampler(Sampler[int]):
+    """Sample base-dataset indices with the slow-learnable ones ``upsample_factor`` times.
+
+    Use it with the *original* dataset instead of wrapping it in
+    :class:`~useful_data.USEFULDataset`: ``DataLoader(train_set, sampler=sampler, ...)``. Call
+    :meth:`set_epoch` at the start of every epoch, as with ``DistributedSampler``.
+
+    Args:
+        selection: A :class:`~useful_data.Selection`, a path to a saved one, a boolean mask of
+            shape ``(N,)``, or distinct indices (then ``num_examples`` is required).
+        num_examples: ``N``, the size of the original dataset (checked if the selection knows it).
+        upsample_factor: ``k >= 1``; defaults to the Selection's factor, or 2.
+        shuffle: Shuffle every epoch (``False`` yields a stable order: base indices, then the
+            repeats).
+        seed: Seed of the shuffle; the order of epoch ``e`` depends only on ``seed + e``.
+        num_replicas: Number of distributed processes; defaults to the world size of the
+            initialised process group, or 1.
+        rank: This process's rank; defaults to the process group's rank, or 0.
+        drop_last: Drop the tail to make the multiset divisible by ``num_replicas`` instead of
+            padding it with repeated indices.
+
+    Example:
+        >>> sampler = UpsampleSampler([1, 3], num_examples=5, shuffle=False)
+        >>> list(sampler)
+        [0, 1, 2, 3, 4, 1, 3]
+        >>> shards = [list(UpsampleSampler([1, 3], num_examples=5, num_replicas=2, rank=r,
+        ...                                shuffle=False)) for r in range(2)]
+        >>> shards
+        [[0, 2, 4, 3], [1, 3, 1, 0]]
+    """
+
+    def __init__(
+        self,
+        selection: SelectionLike,
+        num_examples: int | None = None,
+        *,
+        upsample_factor: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        if num_examples is not None:
+            num_examples = check_positive_int("num_examples", num_examples, minimum=0)
+        mask, sel = resolve_selection(selection, num_examples)
+        if upsample_factor is None:
+            upsample_factor = sel.upsample_factor if sel is not None else 2
+        self.upsample_factor = check_upsample_factor(upsample_factor)
+        if num_replicas is None:
+            num_replicas = (
+                dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            )
+        if rank is None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self.num_replicas = check_positive_int("num_replicas", num_replicas)
+        rank = check_positive_int("rank", rank, minimum=0)
+        if rank >= self.num_replicas:
+            raise ValueError(
+                f"Invalid rank {rank}, rank should be in the interval [0, {self.num_replicas - 1}]"
+            )
+        self.rank = rank
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        slow = np.flatnonzero(mask).astype(np.int64)
+        multiset = np.concatenate(
+            [np.arange(len(mask), dtype=np.int64), *[slow] * (self.upsample_factor - 1)]
+        )
+        self._multiset = torch.from_numpy(multiset)
+        total = len(multiset)
+        if self.drop_last and total % self.num_replicas != 0:
+            self.num_samples = math.ceil((total - self.num_replicas) / self.num_replicas)
+        else:
+            self.num_samples = math.ceil(total / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    @property
+    def multiset_size(self) -> int:
+        """``N + (k - 1) |S|``: the size of the upsampled dataset across all replicas."""
+        return int(self._multiset.numel())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch; with ``shuffle=True`` it changes the order, identically on every rank."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self._multiset
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            indices = indices[torch.randperm(len(indices), generator=g)]
+        if not self.drop_last:
+            padding = self.total_size - len(indices)
+            if padding > 0 and len(indices) > 0:
+                repeats = math.ceil(padding / len(indices))
+                indices = torch.cat([indices, indices.repeat(repeats)[:padding]])
+        else:
+            indices = indices[: self.total_size]
+        yield from indices[self.rank : self.total_size : self.num_replicas].tolist()
+
+    def __len__(self) -> int:
+        return self.num_samples

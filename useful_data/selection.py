@@ -1,0 +1,344 @@
+"""The result of USEFUL's selection step: which training examples are slow-learnable.
+
+Conventions: ``N`` is the number of training examples, ``C`` the number of classes (logit
+columns). A :class:`Selection` is immutable; its arrays are read-only numpy arrays in dataset
+order. It saves to a portable ``.npz`` file (no pickle) with a format version, written
+atomically, and loads back with its integrity checked.
+
+Paper: Nguyen, Haddad, Gan, Mirzasoleiman, "Changing the Training Data Distribution to Reduce
+Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024 (Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import torch
+
+from useful_data._checks import as_numpy, check_upsample_factor, indices_to_mask
+from useful_data._version import __version__
+
+__all__ = ["ClassSummary", "Selection", "SelectionLike", "dataset_fingerprint", "resolve_selection"]
+
+FORMAT_NAME = "useful-data/selection"
+FORMAT_VERSION = 1
+
+#: What :class:`~useful_data.USEFULDataset` and :class:`~useful_data.UpsampleSampler` accept
+#: as a selection: a :class:`Selection`, a path to a saved one, indices or a boolean mask.
+SelectionLike: TypeAlias = (
+    "Selection | str | os.PathLike[str] | Sequence[int] | np.ndarray | torch.Tensor"
+)
+
+
+def dataset_fingerprint(targets: np.ndarray) -> dict[str, Any]:
+    """Fingerprint of a labelled dataset: its size and a SHA-256 of its int64 labels.
+
+    Two datasets with the same examples in the same order have the same fingerprint; another
+    split, another dataset or a reshuffled copy almost surely do not.
+
+    Example:
+        >>> import numpy as np
+        >>> fp = dataset_fingerprint(np.array([0, 1, 1]))
+        >>> fp["num_examples"], len(fp["targets_sha256"])
+        (3, 64)
+    """
+    targets = np.ascontiguousarray(targets, dtype="<i8")
+    return {
+        "num_examples": int(targets.shape[0]),
+        "targets_sha256": hashlib.sha256(targets.tobytes()).hexdigest(),
+    }
+
+
+@dataclass(frozen=True)
+class ClassSummary:
+    """Per-class outcome of the 2-means split.
+
+    Attributes:
+        label: The class label.
+        num_examples: Examples of this class.
+        num_slow_learnable: Examples in the higher-loss cluster (upsampled).
+        mean_loss_slow: Mean cross-entropy of the slow-learnable cluster (NaN if empty).
+        mean_loss_fast: Mean cross-entropy of the rest of the class (NaN if empty).
+        note: Why the class was not split (empty if it was).
+    """
+
+    label: int
+    num_examples: int
+    num_slow_learnable: int
+    mean_loss_slow: float
+    mean_loss_fast: float
+    note: str = ""
+
+    @property
+    def split(self) -> bool:
+        """Whether the class was split into two clusters."""
+        return not self.note
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array = np.array(array, copy=True)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """Slow-learnable examples of a training set, as found by USEFUL.
+
+    Built by :func:`~useful_data.find_slow_learnable`; you rarely construct one by hand.
+
+    Attributes:
+        mask: ``(N,)`` bool, ``True`` for slow-learnable examples (to upsample).
+        loss: ``(N,)`` float32 cross-entropy of every example at the separating epoch.
+        targets: ``(N,)`` int64 class labels the selection was computed with.
+        upsample_factor: How many times a slow-learnable example should appear (the paper: 2).
+        params: The parameters used (strategy, features, n_init, seed, backend, ...).
+        unsplit: Classes that were not split, mapped to the reason (e.g. a single example).
+
+    Example:
+        >>> import numpy as np
+        >>> sel = Selection(
+        ...     mask=np.array([True, False, False, True]),
+        ...     loss=np.array([2.0, 0.1, 0.2, 1.5], dtype=np.float32),
+        ...     targets=np.array([0, 0, 1, 1]),
+        ... )
+        >>> sel.indices.tolist(), sel.num_examples, sel.num_slow_learnable
+        ([0, 3], 4, 2)
+    """
+
+    mask: np.ndarray
+    loss: np.ndarray
+    targets: np.ndarray
+    upsample_factor: int = 2
+    params: Mapping[str, Any] = field(default_factory=dict)
+    unsplit: Mapping[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        mask = np.asarray(self.mask)
+        if mask.ndim != 1 or mask.dtype != bool:
+            raise ValueError(
+                f"mask should be a 1-D bool array, but got dtype {mask.dtype} "
+                f"and shape {mask.shape}"
+            )
+        n = mask.shape[0]
+        loss = np.asarray(self.loss, dtype=np.float32)
+        targets = np.asarray(self.targets)
+        for name, array in (("loss", loss), ("targets", targets)):
+            if array.shape != (n,):
+                raise ValueError(
+                    f"{name} should have shape ({n},) like mask, but got shape {array.shape}"
+                )
+        if n and not np.issubdtype(targets.dtype, np.integer):
+            raise ValueError(f"targets should hold integer labels, but got dtype {targets.dtype}")
+        check_upsample_factor(self.upsample_factor)
+        object.__setattr__(self, "mask", _readonly(mask))
+        object.__setattr__(self, "loss", _readonly(loss))
+        object.__setattr__(self, "targets", _readonly(targets.astype(np.int64)))
+        object.__setattr__(self, "upsample_factor", int(self.upsample_factor))
+        object.__setattr__(self, "params", dict(self.params))
+        object.__setattr__(self, "unsplit", {int(k): str(v) for k, v in self.unsplit.items()})
+
+    # --- derived views -------------------------------------------------------------------
+    @property
+    def indices(self) -> np.ndarray:
+        """``(|S|,)`` sorted int64 indices of the slow-learnable examples."""
+        return np.flatnonzero(self.mask).astype(np.int64)
+
+    @property
+    def num_examples(self) -> int:
+        """``N``, the size of the training set the selection was computed on."""
+        return int(self.mask.shape[0])
+
+    @property
+    def num_slow_learnable(self) -> int:
+        """``|S|``, the number of slow-learnable examples."""
+        return int(self.mask.sum())
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """The dataset fingerprint (``N`` and a label hash), see :func:`dataset_fingerprint`."""
+        return dataset_fingerprint(self.targets)
+
+    @property
+    def upsampled_size(self) -> int:
+        """Length of the upsampled training set: ``N + (k - 1) |S|``."""
+        return self.num_examples + (self.upsample_factor - 1) * self.num_slow_learnable
+
+    def class_summary(self) -> list[ClassSummary]:
+        """Per-class counts and mean loss of both clusters, in label order."""
+        labels, inverse = np.unique(self.targets, return_inverse=True)
+        k = len(labels)
+        total = np.bincount(inverse, minlength=k)
+        slow = np.bincount(inverse, weights=self.mask, minlength=k).astype(np.int64)
+        loss = self.loss.astype(np.float64)
+        loss_slow = np.bincount(inverse, weights=loss * self.mask, minlength=k)
+        loss_all = np.bincount(inverse, weights=loss, minlength=k)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_slow = loss_slow / slow
+            mean_fast = (loss_all - loss_slow) / (total - slow)
+        return [
+            ClassSummary(
+                label=int(labels[i]),
+                num_examples=int(total[i]),
+                num_slow_learnable=int(slow[i]),
+                mean_loss_slow=float(mean_slow[i]),
+                mean_loss_fast=float(mean_fast[i]),
+                note=self.unsplit.get(int(labels[i]), ""),
+            )
+            for i in range(k)
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"Selection(num_examples={self.num_examples}, "
+            f"num_slow_learnable={self.num_slow_learnable}, "
+            f"upsample_factor={self.upsample_factor}, "
+            f"num_classes={len(np.unique(self.targets))}, params={self.params})"
+        )
+
+    # --- persistence -----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the selection to ``path`` (an ``.npz`` file, no pickle), atomically.
+
+        The file is written to a temporary name in the same folder and renamed over ``path``,
+        so a crash never leaves a half-written selection behind.
+
+        Args:
+            path: Destination file. Its folder must exist.
+
+        Returns:
+            The path written.
+        """
+        path = Path(path)
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "upsample_factor": self.upsample_factor,
+            "params": self.params,
+            "unsplit": {str(k): v for k, v in self.unsplit.items()},
+            "fingerprint": self.fingerprint,
+        }
+        try:
+            meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
+        except TypeError as err:
+            raise ValueError(f"Selection.params should be JSON-serialisable: {err}") from err
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(
+                    f,
+                    mask=self.mask,
+                    loss=self.loss,
+                    targets=self.targets,
+                    meta=np.frombuffer(meta_bytes, dtype=np.uint8),
+                )
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Selection:
+        """Read a selection written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: if ``path`` does not exist.
+            ValueError: if the file is not a useful-data selection, is of an unknown format
+                version, or is corrupt (its labels do not match its fingerprint).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"selection file {str(path)!r} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except Exception as err:  # zipfile / numpy raise many types for a bad file
+            raise ValueError(
+                f"{str(path)!r} is not a readable useful-data selection file ({err})"
+            ) from err
+        missing = {"mask", "loss", "targets", "meta"} - arrays.keys()
+        if missing:
+            raise ValueError(
+                f"{str(path)!r} is not a useful-data selection file: missing {sorted(missing)}"
+            )
+        try:
+            meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{str(path)!r} has unreadable metadata ({err})") from err
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            raise ValueError(f"{str(path)!r} is not a useful-data selection file")
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{str(path)!r} has selection format_version={version!r}, but this version of "
+                f"useful-data ({__version__}) reads format_version={FORMAT_VERSION}; "
+                "recompute the selection or install a matching useful-data"
+            )
+        selection = cls(
+            mask=arrays["mask"],
+            loss=arrays["loss"],
+            targets=arrays["targets"],
+            upsample_factor=meta.get("upsample_factor", 2),
+            params=meta.get("params", {}),
+            unsplit={int(k): v for k, v in meta.get("unsplit", {}).items()},
+        )
+        if meta.get("fingerprint") != selection.fingerprint:
+            raise ValueError(f"{str(path)!r} is corrupt: its labels do not match its fingerprint")
+        return selection
+
+
+def resolve_selection(
+    selection: SelectionLike, num_examples: int | None = None, *, name: str = "selection"
+) -> tuple[np.ndarray, Selection | None]:
+    """Turn anything :data:`SelectionLike` into a boolean mask.
+
+    Args:
+        selection: A :class:`Selection`, a path to a saved one, a boolean mask of shape
+            ``(N,)``, or a sequence of distinct integer indices.
+        num_examples: ``N``; required for indices, checked against a mask or a Selection.
+        name: Argument name used in error messages.
+
+    Returns:
+        ``(mask, selection_or_none)``: the mask and the :class:`Selection` it came from, if any.
+    """
+    sel: Selection | None = None
+    if isinstance(selection, str | os.PathLike):
+        sel = Selection.load(selection)
+    elif isinstance(selection, Selection):
+        sel = selection
+    if sel is not None:
+        if num_examples is not None and sel.num_examples != num_examples:
+            raise ValueError(
+                f"{name} was computed on {sel.num_examples} examples, but the dataset has "
+                f"{num_examples}; was it computed on another dataset or split?"
+            )
+        return np.asarray(sel.mask), sel
+    array = as_numpy(name, selection)
+    if array.dtype == bool:
+        if array.ndim != 1 or (num_examples is not None and array.shape[0] != num_examples):
+            expected = f"({num_examples},)" if num_examples is not None else "(N,)"
+            raise ValueError(
+                f"{name} as a boolean mask should have shape {expected}, "
+                f"but got shape {tuple(array.shape)}"
+            )
+        return array, None
+    if num_examples is None:
+        raise ValueError(
+            f"{name} given as indices needs the dataset size: pass num_examples=N "
+            "(or pass a boolean mask or a Selection)"
+        )
+    if array.size == 0:
+        array = array.astype(np.int64)
+    return indices_to_mask(array, num_examples, name=name), None

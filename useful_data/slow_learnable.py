@@ -1,0 +1,312 @@
+"""USEFUL's selection step: find the slow-learnable examples of every class.
+
+Algorithm 1 of the paper: after training for ``t`` early epochs (the *separating epoch*),
+cluster the model outputs of every class into two groups with k-means; the cluster with the
+higher mean loss holds the slow-learnable examples, which are then upsampled once.
+
+Conventions: ``N`` examples, ``C`` classes (logit columns). Labels are class indices into the
+logit columns; they need not cover every column (a subset of classes is fine).
+
+Paper: Nguyen, Haddad, Gan, Mirzasoleiman, "Changing the Training Data Distribution to Reduce
+Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024, Section 4.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from useful_data._checks import as_numpy, check_finite, check_positive_int, check_upsample_factor
+from useful_data._cluster import KMeans2
+from useful_data._targets import dataset_targets
+from useful_data.collect import collect_outputs
+from useful_data.selection import Selection
+
+__all__ = ["find_slow_learnable", "select_from_logits"]
+
+logger = logging.getLogger(__name__)
+
+FEATURES = ("logits", "probs")
+
+
+def find_slow_learnable(
+    model: nn.Module | None = None,
+    dataset: Dataset[Any] | None = None,
+    *,
+    logits: np.ndarray | torch.Tensor | None = None,
+    targets: np.ndarray | torch.Tensor | None = None,
+    eval_dataset: Dataset[Any] | None = None,
+    features: Literal["logits", "probs"] = "logits",
+    n_init: int = 10,
+    seed: int = 0,
+    backend: Literal["auto", "cuml", "sklearn"] = "auto",
+    upsample_factor: int = 2,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> Selection:
+    """Find the slow-learnable examples of a training set (USEFUL, Algorithm 1).
+
+    Call it after training for the first ``t`` epochs, then restart training from scratch on
+    :class:`~useful_data.USEFULDataset` (or with :class:`~useful_data.UpsampleSampler`).
+
+    Two ways to call it:
+
+    * ``find_slow_learnable(model, dataset)``: runs the model over the dataset (eval mode,
+      no augmentation if you pass an eval-transform view) and clusters its outputs.
+    * ``find_slow_learnable(logits=..., targets=...)``: clusters outputs you computed yourself
+      (numpy or torch, any framework).
+
+    For every class separately, k-means with two clusters runs on the outputs; the cluster with
+    the higher mean cross-entropy is slow-learnable. A class with a single example, or whose
+    outputs are all identical, is not split (none of it is upsampled) and is reported in
+    :meth:`Selection.class_summary`.
+
+    Args:
+        model: The model after ``t`` epochs. Requires ``dataset``.
+        dataset: The training set (ideally with eval transforms; see ``eval_dataset``).
+        logits: Precomputed ``(N, C)`` outputs, instead of ``model``.
+        targets: ``(N,)`` integer labels for ``logits``; read from ``dataset.targets`` /
+            ``dataset.labels`` or from the items when omitted.
+        eval_dataset: A view of ``dataset`` with eval transforms, used to compute the outputs;
+            it must have the same length and labels as ``dataset`` (checked).
+        features: Cluster on raw ``"logits"`` (the paper) or softmax ``"probs"``.
+        n_init: k-means++ restarts per class (best inertia kept).
+        seed: Seed of the k-means restarts; the result is deterministic given it.
+        backend: ``"auto"`` (cuML where a GPU is usable, else scikit-learn), ``"cuml"`` or
+            ``"sklearn"``.
+        upsample_factor: Stored on the result as the factor to upsample with (paper: 2).
+        batch_size: Batch size for collecting outputs.
+        num_workers: DataLoader workers for collecting outputs.
+        device: Device to run the model on; defaults to the model's device.
+        autocast_dtype: Run the model under autocast with this dtype (e.g. ``torch.bfloat16``).
+        progress: Show a progress bar while collecting outputs.
+
+    Returns:
+        The :class:`~useful_data.Selection` of slow-learnable examples.
+
+    Raises:
+        TypeError: if neither ``model`` nor ``logits`` is given, or both are.
+        ValueError: for non-finite outputs, mismatched lengths or labels, or bad arguments.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> targets = torch.arange(40) % 2
+        >>> logits = 0.1 * torch.randn(40, 2, generator=g)
+        >>> learned = torch.arange(40) >= 20  # the second half is already fit
+        >>> logits[learned, targets[learned]] += 5.0
+        >>> sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+        >>> sel.indices.tolist() == list(range(20))
+        True
+    """
+    if features not in FEATURES:
+        raise ValueError(f"features should be one of {FEATURES}, but got features={features!r}")
+    n_init = check_positive_int("n_init", n_init)
+    upsample_factor = check_upsample_factor(upsample_factor)
+    if (model is None) == (logits is None):
+        raise TypeError(
+            "find_slow_learnable needs exactly one source of outputs: either a model and a "
+            "dataset, find_slow_learnable(model, dataset), or precomputed outputs, "
+            "find_slow_learnable(logits=..., targets=...)"
+        )
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"model should be a torch.nn.Module, but got {type(model).__name__}; "
+                "for precomputed outputs pass logits=... and targets=..."
+            )
+        if dataset is None:
+            raise TypeError("find_slow_learnable(model, dataset) needs a dataset")
+        logits, targets = _outputs_from_model(
+            model,
+            dataset,
+            eval_dataset=eval_dataset,
+            targets=targets,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            progress=progress,
+        )
+    elif targets is None:
+        if dataset is None:
+            raise TypeError("logits= needs targets= (or a dataset exposing .targets)")
+        targets = dataset_targets(dataset)
+        if targets is None:
+            raise TypeError(
+                "logits= needs targets=: the dataset exposes no .targets or .labels to read"
+            )
+    if logits is None or targets is None:  # narrowing for type checkers
+        raise TypeError("find_slow_learnable needs both outputs and targets")
+    return select_from_logits(
+        logits,
+        targets,
+        features=features,
+        n_init=n_init,
+        seed=seed,
+        backend=backend,
+        upsample_factor=upsample_factor,
+    )
+
+
+def _outputs_from_model(
+    model: nn.Module,
+    dataset: Dataset[Any],
+    *,
+    eval_dataset: Dataset[Any] | None,
+    targets: np.ndarray | torch.Tensor | None,
+    **collect_kwargs: Any,
+) -> tuple[torch.Tensor, np.ndarray]:
+    source = dataset if eval_dataset is None else eval_dataset
+    n = len(dataset)  # type: ignore[arg-type]
+    if eval_dataset is not None and len(eval_dataset) != n:  # type: ignore[arg-type]
+        raise ValueError(
+            f"eval_dataset should be a view of dataset with the same examples, but it has "
+            f"{len(eval_dataset)} examples and dataset has {n}"  # type: ignore[arg-type]
+        )
+    known = as_numpy("targets", targets) if targets is not None else dataset_targets(dataset)
+    if known is not None and eval_dataset is not None:
+        _check_same_targets(known, dataset_targets(eval_dataset), "eval_dataset.targets")
+    outputs, seen = collect_outputs(model, source, **collect_kwargs)
+    if known is None:
+        if seen is None:
+            raise ValueError(
+                "could not find the labels: the dataset has no .targets or .labels and its "
+                "items carry none; pass targets=... or make items (input, target)"
+            )
+        return outputs, seen.numpy()
+    if seen is not None:
+        _check_same_targets(known, seen.numpy(), "the labels in the dataset's items")
+    return outputs, known
+
+
+def _check_same_targets(expected: np.ndarray, other: np.ndarray | None, what: str) -> None:
+    if other is None:
+        return
+    expected = np.asarray(expected)
+    if other.shape != expected.shape or not np.array_equal(other, expected):
+        differ = (
+            "a different number of labels"
+            if other.shape != expected.shape
+            else f"label {int(other[np.flatnonzero(other != expected)[0]])} at index "
+            f"{int(np.flatnonzero(other != expected)[0])}"
+        )
+        raise ValueError(
+            f"{what} should equal the dataset's labels in order, but they differ "
+            f"({differ}); pass an eval-transform view of the SAME training set in the same order"
+        )
+
+
+def select_from_logits(
+    logits: np.ndarray | torch.Tensor,
+    targets: np.ndarray | torch.Tensor,
+    *,
+    features: Literal["logits", "probs"] = "logits",
+    n_init: int = 10,
+    seed: int = 0,
+    backend: Literal["auto", "cuml", "sklearn"] = "auto",
+    upsample_factor: int = 2,
+) -> Selection:
+    """Cluster precomputed outputs class by class; the core of :func:`find_slow_learnable`.
+
+    Arguments are as in :func:`find_slow_learnable`.
+    """
+    logits_np = np.ascontiguousarray(as_numpy("logits", logits), dtype=np.float32)
+    targets_np = as_numpy("targets", targets)
+    if logits_np.ndim != 2:
+        raise ValueError(f"logits should have shape (N, C), but got shape {logits_np.shape}")
+    num_examples, num_classes = logits_np.shape
+    if num_classes < 2:
+        raise ValueError(
+            f"logits should have at least 2 columns (one per class), but got shape "
+            f"{logits_np.shape}"
+        )
+    if targets_np.ndim != 1 or targets_np.shape[0] != num_examples:
+        raise ValueError(
+            f"targets should have shape ({num_examples},) to match logits of shape "
+            f"{logits_np.shape}, but got shape {targets_np.shape}"
+        )
+    if num_examples == 0:
+        raise ValueError("logits should hold at least one example, but got N=0")
+    if not np.issubdtype(targets_np.dtype, np.integer):
+        if not np.issubdtype(targets_np.dtype, np.floating) or not np.all(
+            targets_np == np.round(targets_np)
+        ):
+            raise ValueError(
+                f"targets should be integer class labels, but got dtype {targets_np.dtype}"
+            )
+    targets_np = targets_np.astype(np.int64)
+    low, high = int(targets_np.min()), int(targets_np.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"targets should be class indices in [0, {num_classes}) (one per logit column), "
+            f"but got label {low if low < 0 else high}"
+        )
+    check_finite("logits", logits_np)
+
+    logits_t = torch.from_numpy(logits_np)
+    loss = F.cross_entropy(logits_t, torch.from_numpy(targets_np), reduction="none").numpy()
+    feats = logits_np if features == "logits" else torch.softmax(logits_t, dim=1).numpy()
+
+    kmeans = KMeans2(backend, n_init=n_init, seed=seed)
+    mask = np.zeros(num_examples, dtype=bool)
+    unsplit: dict[int, str] = {}
+    order = np.argsort(targets_np, kind="stable")
+    labels, starts = np.unique(targets_np[order], return_index=True)
+    bounds = [*starts.tolist(), num_examples]
+    for label, start, stop in zip(labels.tolist(), bounds[:-1], bounds[1:], strict=True):
+        members = order[start:stop]
+        if members.size < 2:
+            unsplit[label] = "single example"
+            continue
+        x = feats[members]
+        if (x == x[0]).all():
+            unsplit[label] = "identical outputs"
+            continue
+        assignment = kmeans.fit_predict(x)
+        member_loss = loss[members]
+        in_one = assignment == 1
+        if in_one.all() or not in_one.any():
+            unsplit[label] = "k-means found a single cluster"
+            continue
+        # Algorithm 1: the cluster with the higher average loss is slow-learnable.
+        slow = in_one if member_loss[in_one].mean() > member_loss[~in_one].mean() else ~in_one
+        mask[members[slow]] = True
+
+    identical = [c for c, why in unsplit.items() if why != "single example"]
+    if identical:
+        warnings.warn(
+            f"{len(identical)} class(es) were not split because all their outputs are "
+            f"identical (labels {identical[:10]}{'...' if len(identical) > 10 else ''}); "
+            "is the model trained, or is the separating epoch too early?",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if unsplit:
+        logger.info("classes not split: %s", unsplit)
+    params = {
+        "strategy": "kmeans",
+        "features": features,
+        "n_init": n_init,
+        "seed": int(seed),
+        "backend": kmeans.backend,
+        "num_classes": int(num_classes),
+    }
+    return Selection(
+        mask=mask,
+        loss=loss,
+        targets=targets_np,
+        upsample_factor=upsample_factor,
+        params=params,
+        unsplit=unsplit,
+    )
