@@ -1,8 +1,8 @@
 """useful-data: USEFUL (UpSample Early For Uniform Learning) for PyTorch training loops.
 
-Train for a few epochs, find the slow-learnable examples with :func:`find_slow_learnable`,
-then restart training from scratch on :class:`USEFULDataset` (or with
-:class:`UpsampleSampler`), where they appear twice.
+Train for a few epochs, find the slow-learnable examples with `find_slow_learnable`,
+then restart training from scratch on `USEFULDataset` (or with
+`UpsampleSampler`), where they appear twice.
 
 Paper: Nguyen, Haddad, Gan, Mirzasoleiman, "Changing the Training Data Distribution to Reduce
 Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024.

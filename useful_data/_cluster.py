@@ -1,8 +1,8 @@
 """2-means clustering backends: RAPIDS cuML on a usable GPU, scikit-learn on the CPU.
 
 ``import cuml`` succeeding proves nothing: on a machine without a usable GPU it imports and
-then fails at the first ``fit``. :func:`cuml_usable` therefore checks for a CUDA device and
-runs one tiny fit, once per process, and :class:`KMeans2` falls back to scikit-learn (with one
+then fails at the first ``fit``. `cuml_usable` therefore checks for a CUDA device and
+runs one tiny fit, once per process, and `KMeans2` falls back to scikit-learn (with one
 warning) if cuML fails later.
 """
 
@@ -56,7 +56,7 @@ def cuml_usable() -> bool:
 def resolve_backend(backend: str) -> str:
     """Map ``"auto" | "cuml" | "sklearn"`` to the backend that will actually run.
 
-    ``"auto"`` picks cuML only where :func:`cuml_usable`; if cuML is installed but unusable it
+    ``"auto"`` picks cuML only where `cuml_usable`; if cuML is installed but unusable it
     warns once and uses scikit-learn. An explicit ``"cuml"`` that cannot run is an error.
     """
     if backend not in BACKENDS:

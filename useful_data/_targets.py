@@ -21,7 +21,7 @@ def dataset_targets(dataset: Dataset[Any]) -> np.ndarray | None:
     """Return the labels of ``dataset`` as an int64 array, or ``None`` if it does not expose them.
 
     Reads ``dataset.targets`` or ``dataset.labels`` (torchvision's and timm's convention) and
-    follows :class:`~torch.utils.data.Subset` and :class:`~torch.utils.data.ConcatDataset`,
+    follows `Subset` and `ConcatDataset`,
     so labels are known without loading a single input.
     """
     if isinstance(dataset, Subset):
@@ -60,8 +60,8 @@ def dataset_targets(dataset: Dataset[Any]) -> np.ndarray | None:
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
     """Split a collated batch into ``(inputs, targets)``.
 
-    Accepts ``(input, target, ...)`` tuples/lists, dicts keyed by one of :data:`INPUT_KEYS`
-    and :data:`TARGET_KEYS`, or a bare input tensor (targets then ``None``).
+    Accepts ``(input, target, ...)`` tuples/lists, dicts keyed by one of `INPUT_KEYS`
+    and `TARGET_KEYS`, or a bare input tensor (targets then ``None``).
     """
     if isinstance(batch, torch.Tensor):
         return batch, None

@@ -1,7 +1,7 @@
 """The ``useful-data`` command line.
 
 ``useful-data --version`` prints the version; ``useful-data inspect SELECTION`` prints a
-per-class summary of a saved :class:`~useful_data.Selection`.
+per-class summary of a saved `Selection`.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def collect_outputs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run ``model`` over ``dataset`` in order and return its outputs and the batch labels.
 
-    The model runs in eval mode under :func:`torch.inference_mode`; every submodule's
+    The model runs in eval mode under `torch.inference_mode`; every submodule's
     train/eval mode is restored afterwards.
 
     Args:
@@ -92,7 +92,7 @@ def collect_outputs(
         batch_size: Batch size of the DataLoader.
         num_workers: DataLoader worker processes.
         device: Where to run the model; defaults to the model's device.
-        autocast_dtype: If given (e.g. ``torch.bfloat16``), run under :func:`torch.autocast`.
+        autocast_dtype: If given (e.g. ``torch.bfloat16``), run under `torch.autocast`.
         progress: Show a tqdm progress bar.
         collate_fn: Optional DataLoader ``collate_fn``.
 

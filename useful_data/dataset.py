@@ -34,7 +34,7 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
 
     Args:
         dataset: The original training set (map-style, with ``__len__``).
-        selection: A :class:`~useful_data.Selection`, a path to a saved one, a boolean mask of
+        selection: A `Selection`, a path to a saved one, a boolean mask of
             shape ``(N,)`` or a sequence of distinct indices of slow-learnable examples.
         upsample_factor: How many times a slow-learnable example appears, ``k >= 1``. Defaults
             to the Selection's ``upsample_factor`` (2, as in the paper), or 2.

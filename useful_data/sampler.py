@@ -1,9 +1,9 @@
 """``UpsampleSampler``: USEFUL's upsampled distribution as a sampler over the original dataset.
 
 Each epoch yields every base index once and every slow-learnable index ``k`` times in total,
-the same multiset as :class:`~useful_data.USEFULDataset`, shuffled with a local
-:class:`torch.Generator` seeded ``seed + epoch``. Sharding for distributed training follows
-:class:`torch.utils.data.DistributedSampler` exactly: pad (or drop) to a multiple of
+the same multiset as `USEFULDataset`, shuffled with a local
+`torch.Generator` seeded ``seed + epoch``. Sharding for distributed training follows
+`torch.utils.data.DistributedSampler` exactly: pad (or drop) to a multiple of
 ``num_replicas``, then take ``indices[rank:total_size:num_replicas]``.
 """
 
@@ -27,11 +27,11 @@ class UpsampleSampler(Sampler[int]):
     """Sample base-dataset indices with the slow-learnable ones ``upsample_factor`` times.
 
     Use it with the *original* dataset instead of wrapping it in
-    :class:`~useful_data.USEFULDataset`: ``DataLoader(train_set, sampler=sampler, ...)``. Call
-    :meth:`set_epoch` at the start of every epoch, as with ``DistributedSampler``.
+    `USEFULDataset`: ``DataLoader(train_set, sampler=sampler, ...)``. Call
+    `set_epoch` at the start of every epoch, as with ``DistributedSampler``.
 
     Args:
-        selection: A :class:`~useful_data.Selection`, a path to a saved one, a boolean mask of
+        selection: A `Selection`, a path to a saved one, a boolean mask of
             shape ``(N,)``, or distinct indices (then ``num_examples`` is required).
         num_examples: ``N``, the size of the original dataset (checked if the selection knows it).
         upsample_factor: ``k >= 1``; defaults to the Selection's factor, or 2.

@@ -1,7 +1,7 @@
 """The result of USEFUL's selection step: which training examples are slow-learnable.
 
 Conventions: ``N`` is the number of training examples, ``C`` the number of classes (logit
-columns). A :class:`Selection` is immutable; its arrays are read-only numpy arrays in dataset
+columns). A `Selection` is immutable; its arrays are read-only numpy arrays in dataset
 order. It saves to a portable ``.npz`` file (no pickle) with a format version, written
 atomically, and loads back with its integrity checked.
 
@@ -31,8 +31,8 @@ __all__ = ["ClassSummary", "Selection", "SelectionLike", "dataset_fingerprint", 
 FORMAT_NAME = "useful-data/selection"
 FORMAT_VERSION = 1
 
-#: What :class:`~useful_data.USEFULDataset` and :class:`~useful_data.UpsampleSampler` accept
-#: as a selection: a :class:`Selection`, a path to a saved one, indices or a boolean mask.
+#: What `USEFULDataset` and `UpsampleSampler` accept
+#: as a selection: a `Selection`, a path to a saved one, indices or a boolean mask.
 SelectionLike: TypeAlias = (
     "Selection | str | os.PathLike[str] | Sequence[int] | np.ndarray | torch.Tensor"
 )
@@ -93,7 +93,7 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 class Selection:
     """Slow-learnable examples of a training set, as found by USEFUL.
 
-    Built by :func:`~useful_data.find_slow_learnable`; you rarely construct one by hand.
+    Built by `find_slow_learnable`; you rarely construct one by hand.
 
     Attributes:
         mask: ``(N,)`` bool, ``True`` for slow-learnable examples (to upsample).
@@ -164,7 +164,7 @@ class Selection:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        """The dataset fingerprint (``N`` and a label hash), see :func:`dataset_fingerprint`."""
+        """The dataset fingerprint (``N`` and a label hash), see `dataset_fingerprint`."""
         return dataset_fingerprint(self.targets)
 
     @property
@@ -251,7 +251,7 @@ class Selection:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Selection:
-        """Read a selection written by :meth:`save`.
+        """Read a selection written by `save`.
 
         Raises:
             FileNotFoundError: if ``path`` does not exist.
@@ -302,16 +302,16 @@ class Selection:
 def resolve_selection(
     selection: SelectionLike, num_examples: int | None = None, *, name: str = "selection"
 ) -> tuple[np.ndarray, Selection | None]:
-    """Turn anything :data:`SelectionLike` into a boolean mask.
+    """Turn anything `SelectionLike` into a boolean mask.
 
     Args:
-        selection: A :class:`Selection`, a path to a saved one, a boolean mask of shape
+        selection: A `Selection`, a path to a saved one, a boolean mask of shape
             ``(N,)``, or a sequence of distinct integer indices.
         num_examples: ``N``; required for indices, checked against a mask or a Selection.
         name: Argument name used in error messages.
 
     Returns:
-        ``(mask, selection_or_none)``: the mask and the :class:`Selection` it came from, if any.
+        ``(mask, selection_or_none)``: the mask and the `Selection` it came from, if any.
     """
     sel: Selection | None = None
     if isinstance(selection, str | os.PathLike):

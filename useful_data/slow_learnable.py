@@ -57,7 +57,7 @@ def find_slow_learnable(
     """Find the slow-learnable examples of a training set (USEFUL, Algorithm 1).
 
     Call it after training for the first ``t`` epochs, then restart training from scratch on
-    :class:`~useful_data.USEFULDataset` (or with :class:`~useful_data.UpsampleSampler`).
+    `USEFULDataset` (or with `UpsampleSampler`).
 
     Two ways to call it:
 
@@ -69,7 +69,7 @@ def find_slow_learnable(
     For every class separately, k-means with two clusters runs on the outputs; the cluster with
     the higher mean cross-entropy is slow-learnable. A class with a single example, or whose
     outputs are all identical, is not split (none of it is upsampled) and is reported in
-    :meth:`Selection.class_summary`.
+    `Selection.class_summary`.
 
     Args:
         model: The model after ``t`` epochs. Requires ``dataset``.
@@ -92,7 +92,7 @@ def find_slow_learnable(
         progress: Show a progress bar while collecting outputs.
 
     Returns:
-        The :class:`~useful_data.Selection` of slow-learnable examples.
+        The `Selection` of slow-learnable examples.
 
     Raises:
         TypeError: if neither ``model`` nor ``logits`` is given, or both are.
@@ -217,9 +217,9 @@ def select_from_logits(
     backend: Literal["auto", "cuml", "sklearn"] = "auto",
     upsample_factor: int = 2,
 ) -> Selection:
-    """Cluster precomputed outputs class by class; the core of :func:`find_slow_learnable`.
+    """Cluster precomputed outputs class by class; the core of `find_slow_learnable`.
 
-    Arguments are as in :func:`find_slow_learnable`.
+    Arguments are as in `find_slow_learnable`.
     """
     logits_np = np.ascontiguousarray(as_numpy("logits", logits), dtype=np.float32)
     targets_np = as_numpy("targets", targets)

@@ -7,7 +7,7 @@ features. The examples that lack the fast-learnable feature are exactly the ones
 find, which makes this distribution a ground truth for testing the selection.
 
 The model is Eq. (1): ``f(x) = sum_j sum_p sigma(<w_j, x_p>)`` with ``sigma(z) = z**3``, trained
-with the logistic loss. :class:`ToyCNN` returns two logits ``(-f/2, f/2)``, so cross-entropy on
+with the logistic loss. `ToyCNN` returns two logits ``(-f/2, f/2)``, so cross-entropy on
 labels ``{0, 1}`` equals the paper's logistic loss ``log(1 + exp(-y f))`` with
 ``y = 2 * label - 1``.
 
