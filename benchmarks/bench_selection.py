@@ -1,0 +1,342 @@
+"""What USEFUL's extra step costs: selection vs one training epoch, clustering at scale, memory.
+
+Sections (each prints a Markdown table of ratios against a baseline from the same run):
+
+1. Selection cost: (output collection + per-class 2-means) / (one SGD epoch), same model and
+   data. The floor is one forward pass, about 1/3 of an epoch. Also the clustering share.
+2. Scale: clustering alone on synthetic logits shaped like CIFAR-10 (50k x 10), CIFAR-100
+   (50k x 100) and ImageNet-1k (1.28M x 1000), per backend, against scikit-learn.
+3. Peak memory of output collection vs a naive list-of-batches + torch.cat baseline.
+
+Run: ``python benchmarks/bench_selection.py [--quick] [--device cuda]`` (see README.md here).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import base_parser, describe_machine, print_table
+
+from useful_data._cluster import KMeans2, cuml_usable
+from useful_data._kmeans_torch import kmeans2
+from useful_data.collect import collect_outputs
+from useful_data.slow_learnable import select_from_logits
+
+
+def small_cnn(num_classes: int = 10) -> nn.Module:
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(3, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        nn.MaxPool2d(2),
+        *block(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, num_classes),
+    )
+
+
+def synthetic_images(n: int, num_classes: int = 10, seed: int = 0) -> TensorDataset:
+    """32x32 images whose class shifts a colour channel, so one epoch learns something."""
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(num_classes, (n,), generator=g)
+    images = torch.randn(n, 3, 32, 32, generator=g)
+    images[:, targets % 3] += (targets.float() / num_classes)[:, None, None, None]
+    data = TensorDataset(images, targets)
+    data.targets = targets  # type: ignore[attr-defined]
+    return data
+
+
+def train_epoch(model: nn.Module, data: TensorDataset, device: str, max_batches: int = 0) -> float:
+    loader = DataLoader(
+        data, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def section_selection_cost(args) -> None:
+    n = 256 if args.quick else args.n
+    data = synthetic_images(n)
+    if args.device == "cuda":
+        import timm
+
+        model = timm.create_model("resnet18", num_classes=10).to(args.device)
+        name = "timm resnet18"
+    else:
+        torch.manual_seed(0)
+        model = small_cnn().to(args.device)
+        name = "small CNN (3 conv + BN)"
+    train_epoch(model, data, args.device, max_batches=3)  # warm-up
+    epoch_before = train_epoch(model, data, args.device)
+    rows = []
+    backends = ["sklearn", "torch"] + (["cuml"] if cuml_usable() else [])
+    for backend in backends:
+        start = time.perf_counter()
+        # exactly what find_slow_learnable(model, data, batch_size=512) runs, timed in two parts
+        outputs, targets = collect_outputs(
+            model, data, batch_size=512, device=args.device, progress=False
+        )
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        collect = time.perf_counter() - start
+        start = time.perf_counter()
+        select_from_logits(outputs, targets, backend=backend)
+        cluster = time.perf_counter() - start
+        rows.append([backend, collect, cluster])
+    epoch_after = train_epoch(model, data, args.device)
+    epoch = (epoch_before + epoch_after) / 2
+    table = [
+        [
+            name,
+            n,
+            backend,
+            epoch,
+            collect,
+            cluster,
+            (collect + cluster) / epoch,
+            collect / epoch,
+            cluster / (collect + cluster),
+        ]
+        for backend, collect, cluster in rows
+    ]
+    print_table(
+        f"Selection cost vs one training epoch ({args.device}, N={n}, C=10)",
+        [
+            "model",
+            "N",
+            "backend",
+            "epoch s",
+            "collect s",
+            "cluster s",
+            "selection/epoch",
+            "collect/epoch",
+            "cluster share",
+        ],
+        table,
+    )
+    print(
+        f"\nepoch measured before and after the selections: {epoch_before:.3g} s, "
+        f"{epoch_after:.3g} s. Target: selection/epoch <= 0.40; floor ~0.33 (one forward)."
+    )
+
+
+def class_block(label: int, n: int, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Logits of one class: 70% learned (margin ~5), 30% slow (margin ~1), like early training."""
+    rng = np.random.default_rng([seed, label])
+    x = rng.standard_normal((n, num_classes), dtype=np.float32)
+    learned = int(0.7 * n)
+    x[:learned, label] += 5.0
+    x[learned:, label] += 1.0
+    return x[rng.permutation(n)]
+
+
+def time_clustering(fit, shape, classes_timed: int) -> tuple[float, float]:
+    """Wall and process-CPU seconds of ``fit`` on ``classes_timed`` classes, scaled to all."""
+    n_total, num_classes = shape
+    per_class = n_total // num_classes
+    wall = cpu = 0.0
+    for label in range(classes_timed):
+        x = class_block(label, per_class, num_classes)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fit(x)
+        wall += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+    scale = num_classes / classes_timed  # every class has the same size
+    return wall * scale, cpu * scale
+
+
+def one_thread(fit):
+    """Run ``fit`` with one OpenMP thread for scikit-learn and one intra-op thread for torch."""
+
+    def run(x):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with threadpool_limits(1, user_api="openmp"):
+                return fit(x)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
+def section_scale(args) -> None:
+    shapes = {
+        "CIFAR-10": (50_000, 10),
+        "CIFAR-100": (50_000, 100),
+        "ImageNet-1k": (1_280_000, 1000),
+    }
+    if args.quick:
+        shapes = {"CIFAR-10": (50_000, 10), "CIFAR-100": (50_000, 100)}
+    threads = torch.get_num_threads()
+    rows = []
+    for name, shape in shapes.items():
+        num_classes = shape[1]
+        few = min(num_classes, 1 if args.quick else args.sklearn_classes)
+        every = 1 if args.quick else num_classes
+        sklearn = KMeans2("sklearn", n_init=10, seed=0).fit_predict
+        fast = KMeans2("torch", n_init=10, seed=0).fit_predict
+        runs = [
+            (f"sklearn, {threads} threads (baseline)", few, sklearn),
+            ("sklearn, 1 thread", few, one_thread(sklearn)),
+            (f"torch cpu, {threads} threads", few, fast),
+            ("torch cpu, 1 thread", every, one_thread(fast)),
+        ]
+        if args.device == "cuda":
+
+            def on_gpu(x, num_classes=num_classes):
+                labels, _ = kmeans2(torch.from_numpy(x).cuda(), n_init=10, seed=0)
+                return labels.cpu()
+
+            on_gpu(class_block(0, 100, num_classes))  # CUDA warm-up
+            runs.append(("torch cuda", every, on_gpu))
+        if cuml_usable():
+            runs.append(("cuml", every, KMeans2("cuml", n_init=10, seed=0).fit_predict))
+        base = None
+        for backend, timed, fit in runs:
+            wall, cpu = time_clustering(fit, shape, timed)
+            base = wall if base is None else base
+            rows.append(
+                [
+                    name,
+                    f"{shape[0]} x {num_classes}",
+                    backend,
+                    f"{timed}/{num_classes}",
+                    wall,
+                    cpu,
+                    wall / base,
+                ]
+            )
+    print_table(
+        "Clustering alone (2-means per class, n_init=10), seconds for all classes",
+        ["data", "N x C", "backend", "classes timed", "wall s", "cpu s", "ratio vs sklearn"],
+        rows,
+    )
+    print(
+        "\nClasses have equal sizes, so a backend timed on k of C classes is extrapolated as "
+        "time * C / k. cpu s = process CPU time (all threads). Target for ImageNet-1k: <= 60 s "
+        "on the 2-core CPU, <= 10 s on one GPU."
+    )
+
+
+MEMORY_DIM = 16
+
+
+def memory_child(mode: str, n: int, num_classes: int) -> None:
+    """Run one collection in a fresh process and print its peak RSS growth in bytes."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(n, MEMORY_DIM, generator=g))
+    model = nn.Linear(MEMORY_DIM, num_classes)
+    collect_outputs(model, TensorDataset(torch.randn(600, MEMORY_DIM)), progress=False)  # warm
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+
+    def rss(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(field)
+
+    before = rss("VmRSS:")
+    if mode == "library":
+        outputs, _ = collect_outputs(model, data, batch_size=256, progress=False)
+    else:  # the naive way: keep every batch, then concatenate (two copies at the peak)
+        batches = []
+        with torch.inference_mode():
+            for (x,) in DataLoader(data, batch_size=256):
+                batches.append(model(x).float())
+            outputs = torch.cat(batches)
+        del batches
+    print(rss("VmHWM:") - before, outputs.shape[0])
+
+
+def section_memory(args) -> None:
+    n, num_classes = (5_000, 400) if args.quick else (100_000, 1000)
+    expected = n * num_classes * 4
+    peaks = {}
+    for mode in ("naive", "library"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", mode, str(n), str(num_classes)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        peaks[mode] = int(out[0])
+    rows = [
+        [
+            mode,
+            f"{n} x {num_classes}",
+            expected / 2**20,
+            peak / 2**20,
+            peak / expected,
+            peak / peaks["naive"],
+        ]
+        for mode, peak in peaks.items()
+    ]
+    print_table(
+        "Peak memory of output collection (RSS growth in a fresh process)",
+        ["method", "N x C", "N*C*4 MiB", "peak MiB", "peak / (N*C*4)", "ratio vs naive"],
+        rows,
+    )
+    print("\nnaive = list of batch outputs + torch.cat (two copies at the peak).")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
+        memory_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        return
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20_000, help="images in section 1")
+    parser.add_argument(
+        "--sklearn-classes",
+        type=int,
+        default=20,
+        help="classes timed with scikit-learn per shape (extrapolated to all classes)",
+    )
+    parser.add_argument(
+        "--sections", default="cost,scale,memory", help="comma-separated: cost, scale, memory"
+    )
+    args = parser.parse_args()
+    describe_machine(args)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    sections = set(args.sections.split(","))
+    if "cost" in sections:
+        section_selection_cost(args)
+    if "scale" in sections:
+        section_scale(args)
+    if "memory" in sections:
+        section_memory(args)
+
+
+if __name__ == "__main__":
+    main()
