@@ -58,7 +58,7 @@ def synthetic_images(n: int, num_classes: int = 10, seed: int = 0) -> TensorData
     g = torch.Generator().manual_seed(seed)
     targets = torch.randint(num_classes, (n,), generator=g)
     images = torch.randn(n, 3, 32, 32, generator=g)
-    images[:, targets % 3] += (targets.float() / num_classes)[:, None, None, None]
+    images[torch.arange(n), targets % 3] += (targets.float() / num_classes)[:, None, None]
     data = TensorDataset(images, targets)
     data.targets = targets  # type: ignore[attr-defined]
     return data
