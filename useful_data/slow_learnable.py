@@ -203,8 +203,12 @@ def _outputs_from_model(
                 "items carry none; pass targets=... or make items (input, target)"
             )
         return outputs, seen.numpy()
-    if seen is not None:
-        _check_same_targets(known, seen.numpy(), "the labels in the dataset's items")
+    if seen is not None and targets is None:  # explicit targets= win over the items' labels
+        _check_same_targets(
+            known,
+            seen.numpy(),
+            "the labels in the dataset's items (a target_transform? pass targets=)",
+        )
     return outputs, known
 
 
