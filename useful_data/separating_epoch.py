@@ -28,8 +28,9 @@ error ``5 + 90 exp(-epoch / tau)`` % over 200 epochs, with ``tau = 2.5`` (CIFAR-
 With seeded Gaussian noise of 0.5 error points per epoch, over 30 noise seeds, they stay within
 1 epoch of 8 (CIFAR-10-like) and 4 epochs of 20 (CIFAR-100-like; standard deviation 1.6
 epochs). The defaults were chosen to hit those two epochs: that is a calibration on stand-in
-curves, not a validation on CIFAR. Treat the result as a good first choice and, when you can afford it, try the epochs
-around it (Figure 15b); `Selection.separation` tells you how well the clusters split.
+curves, not a validation on CIFAR. Treat the result as a good first choice and, when you can
+afford it, try the epochs around it (Figure 15b); `Selection.separation` tells you how well the
+clusters split.
 
 Paper: Nguyen, Haddad, Gan, Mirzasoleiman, "Changing the Training Data Distribution to Reduce
 Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024, Appendix C.2 and D.8.
