@@ -351,7 +351,8 @@ def select_from_logits(
     )
     if strategy == "kmeans":
         separation = selection.separation
-        if separation.weak:
+        # Nothing split at all is reported above (identical outputs) or is a single-example set.
+        if separation.weak and separation.num_classes_split:
             warnings.warn(
                 f"the slow-learnable clusters are weakly separated by loss (ROC-AUC "
                 f"{separation.auc:.2f} < {WEAK_SEPARATION_AUC}, mean-loss gap "
