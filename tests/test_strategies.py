@@ -150,3 +150,13 @@ def test_bench_accuracy_quick_runs_and_prints_parsable_tables():
         acc = float(row.split("|")[2].split("±")[0])
         assert 0.0 <= acc <= 1.0
     assert "elapsed:" in out
+
+
+def test_random_draw_of_a_class_does_not_depend_on_the_other_classes():
+    # what lets a run split by class across ranks (useful_data.distributed) agree
+    ref = np.tile([True, False, False], 40)
+    targets = np.repeat([0, 1, 2], 40)
+    full = select_random_like(ref, targets, seed=5)
+    keep = targets != 1
+    part = select_random_like(ref[keep], targets[keep], seed=5)
+    np.testing.assert_array_equal(full[keep], part)

@@ -13,6 +13,7 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024, Section 
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from typing import Any, Literal
@@ -27,6 +28,11 @@ from useful_data._checks import as_numpy, check_finite, check_positive_int, chec
 from useful_data._cluster import KMeans2
 from useful_data._targets import dataset_targets
 from useful_data.collect import collect_outputs
+from useful_data.distributed import (
+    collect_outputs_sharded,
+    resolve_distributed,
+    select_across_ranks,
+)
 from useful_data.selection import WEAK_SEPARATION_AUC, Selection
 from useful_data.strategies import (
     STRATEGIES,
@@ -60,6 +66,7 @@ def find_slow_learnable(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
     strategy: Literal["kmeans", "misclassified", "loss_quantile", "random"] = "kmeans",
+    distributed: bool | None = None,
 ) -> Selection:
     """Find the slow-learnable examples of a training set (USEFUL, Algorithm 1).
 
@@ -101,6 +108,13 @@ def find_slow_learnable(
             method); ``"misclassified"``, ``"loss_quantile"`` (above the per-class median
             loss) and ``"random"`` (k-means' count per class, drawn at random with ``seed``)
             are the paper's ablation baselines, see `useful_data.strategies`.
+        distributed: Under ``torch.distributed`` (DDP, ``torchrun``), split the work across
+            ranks: each rank runs the model on every ``world_size``-th batch only, the
+            outputs are gathered, and each class is clustered on one rank; every rank
+            returns the same `Selection`, equal to the single-process one. Call it on every
+            rank. ``None`` (default) does this whenever a process group with more than one
+            rank is initialised; ``False`` makes every rank do all the work alone. See
+            `useful_data.distributed`.
 
     Returns:
         The `Selection` of slow-learnable examples.
@@ -125,6 +139,7 @@ def find_slow_learnable(
     _check_strategy(strategy)
     n_init = check_positive_int("n_init", n_init)
     upsample_factor = check_upsample_factor(upsample_factor)
+    sharded = resolve_distributed(distributed)
     if (model is None) == (logits is None):
         raise TypeError(
             "find_slow_learnable needs exactly one source of outputs: either a model and a "
@@ -149,6 +164,7 @@ def find_slow_learnable(
             device=device,
             autocast_dtype=autocast_dtype,
             progress=progress,
+            sharded=sharded,
         )
     elif targets is None:
         if dataset is None:
@@ -160,9 +176,8 @@ def find_slow_learnable(
             )
     if logits is None or targets is None:  # narrowing for type checkers
         raise TypeError("find_slow_learnable needs both outputs and targets")
-    return select_from_logits(
-        logits,
-        targets,
+    select = functools.partial(
+        select_from_logits,
         features=features,
         n_init=n_init,
         seed=seed,
@@ -170,6 +185,9 @@ def find_slow_learnable(
         upsample_factor=upsample_factor,
         strategy=strategy,
     )
+    if sharded:  # each class is clustered on one rank; every rank gets the same Selection
+        return select_across_ranks(select, logits, targets)
+    return select(logits, targets)
 
 
 def _check_strategy(strategy: str) -> None:
@@ -183,6 +201,7 @@ def _outputs_from_model(
     *,
     eval_dataset: Dataset[Any] | None,
     targets: np.ndarray | torch.Tensor | None,
+    sharded: bool = False,
     **collect_kwargs: Any,
 ) -> tuple[torch.Tensor, np.ndarray]:
     source = dataset if eval_dataset is None else eval_dataset
@@ -195,7 +214,8 @@ def _outputs_from_model(
     known = as_numpy("targets", targets) if targets is not None else dataset_targets(dataset)
     if known is not None and eval_dataset is not None:
         _check_same_targets(known, dataset_targets(eval_dataset), "eval_dataset.targets")
-    outputs, seen = collect_outputs(model, source, **collect_kwargs)
+    collect = collect_outputs_sharded if sharded else collect_outputs
+    outputs, seen = collect(model, source, **collect_kwargs)
     if known is None:
         if seen is None:
             raise ValueError(

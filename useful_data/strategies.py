@@ -113,7 +113,8 @@ def select_random_like(reference: np.ndarray, targets: np.ndarray, *, seed: int 
     Args:
         reference: ``(N,)`` bool mask whose per-class counts are matched (USEFUL's k-means).
         targets: ``(N,)`` integer labels.
-        seed: Seed of a local ``numpy`` generator; the same seed gives the same mask.
+        seed: Seed of local ``numpy`` generators (one per class, seeded with
+            ``(seed, label)``); the same seed gives the same mask.
 
     Returns:
         ``(N,)`` bool mask.
@@ -128,11 +129,13 @@ def select_random_like(reference: np.ndarray, targets: np.ndarray, *, seed: int 
     """
     reference = np.asarray(reference, dtype=bool)
     targets = np.asarray(targets)
-    rng = np.random.default_rng(seed)
     mask = np.zeros(reference.shape[0], dtype=bool)
     for label in np.unique(targets):
         members = np.flatnonzero(targets == label)
         count = int(reference[members].sum())
+        # One generator per class, seeded by (seed, label): a class's draw does not depend on
+        # which other classes are present, so a run split by class across ranks agrees.
+        rng = np.random.default_rng([int(seed), int(label)])
         mask[rng.choice(members, size=count, replace=False)] = True
     return mask
 
