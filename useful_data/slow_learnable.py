@@ -13,6 +13,7 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024, Section 
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from typing import Any, Literal
@@ -27,6 +28,11 @@ from useful_data._checks import as_numpy, check_finite, check_positive_int, chec
 from useful_data._cluster import KMeans2
 from useful_data._targets import dataset_targets
 from useful_data.collect import collect_outputs
+from useful_data.distributed import (
+    collect_outputs_sharded,
+    resolve_distributed,
+    select_across_ranks,
+)
 from useful_data.selection import Selection
 
 __all__ = ["find_slow_learnable", "select_from_logits"]
@@ -53,6 +59,7 @@ def find_slow_learnable(
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> Selection:
     """Find the slow-learnable examples of a training set (USEFUL, Algorithm 1).
 
@@ -90,6 +97,13 @@ def find_slow_learnable(
         device: Device to run the model on; defaults to the model's device.
         autocast_dtype: Run the model under autocast with this dtype (e.g. ``torch.bfloat16``).
         progress: Show a progress bar while collecting outputs.
+        distributed: Under ``torch.distributed`` (DDP, ``torchrun``), split the work across
+            ranks: each rank runs the model on every ``world_size``-th batch only, the
+            outputs are gathered, and each class is clustered on one rank; every rank
+            returns the same `Selection`, equal to the single-process one. Call it on every
+            rank. ``None`` (default) does this whenever a process group with more than one
+            rank is initialised; ``False`` makes every rank do all the work alone. See
+            `useful_data.distributed`.
 
     Returns:
         The `Selection` of slow-learnable examples.
@@ -113,6 +127,7 @@ def find_slow_learnable(
         raise ValueError(f"features should be one of {FEATURES}, but got features={features!r}")
     n_init = check_positive_int("n_init", n_init)
     upsample_factor = check_upsample_factor(upsample_factor)
+    sharded = resolve_distributed(distributed)
     if (model is None) == (logits is None):
         raise TypeError(
             "find_slow_learnable needs exactly one source of outputs: either a model and a "
@@ -137,6 +152,7 @@ def find_slow_learnable(
             device=device,
             autocast_dtype=autocast_dtype,
             progress=progress,
+            sharded=sharded,
         )
     elif targets is None:
         if dataset is None:
@@ -148,15 +164,17 @@ def find_slow_learnable(
             )
     if logits is None or targets is None:  # narrowing for type checkers
         raise TypeError("find_slow_learnable needs both outputs and targets")
-    return select_from_logits(
-        logits,
-        targets,
+    select = functools.partial(
+        select_from_logits,
         features=features,
         n_init=n_init,
         seed=seed,
         backend=backend,
         upsample_factor=upsample_factor,
     )
+    if sharded:  # each class is clustered on one rank; every rank gets the same Selection
+        return select_across_ranks(select, logits, targets)
+    return select(logits, targets)
 
 
 def _outputs_from_model(
@@ -165,6 +183,7 @@ def _outputs_from_model(
     *,
     eval_dataset: Dataset[Any] | None,
     targets: np.ndarray | torch.Tensor | None,
+    sharded: bool = False,
     **collect_kwargs: Any,
 ) -> tuple[torch.Tensor, np.ndarray]:
     source = dataset if eval_dataset is None else eval_dataset
@@ -177,7 +196,8 @@ def _outputs_from_model(
     known = as_numpy("targets", targets) if targets is not None else dataset_targets(dataset)
     if known is not None and eval_dataset is not None:
         _check_same_targets(known, dataset_targets(eval_dataset), "eval_dataset.targets")
-    outputs, seen = collect_outputs(model, source, **collect_kwargs)
+    collect = collect_outputs_sharded if sharded else collect_outputs
+    outputs, seen = collect(model, source, **collect_kwargs)
     if known is None:
         if seen is None:
             raise ValueError(
@@ -185,8 +205,12 @@ def _outputs_from_model(
                 "items carry none; pass targets=... or make items (input, target)"
             )
         return outputs, seen.numpy()
-    if seen is not None:
-        _check_same_targets(known, seen.numpy(), "the labels in the dataset's items")
+    if seen is not None and targets is None:  # explicit targets= win over the items' labels
+        _check_same_targets(
+            known,
+            seen.numpy(),
+            "the labels in the dataset's items (a target_transform? pass targets=)",
+        )
     return outputs, known
 
 
