@@ -172,6 +172,19 @@ def test_docs_page_code_runs(page, tmp_path):
     )
 
 
+def test_api_page_documents_every_public_name():
+    import useful_data
+
+    api = (DOCS / "api.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^::: (useful_data[\w.]*)\s*$", api, re.MULTILINE))
+    missing = [
+        name
+        for name in useful_data.__all__
+        if name != "__version__" and f"useful_data.{name}" not in documented
+    ]
+    assert not missing, f"add '::: useful_data.NAME' to docs/api.md for: {missing}"
+
+
 def test_figure_script_runs_quick(tmp_path):
     out = tmp_path / "alignment.png"
     proc = subprocess.run(
