@@ -60,6 +60,7 @@ def test_non_contiguous_labels_are_fine():
     assert [c.label for c in sel.class_summary()] == [1, 4, 7]
 
 
+@pytest.mark.filterwarnings("ignore:.*separat.*:RuntimeWarning")  # random logits: weak split
 def test_deterministic_given_seed():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(300, 4)).astype(np.float32)  # no clear structure: seed matters
@@ -253,3 +254,17 @@ def test_selection_on_the_papers_synthetic_distribution():
     print(f"synthetic selection: precision={precision:.3f} recall={recall:.3f}")
     assert precision >= 0.9 and recall >= 0.95
     assert isinstance(sel, Selection)
+
+
+def test_item_labels_must_match_targets_attribute_unless_targets_given():
+    logits, targets, truth = two_blob_logits()
+    data = _TargetsDataset(torch.from_numpy(logits), targets)
+    data.targets = list((targets + 1) % 3)  # e.g. a target_transform remaps the item labels
+    items = TensorDataset(torch.from_numpy(logits), torch.from_numpy(targets))
+    items.targets = data.targets
+    with pytest.raises(ValueError, match="target_transform"):
+        find_slow_learnable(torch.nn.Identity(), items, progress=False)
+    sel = find_slow_learnable(
+        torch.nn.Identity(), items, targets=targets, progress=False, backend="sklearn"
+    )
+    np.testing.assert_array_equal(sel.mask, truth)

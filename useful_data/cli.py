@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from useful_data._version import __version__
-from useful_data.selection import Selection
+from useful_data.selection import WEAK_SEPARATION_AUC, Selection
 
 __all__ = ["build_parser", "main"]
 
@@ -23,9 +23,32 @@ def _fmt_loss(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4f}"
 
 
+def _fmt_separation(selection: Selection) -> str:
+    sep = selection.separation
+    if sep.num_classes_split == 0:
+        return "separation: no class has examples on both sides (weak)"
+    verdict = (
+        f"weak (auc < {WEAK_SEPARATION_AUC}): close to random upsampling; "
+        "try another separating epoch"
+        if sep.weak
+        else "ok"
+    )
+    return (
+        f"separation: loss auc {sep.auc:.3f}   loss gap {sep.loss_gap:.4f}   "
+        f"over {sep.num_classes_split} split classes   {verdict}"
+    )
+
+
 def format_summary(selection: Selection) -> str:
-    """Render a selection's per-class summary as a plain-text table."""
-    rows = [("class", "examples", "slow", "slow %", "loss slow", "loss fast", "note")]
+    """Render a selection's per-class summary as a plain-text table.
+
+    ``auc`` is the ROC-AUC of the loss for membership in the slow-learnable cluster within a
+    class (0.5: the split ignores the loss, like random upsampling; 1.0: perfectly separated)
+    and ``gap`` the mean loss of the slow-learnable cluster minus the rest. The ``separation``
+    line averages both over the split classes, weighted by class size, and says when the
+    split is weak (see `useful_data.selection.WEAK_SEPARATION_AUC`).
+    """
+    rows = [("class", "examples", "slow", "slow %", "loss slow", "loss fast", "auc", "gap", "note")]
     for c in selection.class_summary():
         share = 100.0 * c.num_slow_learnable / c.num_examples if c.num_examples else 0.0
         rows.append(
@@ -36,6 +59,8 @@ def format_summary(selection: Selection) -> str:
                 f"{share:.1f}",
                 _fmt_loss(c.mean_loss_slow),
                 _fmt_loss(c.mean_loss_fast),
+                "-" if math.isnan(c.loss_auc) else f"{c.loss_auc:.3f}",
+                _fmt_loss(c.loss_gap),
                 c.note,
             )
         )
@@ -49,6 +74,7 @@ def format_summary(selection: Selection) -> str:
         f"upsample_factor: {selection.upsample_factor}   "
         f"upsampled size: {selection.upsampled_size} ({selection.upsampled_size / max(n, 1):.2f}x)",
         "params: " + ", ".join(f"{k}={v}" for k, v in sorted(selection.params.items())),
+        _fmt_separation(selection),
         "",
     ]
     return "\n".join(head + lines)

@@ -26,10 +26,26 @@ import torch
 from useful_data._checks import as_numpy, check_upsample_factor, indices_to_mask
 from useful_data._version import __version__
 
-__all__ = ["ClassSummary", "Selection", "SelectionLike", "dataset_fingerprint", "resolve_selection"]
+__all__ = [
+    "WEAK_SEPARATION_AUC",
+    "ClassSummary",
+    "Selection",
+    "SelectionLike",
+    "Separation",
+    "dataset_fingerprint",
+    "loss_auc",
+    "resolve_selection",
+]
 
 FORMAT_NAME = "useful-data/selection"
 FORMAT_VERSION = 1
+
+#: Below this overall ROC-AUC (loss as a score for membership in the slow-learnable cluster),
+#: the k-means split is called weak: `find_slow_learnable` warns and `Separation.weak` is True.
+#: 0.5 is what a random split of the same size gets; on data where the split follows the
+#: planted truth (the paper's synthetic distribution, a model fit for a few epochs on digits)
+#: the AUC is 0.9-1.0. See docs/guides/strategies.md, "Selection diagnostics".
+WEAK_SEPARATION_AUC = 0.7
 
 #: What `USEFULDataset` and `UpsampleSampler` accept
 #: as a selection: a `Selection`, a path to a saved one, indices or a boolean mask.
@@ -57,6 +73,60 @@ def dataset_fingerprint(targets: np.ndarray) -> dict[str, Any]:
     }
 
 
+def loss_auc(loss: np.ndarray, positive: np.ndarray) -> float:
+    """ROC-AUC of ``loss`` as a score for ``positive`` (rank-based, ties count one half).
+
+    The probability that a randomly drawn positive example has a higher loss than a randomly
+    drawn negative one: 1.0 when every selected example has a higher loss than every other,
+    0.5 when the split ignores the loss (random). NaN when either group is empty.
+
+    Args:
+        loss: ``(n,)`` scores.
+        positive: ``(n,)`` bool membership.
+
+    Returns:
+        The AUC, a float in ``[0, 1]`` or NaN.
+
+    Example:
+        >>> import numpy as np
+        >>> loss_auc(np.array([0.1, 0.2, 0.9, 0.8]), np.array([False, False, True, True]))
+        1.0
+        >>> loss_auc(np.array([1.0, 1.0]), np.array([True, False]))
+        0.5
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.shape[0] - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    # Mann-Whitney U from average ranks (1-based); tied scores share their mean rank.
+    _, inverse, counts = np.unique(loss, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    rank_sum = float(mean_rank[inverse][positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+@dataclass(frozen=True)
+class Separation:
+    """How well the loss separates the selected examples from the rest, over all classes.
+
+    Attributes:
+        auc: Example-weighted mean over the split classes of the per-class ROC-AUC of the loss
+            for membership in the slow-learnable cluster (0.5 = no better than random,
+            1.0 = every selected example has a higher loss than every other of its class).
+        loss_gap: Example-weighted mean over the split classes of the per-class difference
+            in mean loss, slow-learnable minus the rest.
+        num_classes_split: Classes with examples on both sides (the ones averaged).
+        weak: ``auc < WEAK_SEPARATION_AUC`` (NaN, i.e. nothing split, counts as weak).
+    """
+
+    auc: float
+    loss_gap: float
+    num_classes_split: int
+    weak: bool
+
+
 @dataclass(frozen=True)
 class ClassSummary:
     """Per-class outcome of the 2-means split.
@@ -68,6 +138,8 @@ class ClassSummary:
         mean_loss_slow: Mean cross-entropy of the slow-learnable cluster (NaN if empty).
         mean_loss_fast: Mean cross-entropy of the rest of the class (NaN if empty).
         note: Why the class was not split (empty if it was).
+        loss_auc: ROC-AUC of the loss for membership in the slow-learnable cluster, within the
+            class (see `loss_auc`; NaN if one side is empty).
     """
 
     label: int
@@ -76,6 +148,12 @@ class ClassSummary:
     mean_loss_slow: float
     mean_loss_fast: float
     note: str = ""
+    loss_auc: float = float("nan")
+
+    @property
+    def loss_gap(self) -> float:
+        """Mean loss of the slow-learnable cluster minus that of the rest (NaN if one is empty)."""
+        return self.mean_loss_slow - self.mean_loss_fast
 
     @property
     def split(self) -> bool:
@@ -173,7 +251,7 @@ class Selection:
         return self.num_examples + (self.upsample_factor - 1) * self.num_slow_learnable
 
     def class_summary(self) -> list[ClassSummary]:
-        """Per-class counts and mean loss of both clusters, in label order."""
+        """Per-class counts, mean loss of both clusters and loss ROC-AUC, in label order."""
         labels, inverse = np.unique(self.targets, return_inverse=True)
         k = len(labels)
         total = np.bincount(inverse, minlength=k)
@@ -192,9 +270,35 @@ class Selection:
                 mean_loss_slow=float(mean_slow[i]),
                 mean_loss_fast=float(mean_fast[i]),
                 note=self.unsplit.get(int(labels[i]), ""),
+                loss_auc=loss_auc(self.loss[inverse == i], self.mask[inverse == i]),
             )
             for i in range(k)
         ]
+
+    @property
+    def separation(self) -> Separation:
+        """Overall separation of the selected examples by loss (see `Separation`).
+
+        Derived from ``mask``, ``loss`` and ``targets``, so it is the same after save/load.
+
+        Example:
+            >>> import numpy as np
+            >>> sel = Selection(
+            ...     mask=np.array([True, False, False, True, False, False]),
+            ...     loss=np.array([2.0, 0.1, 0.2, 1.5, 0.3, 0.4], dtype=np.float32),
+            ...     targets=np.array([0, 0, 0, 1, 1, 1]),
+            ... )
+            >>> sep = sel.separation
+            >>> sep.auc, round(sep.loss_gap, 2), sep.weak
+            (1.0, 1.5, False)
+        """
+        split = [c for c in self.class_summary() if not np.isnan(c.loss_auc)]
+        if not split:
+            return Separation(float("nan"), float("nan"), 0, True)
+        sizes = np.array([c.num_examples for c in split], dtype=np.float64)
+        auc = float(np.average([c.loss_auc for c in split], weights=sizes))
+        gap = float(np.average([c.loss_gap for c in split], weights=sizes))
+        return Separation(auc, gap, len(split), not auc >= WEAK_SEPARATION_AUC)
 
     def __repr__(self) -> str:
         return (

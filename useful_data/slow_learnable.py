@@ -13,6 +13,7 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024, Section 
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from typing import Any, Literal
@@ -27,7 +28,18 @@ from useful_data._checks import as_numpy, check_finite, check_positive_int, chec
 from useful_data._cluster import KMeans2
 from useful_data._targets import dataset_targets
 from useful_data.collect import collect_outputs
-from useful_data.selection import Selection
+from useful_data.distributed import (
+    collect_outputs_sharded,
+    resolve_distributed,
+    select_across_ranks,
+)
+from useful_data.selection import WEAK_SEPARATION_AUC, Selection
+from useful_data.strategies import (
+    STRATEGIES,
+    select_loss_quantile,
+    select_misclassified,
+    select_random_like,
+)
 
 __all__ = ["find_slow_learnable", "select_from_logits"]
 
@@ -53,6 +65,8 @@ def find_slow_learnable(
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
+    strategy: Literal["kmeans", "misclassified", "loss_quantile", "random"] = "kmeans",
+    distributed: bool | None = None,
 ) -> Selection:
     """Find the slow-learnable examples of a training set (USEFUL, Algorithm 1).
 
@@ -90,6 +104,17 @@ def find_slow_learnable(
         device: Device to run the model on; defaults to the model's device.
         autocast_dtype: Run the model under autocast with this dtype (e.g. ``torch.bfloat16``).
         progress: Show a progress bar while collecting outputs.
+        strategy: How to pick the examples to upsample. ``"kmeans"`` is USEFUL (the paper's
+            method); ``"misclassified"``, ``"loss_quantile"`` (above the per-class median
+            loss) and ``"random"`` (k-means' count per class, drawn at random with ``seed``)
+            are the paper's ablation baselines, see `useful_data.strategies`.
+        distributed: Under ``torch.distributed`` (DDP, ``torchrun``), split the work across
+            ranks: each rank runs the model on every ``world_size``-th batch only, the
+            outputs are gathered, and each class is clustered on one rank; every rank
+            returns the same `Selection`, equal to the single-process one. Call it on every
+            rank. ``None`` (default) does this whenever a process group with more than one
+            rank is initialised; ``False`` makes every rank do all the work alone. See
+            `useful_data.distributed`.
 
     Returns:
         The `Selection` of slow-learnable examples.
@@ -111,8 +136,10 @@ def find_slow_learnable(
     """
     if features not in FEATURES:
         raise ValueError(f"features should be one of {FEATURES}, but got features={features!r}")
+    _check_strategy(strategy)
     n_init = check_positive_int("n_init", n_init)
     upsample_factor = check_upsample_factor(upsample_factor)
+    sharded = resolve_distributed(distributed)
     if (model is None) == (logits is None):
         raise TypeError(
             "find_slow_learnable needs exactly one source of outputs: either a model and a "
@@ -137,6 +164,7 @@ def find_slow_learnable(
             device=device,
             autocast_dtype=autocast_dtype,
             progress=progress,
+            sharded=sharded,
         )
     elif targets is None:
         if dataset is None:
@@ -148,15 +176,23 @@ def find_slow_learnable(
             )
     if logits is None or targets is None:  # narrowing for type checkers
         raise TypeError("find_slow_learnable needs both outputs and targets")
-    return select_from_logits(
-        logits,
-        targets,
+    select = functools.partial(
+        select_from_logits,
         features=features,
         n_init=n_init,
         seed=seed,
         backend=backend,
         upsample_factor=upsample_factor,
+        strategy=strategy,
     )
+    if sharded:  # each class is clustered on one rank; every rank gets the same Selection
+        return select_across_ranks(select, logits, targets)
+    return select(logits, targets)
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy should be one of {STRATEGIES}, but got strategy={strategy!r}")
 
 
 def _outputs_from_model(
@@ -165,6 +201,7 @@ def _outputs_from_model(
     *,
     eval_dataset: Dataset[Any] | None,
     targets: np.ndarray | torch.Tensor | None,
+    sharded: bool = False,
     **collect_kwargs: Any,
 ) -> tuple[torch.Tensor, np.ndarray]:
     source = dataset if eval_dataset is None else eval_dataset
@@ -177,7 +214,8 @@ def _outputs_from_model(
     known = as_numpy("targets", targets) if targets is not None else dataset_targets(dataset)
     if known is not None and eval_dataset is not None:
         _check_same_targets(known, dataset_targets(eval_dataset), "eval_dataset.targets")
-    outputs, seen = collect_outputs(model, source, **collect_kwargs)
+    collect = collect_outputs_sharded if sharded else collect_outputs
+    outputs, seen = collect(model, source, **collect_kwargs)
     if known is None:
         if seen is None:
             raise ValueError(
@@ -185,8 +223,12 @@ def _outputs_from_model(
                 "items carry none; pass targets=... or make items (input, target)"
             )
         return outputs, seen.numpy()
-    if seen is not None:
-        _check_same_targets(known, seen.numpy(), "the labels in the dataset's items")
+    if seen is not None and targets is None:  # explicit targets= win over the items' labels
+        _check_same_targets(
+            known,
+            seen.numpy(),
+            "the labels in the dataset's items (a target_transform? pass targets=)",
+        )
     return outputs, known
 
 
@@ -216,11 +258,13 @@ def select_from_logits(
     seed: int = 0,
     backend: Literal["auto", "cuml", "sklearn"] = "auto",
     upsample_factor: int = 2,
+    strategy: Literal["kmeans", "misclassified", "loss_quantile", "random"] = "kmeans",
 ) -> Selection:
     """Cluster precomputed outputs class by class; the core of `find_slow_learnable`.
 
     Arguments are as in `find_slow_learnable`.
     """
+    _check_strategy(strategy)
     logits_np = np.ascontiguousarray(as_numpy("logits", logits), dtype=np.float32)
     targets_np = as_numpy("targets", targets)
     if logits_np.ndim != 2:
@@ -257,6 +301,19 @@ def select_from_logits(
     logits_t = torch.from_numpy(logits_np)
     loss = F.cross_entropy(logits_t, torch.from_numpy(targets_np), reduction="none").numpy()
     feats = logits_np if features == "logits" else torch.softmax(logits_t, dim=1).numpy()
+    if strategy in ("misclassified", "loss_quantile"):  # ablation baselines: no clustering
+        rule_mask = (
+            select_misclassified(logits_np, targets_np)
+            if strategy == "misclassified"
+            else select_loss_quantile(loss, targets_np)
+        )
+        return Selection(
+            mask=rule_mask,
+            loss=loss,
+            targets=targets_np,
+            upsample_factor=upsample_factor,
+            params={"strategy": strategy, "num_classes": int(num_classes)},
+        )
 
     kmeans = KMeans2(backend, n_init=n_init, seed=seed)
     mask = np.zeros(num_examples, dtype=bool)
@@ -294,15 +351,17 @@ def select_from_logits(
         )
     if unsplit:
         logger.info("classes not split: %s", unsplit)
+    if strategy == "random":  # k-means' count per class, drawn uniformly (Figure 6 baseline)
+        mask = select_random_like(mask, targets_np, seed=seed)
     params = {
-        "strategy": "kmeans",
+        "strategy": strategy,
         "features": features,
         "n_init": n_init,
         "seed": int(seed),
         "backend": kmeans.backend,
         "num_classes": int(num_classes),
     }
-    return Selection(
+    selection = Selection(
         mask=mask,
         loss=loss,
         targets=targets_np,
@@ -310,3 +369,17 @@ def select_from_logits(
         params=params,
         unsplit=unsplit,
     )
+    if strategy == "kmeans":
+        separation = selection.separation
+        # Nothing split at all is reported above (identical outputs) or is a single-example set.
+        if separation.weak and separation.num_classes_split:
+            warnings.warn(
+                f"the slow-learnable clusters are weakly separated by loss (ROC-AUC "
+                f"{separation.auc:.2f} < {WEAK_SEPARATION_AUC}, mean-loss gap "
+                f"{separation.loss_gap:.3g}), so the selection is close to random upsampling; "
+                "try another separating epoch (see useful_data.separating_epoch) and check "
+                "selection.class_summary()",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return selection

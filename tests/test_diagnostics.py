@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import two_blob_logits
+
+from useful_data import Selection, find_slow_learnable
+from useful_data.cli import format_summary, main
+from useful_data.selection import WEAK_SEPARATION_AUC, loss_auc
+
+
+def _pairwise_auc(loss, positive):
+    pos, neg = loss[positive], loss[~positive]
+    greater = (pos[:, None] > neg[None, :]).mean()
+    ties = (pos[:, None] == neg[None, :]).mean()
+    return greater + 0.5 * ties
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rank_auc_matches_the_pairwise_definition(seed):
+    rng = np.random.default_rng(seed)
+    loss = rng.normal(size=80).round(1)  # rounding makes ties
+    positive = rng.random(80) < 0.3
+    assert np.isclose(loss_auc(loss, positive), _pairwise_auc(loss, positive))
+
+
+def test_rank_auc_edge_cases():
+    assert np.isnan(loss_auc(np.array([1.0, 2.0]), np.array([True, True])))
+    assert np.isnan(loss_auc(np.array([1.0]), np.array([False])))
+    assert loss_auc(np.array([3.0, 1.0]), np.array([False, True])) == 0.0
+
+
+def test_well_separated_selection_reports_high_auc_and_positive_gap():
+    logits, targets, _ = two_blob_logits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no weak-separation warning here
+        sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    for c in sel.class_summary():
+        assert c.loss_auc == 1.0
+        assert c.loss_gap > 0.5
+        assert np.isclose(c.loss_gap, c.mean_loss_slow - c.mean_loss_fast)
+    sep = sel.separation
+    assert sep.auc == 1.0 and sep.loss_gap > 0.5 and sep.num_classes_split == 3
+    assert not sep.weak
+
+
+def test_weak_separation_warns_and_is_flagged():
+    # Outputs whose 2-means split is driven by a direction unrelated to the loss: every class
+    # splits ~50/50 along the non-target logit, while the loss is noise.
+    rng = np.random.default_rng(0)
+    n = 300
+    targets = np.repeat(np.arange(3), n // 3)
+    logits = rng.normal(0.0, 0.05, size=(n, 3)).astype(np.float32)
+    side = rng.random(n) < 0.5
+    for c in range(3):
+        other = (c + 1) % 3
+        logits[targets == c, other] += np.where(side[targets == c], 4.0, -4.0)
+        logits[targets == c, c] += 4.0 * side[targets == c]  # same loss on both sides
+    with pytest.warns(RuntimeWarning, match="weakly separated by loss.*separating epoch"):
+        sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    assert sel.separation.weak
+    assert sel.separation.auc < WEAK_SEPARATION_AUC
+    assert 0.4 < sel.num_slow_learnable / n < 0.6
+
+
+def test_random_strategy_does_not_warn_but_has_auc_near_half():
+    logits, targets, _ = two_blob_logits(n_per_class=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sel = find_slow_learnable(
+            logits=logits, targets=targets, strategy="random", backend="sklearn"
+        )
+    assert abs(sel.separation.auc - 0.5) < 0.15
+
+
+def test_separation_survives_save_and_load(tmp_path):
+    logits, targets, _ = two_blob_logits(seed=2)
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    loaded = Selection.load(sel.save(tmp_path / "sel.npz"))
+    assert loaded.separation == sel.separation
+    assert loaded.class_summary() == sel.class_summary()
+
+
+def test_unsplit_selection_has_nan_separation_and_counts_as_weak():
+    sel = Selection(mask=np.zeros(4, bool), loss=np.ones(4), targets=np.array([0, 0, 1, 1]))
+    sep = sel.separation
+    assert np.isnan(sep.auc) and sep.num_classes_split == 0 and sep.weak
+    assert "no class has examples on both sides" in format_summary(sel)
+
+
+def test_inspect_shows_auc_gap_and_overall_line(tmp_path, capsys):
+    logits, targets, _ = two_blob_logits()
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    assert main(["inspect", str(sel.save(tmp_path / "sel.npz"))]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("class"))
+    assert header.split()[-3:] == ["auc", "gap", "note"]
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [float(r[6]) for r in rows] == [1.0, 1.0, 1.0]
+    assert "separation: loss auc 1.000" in out and "ok" in out
+
+
+def test_inspect_flags_weak_separation():
+    rng = np.random.default_rng(1)
+    sel = Selection(
+        mask=rng.random(200) < 0.5,
+        loss=rng.random(200).astype(np.float32),
+        targets=np.repeat([0, 1], 100),
+    )
+    assert "weak (auc <" in format_summary(sel)
