@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 
 @pytest.fixture(autouse=True)
@@ -31,3 +32,19 @@ def two_blob_logits(
         logits[slow, c] -= 6.0  # not learned yet: near-uniform, high loss
     perm = rng.permutation(n)
     return logits[perm], targets[perm], truth[perm]
+
+
+def make_image_folder(
+    root, num_classes: int = 3, per_class: int = 10, size: int = 32, seed: int = 0
+):
+    """An ImageFolder layout (``root/train/class_c/i.png``) of noisy single-colour PNGs."""
+    rng = np.random.default_rng(seed)
+    for c in range(num_classes):
+        folder = root / "train" / f"class_{c}"
+        folder.mkdir(parents=True)
+        colour = np.zeros(3)
+        colour[c % 3] = 200.0
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(0.0, 40.0, (size, size, 3)) + colour, 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return root

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -58,3 +59,105 @@ def test_console_script_entry_point(tmp_path):
         check=True,
     )
     assert "slow-learnable: 1 (50.0%)" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def timm_run(tmp_path_factory):
+    """An image folder and a timm-style checkpoint of a tiny timm model."""
+    import argparse as _argparse
+
+    import timm
+    import torch
+    from conftest import make_image_folder
+
+    root = tmp_path_factory.mktemp("cli")
+    make_image_folder(root / "images")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=3)
+    checkpoint = root / "checkpoint-3.pth.tar"
+    torch.save(
+        {
+            "epoch": 3,
+            "state_dict": {"module." + k: v for k, v in model.state_dict().items()},
+            "args": _argparse.Namespace(model="resnet10t"),
+        },
+        checkpoint,
+    )
+    return root, checkpoint
+
+
+def _select_argv(root, checkpoint, *extra):
+    return [
+        "select",
+        "--model",
+        "resnet10t",
+        "--checkpoint",
+        str(checkpoint),
+        "--data-dir",
+        str(root / "images"),
+        "--img-size",
+        "32",
+        "--workers",
+        "0",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--backend",
+        "sklearn",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_select_writes_a_selection_of_the_training_folder(timm_run, tmp_path, capsys):
+    root, checkpoint = timm_run
+    out = tmp_path / "sel.npz"
+    argv = _select_argv(root, checkpoint, "--num-classes", "3", "-o", str(out), "--seed", "1")
+    assert main(argv) == 0
+    sel = Selection.load(out)
+    assert sel.num_examples == 30
+    assert sel.targets.tolist() == np.repeat(np.arange(3), 10).tolist()
+    assert sel.params["seed"] == 1
+    assert 0 < sel.num_slow_learnable < sel.num_examples
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--num-classes", "5"], "classifier with 3 classes but the model has 5"),
+        (["--num-classes", "3", "--model", "resnet18"], "does not fit the model"),
+        (["--num-classes", "3", "--data-dir", "EMPTY"], "could not build dataset|no examples"),
+    ],
+)
+def test_select_errors_are_clear(timm_run, tmp_path, capsys, extra, message):
+    root, checkpoint = timm_run
+    (tmp_path / "EMPTY" / "train").mkdir(parents=True)
+    extra = [str(tmp_path / "EMPTY") if e == "EMPTY" else e for e in extra]
+    argv = [*_select_argv(root, checkpoint), *extra, "-o", str(tmp_path / "s.npz")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("useful-data select: error:")
+    assert re.search(message, err)
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_inspect_plot(timm_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    root, _ = timm_run
+    targets = np.repeat(np.arange(3), 10)
+    sel = Selection(mask=np.arange(30) % 4 == 0, loss=np.ones(30), targets=targets)
+    path = sel.save(tmp_path / "sel.npz")
+    bars = tmp_path / "bars.png"
+    assert main(["inspect", str(path), "--plot", str(bars)]) == 0
+    grid = tmp_path / "grid.png"
+    argv = ["inspect", str(path), "--plot", str(grid), "--data-dir", str(root / "images")]
+    assert main(argv) == 0
+    assert f"wrote {grid}" in capsys.readouterr().out
+    assert bars.stat().st_size > 0
+    assert grid.stat().st_size > bars.stat().st_size  # the grid of images is drawn too
+    wrong = Selection(mask=np.ones(4, bool), loss=np.ones(4), targets=np.arange(4) % 2)
+    argv = ["inspect", str(wrong.save(tmp_path / "w.npz")), "--plot", str(tmp_path / "x.png")]
+    assert main([*argv, "--data-dir", str(root / "images")]) == 1
+    assert "selection was computed on" in capsys.readouterr().err

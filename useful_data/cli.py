@@ -1,7 +1,8 @@
 """The ``useful-data`` command line.
 
-``useful-data --version`` prints the version; ``useful-data inspect SELECTION`` prints a
-per-class summary of a saved `Selection`.
+``useful-data --version`` prints the version; ``useful-data select`` computes a selection from a
+timm checkpoint taken at the separating epoch; ``useful-data inspect SELECTION`` prints a
+per-class summary of a saved `Selection` and, with ``--plot``, draws it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from useful_data._version import __version__
 from useful_data.selection import WEAK_SEPARATION_AUC, Selection
@@ -86,11 +88,137 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"useful-data {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    inspect = sub.add_parser("inspect", help="print a per-class summary of a saved selection")
+    _add_select(sub)
+    inspect = sub.add_parser(
+        "inspect",
+        help="print a per-class summary of a saved selection (and draw it with --plot)",
+        description="Print a per-class summary of a saved selection. With --plot, draw a "
+        "per-class bar chart, and with --data-dir also a grid of random slow- vs "
+        "fast-learnable images per class (the paper's Figure 1). Needs matplotlib: "
+        "pip install 'useful-data[plot]'.",
+    )
     inspect.add_argument(
         "selection", metavar="SELECTION_FILE", help="file written by Selection.save"
     )
+    inspect.add_argument("--plot", metavar="OUT.png", help="draw the selection into this file")
+    inspect.add_argument(
+        "--data-dir", help="the training images, for the grid (same as for select)"
+    )
+    inspect.add_argument(
+        "--dataset", default="", help="timm dataset name ('' = image folder, torch/cifar10, ...)"
+    )
+    inspect.add_argument("--split", default="train", help="dataset split (default: train)")
+    inspect.add_argument("--num-per-class", type=int, default=6, help="images per group and class")
+    inspect.add_argument("--max-classes", type=int, default=10, help="classes in the grid")
+    inspect.add_argument("--seed", type=int, default=0, help="seed of the random images")
     return parser
+
+
+def _add_select(sub: Any) -> None:
+    select = sub.add_parser(
+        "select",
+        help="compute a selection from a timm checkpoint at the separating epoch",
+        description="Load a timm checkpoint saved at the separating epoch, run the model over "
+        "the training set with timm's EVAL transforms (no augmentation), cluster its outputs "
+        "class by class, and save the slow-learnable examples. Then train with "
+        "USEFULDataset(dataset_train, SELECTION_FILE).",
+    )
+    select.add_argument("--model", required=True, help="timm model name, e.g. resnet18")
+    select.add_argument("--checkpoint", required=True, help="checkpoint-<epoch>.pth.tar of timm")
+    select.add_argument("--num-classes", type=int, required=True, help="classifier outputs")
+    select.add_argument("--data-dir", required=True, help="dataset root (timm's --data-dir)")
+    select.add_argument(
+        "--dataset", default="", help="timm dataset name ('' = image folder, torch/cifar10, ...)"
+    )
+    select.add_argument("--split", default="train", help="the training split (default: train)")
+    select.add_argument("--class-map", default="", help="timm's --class-map file, if used")
+    select.add_argument("--download", action="store_true", help="download torch/ datasets")
+    size = select.add_mutually_exclusive_group()
+    size.add_argument("--img-size", type=int, help="input image size (default: the model's)")
+    size.add_argument(
+        "--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="input size C H W"
+    )
+    select.add_argument("--crop-pct", type=float, help="eval center-crop fraction")
+    select.add_argument("--use-ema", action="store_true", help="cluster the EMA weights")
+    select.add_argument("--batch-size", type=int, default=256, help="default: 256")
+    select.add_argument("--workers", type=int, default=4, help="data loader workers")
+    select.add_argument("--device", help="default: cuda if available, else cpu")
+    select.add_argument(
+        "--backend", choices=("auto", "cuml", "sklearn"), default="auto", help="k-means backend"
+    )
+    select.add_argument("--seed", type=int, default=0, help="k-means seed")
+    select.add_argument(
+        "--upsample-factor", type=int, default=2, help="times a slow example appears (paper: 2)"
+    )
+    select.add_argument("--no-progress", action="store_true", help="no progress bar")
+    select.add_argument("-o", "--output", required=True, help="where to write the selection")
+
+
+def _select(args: argparse.Namespace) -> Selection:
+    import torch
+
+    from useful_data.slow_learnable import find_slow_learnable
+    from useful_data.timm import create_eval_dataset, create_timm_model, timm_dataset_targets
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = create_timm_model(
+        args.model, num_classes=args.num_classes, checkpoint=args.checkpoint, use_ema=args.use_ema
+    ).to(device)
+    dataset = create_eval_dataset(
+        args.dataset,
+        args.data_dir,
+        model=model,
+        split=args.split,
+        input_size=args.input_size or args.img_size,
+        crop_pct=args.crop_pct,
+        download=args.download,
+        class_map=args.class_map,
+    )
+    targets = timm_dataset_targets(dataset)
+    if targets is not None and targets.size and int(targets.max()) >= args.num_classes:
+        raise ValueError(
+            f"the dataset has labels up to {int(targets.max())} but --num-classes is "
+            f"{args.num_classes}; pass the class count the model was trained with"
+        )
+    return find_slow_learnable(
+        model,
+        dataset,
+        targets=targets,
+        seed=args.seed,
+        backend=args.backend,
+        upsample_factor=args.upsample_factor,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=device,
+        progress=not args.no_progress,
+    )
+
+
+def _plot(args: argparse.Namespace, selection: Selection) -> None:
+    from useful_data.plot import plot_selection
+
+    dataset = None
+    class_names = None
+    if args.data_dir:
+        from timm.data import create_dataset
+
+        dataset = create_dataset(args.dataset, root=args.data_dir, split=args.split)
+        reader = getattr(dataset, "reader", None)
+        class_to_idx = getattr(reader, "class_to_idx", None) or getattr(
+            dataset, "class_to_idx", None
+        )
+        if isinstance(class_to_idx, dict):
+            names = {int(i): str(n) for n, i in class_to_idx.items()}
+            class_names = [names.get(i, str(i)) for i in range(max(names) + 1)]
+    plot_selection(
+        selection,
+        dataset,
+        args.plot,
+        num_per_class=args.num_per_class,
+        max_classes=args.max_classes,
+        class_names=class_names,
+        seed=args.seed,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "select":
+        try:
+            selection = _select(args)
+            path = selection.save(args.output)
+        except (FileNotFoundError, ValueError, TypeError) as err:
+            print(f"useful-data select: error: {err}", file=sys.stderr)
+            return 1
+        print(format_summary(selection))
+        print(f"\nwrote {path}")
+        return 0
     if args.command == "inspect":
         try:
             selection = Selection.load(args.selection)
@@ -107,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"useful-data inspect: error: {err}", file=sys.stderr)
             return 1
         print(format_summary(selection))
+        if args.plot:
+            try:
+                _plot(args, selection)
+            except (ImportError, ValueError, TypeError, RuntimeError) as err:
+                print(f"useful-data inspect: error: {err}", file=sys.stderr)
+                return 1
+            print(f"\nwrote {args.plot}")
         return 0
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse guards
     return 2  # pragma: no cover

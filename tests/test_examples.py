@@ -1,0 +1,100 @@
+"""Smoke tests: every example runs end to end on CPU with tiny settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import useful_data
+from useful_data import Selection
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+HAS_SAM = hasattr(useful_data, "SAM")  # SAM lands with its own branch
+needs_sam = pytest.mark.skipif(not HAS_SAM, reason="useful_data.SAM is not available")
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quickstart_prints_an_honest_table(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    quickstart = load_example("quickstart")
+    picture = tmp_path / "q.png"
+    argv = ["--num-examples", "300", "--num-test", "300", "--steps", "60", "--seeds", "2"]
+    quickstart.main([*argv, "--sep-step", "20", "--plot", str(picture)])
+    out = capsys.readouterr().out
+    for method in ("GD", "GD + random upsampling", "GD + USEFUL"):
+        assert any(line.startswith(method + " ") for line in out.splitlines())
+    assert "precision" in out and "recall" in out
+    assert "mean ± std over 2 seeds" in out
+    assert picture.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "methods", ["gd,gd+useful", pytest.param("sam,sam+useful", marks=needs_sam)]
+)
+def test_toy_simplicity_bias(capsys, methods):
+    toy = load_example("toy_simplicity_bias")
+    argv = ["--num-examples", "400", "--steps", "40", "--sep-step", "20", "--log-every", "20"]
+    toy.main([*argv, "--methods", methods])
+    out = capsys.readouterr().out
+    assert "feature alignment" in out
+    assert "precision" in out
+    for method in methods.split(","):
+        assert f"  {method.upper()} " in out
+    rows = [line.split() for line in out.splitlines() if line.strip().split()[:1] == ["20"]]
+    assert rows and len(rows[0]) == 3  # step, v_e and v_d alignment of one optimizer
+
+
+@pytest.mark.parametrize(
+    "method", ["sgd", "sgd+useful", pytest.param("sam+useful", marks=needs_sam)]
+)
+def test_train_cifar_on_fake_data(tmp_path, capsys, method):
+    train_cifar = load_example("train_cifar")
+    out_dir = tmp_path / "run"
+    argv = ["--fake-data", "24", "--epochs", "2", "--separating-epoch", "1", "--batch-size", "12"]
+    argv += ["--model", "test_resnet", "--workers", "0", "--out", str(out_dir), "--method", method]
+    final = train_cifar.main(argv)
+    assert 0.0 <= final <= 100.0
+    logs = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+    phases = [(entry["phase"], entry["epoch"]) for entry in logs]
+    if method.endswith("+useful"):
+        assert phases == [("early", 1), ("train", 1), ("train", 2)]
+        selection = Selection.load(out_dir / "selection.npz")
+        assert selection.num_examples == 24
+    else:
+        assert phases == [("train", 1), ("train", 2)]
+    assert logs[-2]["lr"] == pytest.approx(0.1)  # phase 2 restarts the schedule
+    assert logs[-1]["lr"] < 0.1
+    assert "final test error" in capsys.readouterr().out
+
+    # resume: a finished run reloads its last state and trains no further epoch
+    again = train_cifar.main([*argv, "--resume"])
+    assert again == pytest.approx(final)
+    assert len((out_dir / "log.jsonl").read_text().splitlines()) == len(logs)
+
+
+def test_train_cifar_restarts_from_the_same_initial_weights(tmp_path):
+    train_cifar = load_example("train_cifar")
+    import torch
+
+    out_dir = tmp_path / "run"
+    argv = ["--fake-data", "24", "--epochs", "2", "--separating-epoch", "1", "--batch-size", "12"]
+    argv += ["--model", "test_resnet", "--workers", "0", "--out", str(out_dir)]
+    train_cifar.main([*argv, "--method", "sgd+useful"])
+    state = torch.load(out_dir / "last.pt", weights_only=False)
+    torch.manual_seed(0)
+    fresh = train_cifar.build_model("test_resnet", 10).state_dict()
+    for key, value in fresh.items():
+        assert torch.equal(state["init"][key], value), key
+    assert np.isfinite(Selection.load(out_dir / "selection.npz").loss).all()

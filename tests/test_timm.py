@@ -1,0 +1,178 @@
+"""timm integration: checkpoint loading, eval datasets, and the two-line train.py patch."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder
+
+timm = pytest.importorskip("timm")
+from timm.data import create_dataset, create_loader  # noqa: E402
+
+from useful_data import Selection, USEFULDataset  # noqa: E402
+from useful_data.timm import (  # noqa: E402
+    create_eval_dataset,
+    create_timm_model,
+    extract_state_dict,
+    load_timm_checkpoint,
+    timm_dataset_targets,
+)
+
+NUM_CLASSES = 3
+PER_CLASS = 10  # make_image_folder's defaults
+MODEL = "resnet10t"
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_timm_model(MODEL, num_classes=NUM_CLASSES)
+
+
+def save_timm_style(model, path, *, prefix="module.", ema=None):
+    """A checkpoint shaped like timm's CheckpointSaver writes it (args Namespace included)."""
+    state = {
+        "epoch": 4,
+        "arch": MODEL,
+        "state_dict": {prefix + k: v for k, v in model.state_dict().items()},
+        "args": argparse.Namespace(model=MODEL, num_classes=NUM_CLASSES),
+        "version": 2,
+    }
+    if ema is not None:
+        state["state_dict_ema"] = ema
+    torch.save(state, path)
+    return path
+
+
+def test_load_timm_checkpoint_strips_prefixes_and_reads_ema(model, tmp_path):
+    shifted = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    path = save_timm_style(model, tmp_path / "checkpoint-4.pth.tar", ema=shifted)
+    fresh = timm.create_model(MODEL, num_classes=NUM_CLASSES)
+    load_timm_checkpoint(fresh, path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)
+    load_timm_checkpoint(fresh, path, use_ema=True)
+    name = "fc.weight"
+    assert torch.equal(fresh.state_dict()[name], shifted[name])
+
+
+def test_load_bare_state_dict_with_compile_prefix(model, tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save({"_orig_mod.module." + k: v for k, v in model.state_dict().items()}, path)
+    fresh = create_timm_model(MODEL, num_classes=NUM_CLASSES, checkpoint=path)
+    assert torch.equal(fresh.state_dict()["fc.bias"], model.state_dict()["fc.bias"])
+
+
+def test_checkpoint_errors(model, tmp_path):
+    path = save_timm_style(model, tmp_path / "c.pth.tar")
+    with pytest.raises(ValueError, match="classifier with 3 classes but the model has 5"):
+        create_timm_model(MODEL, num_classes=5, checkpoint=path)
+    with pytest.raises(ValueError, match=r"does not fit the model.*missing key"):
+        create_timm_model("resnet18", num_classes=NUM_CLASSES, checkpoint=path)
+    with pytest.raises(ValueError, match="no EMA weights"):
+        create_timm_model(MODEL, num_classes=NUM_CLASSES, checkpoint=path, use_ema=True)
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        create_timm_model(MODEL, num_classes=NUM_CLASSES, checkpoint=tmp_path / "nope.pth")
+    with pytest.raises(ValueError, match="not a timm model name"):
+        create_timm_model("resnet_does_not_exist", num_classes=NUM_CLASSES)
+    with pytest.raises(ValueError, match="no model weights"):
+        extract_state_dict({"epoch": 3, "optimizer": {"lr": 0.1}})
+
+
+def test_eval_dataset_uses_eval_transforms_and_timm_order(image_root, model):
+    ds = create_eval_dataset("", image_root, model=model, input_size=32)
+    assert len(ds) == NUM_CLASSES * PER_CLASS
+    assert "RandomResizedCrop" not in repr(ds.transform)
+    assert "CenterCrop" in repr(ds.transform)
+    x, y = ds[0]
+    assert tuple(x.shape) == (3, 32, 32)
+    targets = timm_dataset_targets(ds)
+    assert targets.tolist() == np.repeat(np.arange(NUM_CLASSES), PER_CLASS).tolist()
+    # the same order as timm's train.py builds dataset_train
+    train = create_dataset("", root=str(image_root), split="train", is_training=True)
+    assert [train.filename(i) for i in range(len(train))] == [
+        ds.filename(i) for i in range(len(ds))
+    ]
+    assert y == targets[0]
+
+
+def test_eval_dataset_errors(tmp_path, model):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"could not build dataset|holds no examples"):
+        create_eval_dataset("", tmp_path / "empty", model=model)
+    with pytest.raises(ValueError, match="is not a folder"):
+        create_eval_dataset("", tmp_path / "missing", model=model)
+
+
+def _selection_for(dataset):
+    targets = timm_dataset_targets(dataset)
+    mask = np.zeros(len(targets), dtype=bool)
+    mask[::3] = True  # a third of the examples are slow-learnable
+    return Selection(mask=mask, loss=mask.astype(float), targets=targets)
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_train_py_patch_works_with_create_loader(image_root, tmp_path, distributed):
+    """The two lines added to timm's train.py, then timm's own create_loader."""
+    dataset_train = create_dataset("", root=str(image_root), split="train", is_training=True)
+    path = _selection_for(dataset_train).save(tmp_path / "sel.npz")
+    num_slow = int(Selection.load(path).num_slow_learnable)
+    batch_size = 3
+    before = len(dataset_train)
+
+    # --- the patch ---
+    from useful_data import USEFULDataset as _USEFULDataset
+
+    dataset_train = _USEFULDataset(dataset_train, str(path))
+    # -----------------
+    assert len(dataset_train) == before + num_slow
+
+    initialised = False
+    if distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1
+        )
+        initialised = True
+    try:
+        loader = create_loader(
+            dataset_train,
+            input_size=(3, 32, 32),
+            batch_size=batch_size,
+            is_training=True,
+            use_prefetcher=False,
+            num_workers=0,
+            distributed=distributed,
+            device=torch.device("cpu"),
+            persistent_workers=False,
+        )
+        assert loader.dataset is dataset_train
+        # create_loader set the training transform through the wrapper, on the wrapped dataset
+        assert dataset_train.dataset.transform is not None
+        assert "RandomResizedCrop" in repr(dataset_train.dataset.transform)
+        total = before + num_slow
+        expected = total // batch_size if loader.drop_last else -(-total // batch_size)
+        assert len(loader) == expected
+        seen = 0
+        for x, y in loader:
+            assert x.shape[1:] == (3, 32, 32)
+            assert y.max() < NUM_CLASSES
+            seen += x.shape[0]
+        assert seen == (expected * batch_size if loader.drop_last else total)
+    finally:
+        if initialised:
+            torch.distributed.destroy_process_group()
+
+
+def test_usefuldataset_from_saved_selection_matches_fingerprint(image_root, tmp_path):
+    train = create_dataset("", root=str(image_root), split="train", is_training=True)
+    sel = _selection_for(train)
+    wrapped = USEFULDataset(train, sel.save(tmp_path / "s.npz"))
+    assert wrapped.index_map[len(train) :].tolist() == sel.indices.tolist()

@@ -1,0 +1,321 @@
+"""timm integration: a model from a timm checkpoint and an eval-transform view of its training set.
+
+USEFUL's selection step needs the model at the separating epoch and the training set seen
+without training augmentation. With timm's ``train.py`` that is a checkpoint file
+(``checkpoint-<epoch>.pth.tar``) and a dataset name understood by ``timm.data.create_dataset``.
+This module turns both into what `find_slow_learnable` takes; ``useful-data select`` is the
+command line over it.
+
+The other half, training on the upsampled data, is two lines in timm's ``train.py`` right
+after ``dataset_train = create_dataset(...)``::
+
+    from useful_data import USEFULDataset
+    dataset_train = USEFULDataset(dataset_train, args.useful_selection)
+
+Paper: Nguyen et al., "Changing the Training Data Distribution to Reduce Simplicity Bias
+Improves In-distribution Generalization", NeurIPS 2024, Algorithm 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from useful_data._targets import dataset_targets
+
+__all__ = [
+    "create_eval_dataset",
+    "create_timm_model",
+    "extract_state_dict",
+    "load_timm_checkpoint",
+    "timm_dataset_targets",
+]
+
+#: Keys under which timm (and most training scripts) store weights, in the order tried.
+STATE_DICT_KEYS: tuple[str, ...] = ("state_dict", "model")
+#: Keys under which timm stores the EMA weights (``--model-ema``).
+EMA_KEYS: tuple[str, ...] = ("state_dict_ema", "model_ema")
+#: Prefixes added by DistributedDataParallel and ``torch.compile``, stripped on load.
+WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+
+
+def _read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint={str(path)!r} is not a file")
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    # timm's CheckpointSaver stores its argparse.Namespace next to the weights.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(
+                f"checkpoint={str(path)!r} could not be read as a PyTorch checkpoint "
+                f"(torch.load with weights_only=True failed: {err})"
+            ) from err
+
+
+def _strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
+    cleaned = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix) :], True
+        cleaned[key] = value
+    return cleaned
+
+
+def extract_state_dict(checkpoint: Any, *, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Pick the model weights out of a loaded checkpoint, the way timm saves them.
+
+    Args:
+        checkpoint: What ``torch.load`` returned: a bare state dict, or a dict holding one
+            under ``state_dict``/``model`` (and the EMA weights under ``state_dict_ema``/
+            ``model_ema``).
+        use_ema: Take the EMA weights (an error if the checkpoint has none).
+
+    Returns:
+        The state dict with ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes
+        removed.
+
+    Raises:
+        ValueError: if no state dict is found, or ``use_ema`` and there are no EMA weights.
+
+    Example:
+        >>> import torch
+        >>> ckpt = {"epoch": 9, "state_dict": {"module.fc.weight": torch.zeros(2, 3)}}
+        >>> list(extract_state_dict(ckpt))
+        ['fc.weight']
+    """
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            f"checkpoint should be a dict (a state dict or timm's checkpoint dict), but got "
+            f"{type(checkpoint).__name__}"
+        )
+    keys = EMA_KEYS if use_ema else STATE_DICT_KEYS
+    found = next((k for k in keys if isinstance(checkpoint.get(k), dict)), None)
+    if found is not None:
+        state = checkpoint[found]
+    elif use_ema:
+        raise ValueError(
+            f"use_ema=True but the checkpoint has no EMA weights under {list(EMA_KEYS)}; "
+            f"its keys are {sorted(map(str, checkpoint))[:10]}"
+        )
+    elif checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        state = checkpoint  # a bare state dict
+    else:
+        raise ValueError(
+            f"the checkpoint holds no model weights under {list(STATE_DICT_KEYS)} and is not a "
+            f"bare state dict; its keys are {sorted(map(str, checkpoint))[:10]}"
+        )
+    return _strip_prefixes(state)
+
+
+def load_timm_checkpoint(
+    model: nn.Module, path: str | os.PathLike[str], *, use_ema: bool = False
+) -> nn.Module:
+    """Load a checkpoint saved by timm's ``train.py`` (or a bare state dict) into ``model``.
+
+    Args:
+        model: The freshly built model (``timm.create_model(name, num_classes=...)``).
+        path: ``checkpoint-<epoch>.pth.tar``, ``last.pth.tar``, a ``.pth`` state dict or a
+            ``.safetensors`` file.
+        use_ema: Load the EMA weights instead of the raw ones (USEFUL clusters the raw model).
+
+    Returns:
+        ``model``, with the weights loaded (strictly: every key must match).
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a file.
+        ValueError: if the weights do not fit the model: a different class count, missing or
+            unexpected keys, or other shape mismatches (each named in the message).
+    """
+    state = extract_state_dict(_read_checkpoint(path), use_ema=use_ema)
+    _check_fits(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _check_fits(model: nn.Module, state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    own = model.state_dict()
+    name = type(model).__name__
+    classifier = _classifier_weight_key(model)
+    if classifier is not None and classifier in state and classifier in own:
+        have, want = state[classifier].shape[0], own[classifier].shape[0]
+        if have != want:
+            raise ValueError(
+                f"checkpoint={str(path)!r} has a classifier with {have} classes but the model "
+                f"has {want} (num_classes={want}); pass num_classes={have} (--num-classes {have})"
+            )
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {shapes[:2]}")
+        raise ValueError(
+            f"checkpoint={str(path)!r} does not fit the model ({name}): {'; '.join(parts)}. "
+            "Is the model name the architecture the checkpoint was trained with?"
+        )
+
+
+def _classifier_weight_key(model: nn.Module) -> str | None:
+    get_classifier = getattr(model, "get_classifier", None)
+    if not callable(get_classifier):
+        return None
+    head = get_classifier()
+    for prefix, module in model.named_modules():
+        if module is head and isinstance(getattr(module, "weight", None), torch.Tensor):
+            return f"{prefix}.weight" if prefix else "weight"
+    return None
+
+
+def create_timm_model(
+    name: str,
+    *,
+    num_classes: int,
+    checkpoint: str | os.PathLike[str] | None = None,
+    use_ema: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """``timm.create_model(name, num_classes=..., pretrained=False)``, then the checkpoint.
+
+    Args:
+        name: A timm model name (see ``timm.list_models()``).
+        num_classes: Outputs of the classifier; must match the checkpoint.
+        checkpoint: A file for `load_timm_checkpoint`; ``None`` keeps the random init.
+        use_ema: Load the checkpoint's EMA weights.
+        **kwargs: Passed to ``timm.create_model`` (e.g. ``in_chans``, ``drop_rate``).
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        ValueError: for an unknown model name or a checkpoint that does not fit.
+
+    Example:
+        >>> model = create_timm_model("resnet10t", num_classes=3)
+        >>> model.get_classifier().out_features
+        3
+    """
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise ValueError(
+            f"model={name!r} is not a timm model name; similar names: {close}"
+            if close
+            else f"model={name!r} is not a timm model name (see timm.list_models())"
+        )
+    model = timm.create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
+    if checkpoint is not None:
+        load_timm_checkpoint(model, checkpoint, use_ema=use_ema)
+    return model.eval()
+
+
+def create_eval_dataset(
+    name: str,
+    root: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    split: str = "train",
+    input_size: Sequence[int] | int | None = None,
+    crop_pct: float | None = None,
+    download: bool = False,
+    class_map: str = "",
+) -> Dataset[Any]:
+    """The training set as ``timm.data.create_dataset`` builds it, with timm's EVAL transforms.
+
+    The examples come in the same order as in timm's ``train.py`` (same ``name``, ``root``,
+    ``split``), so a selection computed on this view fits ``dataset_train`` there. Its transform
+    is ``create_transform(**resolve_data_config(..., model=model), is_training=False)``: resize,
+    center crop, normalise; no training augmentation.
+
+    Args:
+        name: timm dataset name: ``""`` for an image folder, or ``"torch/cifar10"`` etc.
+        root: ``--data-dir`` of timm (the folder, or where torchvision keeps the files).
+        model: The model, for its default data config (input size, mean, std, crop).
+        split: The split the model was trained on (timm's ``--train-split``).
+        input_size: ``(C, H, W)`` or an int image size; defaults to the model's.
+        crop_pct: Center-crop fraction of the eval transform; defaults to the model's.
+        download: Let torchvision datasets download (``torch/...`` names only).
+        class_map: timm's ``--class-map`` file, if training used one.
+
+    Returns:
+        The dataset, with ``.transform`` set to the eval transform.
+
+    Raises:
+        ValueError: if the dataset cannot be built or holds no examples.
+    """
+    from timm.data import create_dataset, create_transform, resolve_data_config
+
+    if not os.path.isdir(root) and not (download and name.lower().startswith("torch/")):
+        raise ValueError(f"data_dir={str(root)!r} is not a folder")
+    try:
+        dataset = create_dataset(
+            name,
+            root=str(root),
+            split=split,
+            is_training=False,
+            download=download,
+            class_map=class_map,
+        )
+    except (RuntimeError, AssertionError, FileNotFoundError) as err:
+        raise ValueError(
+            f"could not build dataset={name!r} from data_dir={str(root)!r}, split={split!r}: {err}"
+        ) from err
+    if len(dataset) == 0:
+        raise ValueError(
+            f"dataset={name!r} at data_dir={str(root)!r}, split={split!r} holds no examples; "
+            "an image folder needs one subfolder of images per class"
+        )
+    args: dict[str, Any] = {}
+    if input_size is not None:
+        size = tuple(input_size) if not isinstance(input_size, int) else (3, input_size, input_size)
+        if len(size) != 3:
+            raise ValueError(f"input_size should be (C, H, W) or an int, but got {input_size}")
+        args["input_size"] = size
+    if crop_pct is not None:
+        args["crop_pct"] = crop_pct
+    config = resolve_data_config(args, model=model)
+    dataset.transform = create_transform(**config, is_training=False)
+    return dataset
+
+
+def timm_dataset_targets(dataset: Dataset[Any]) -> np.ndarray | None:
+    """Labels of a timm or torchvision dataset without loading images, or ``None``.
+
+    Reads ``.targets``/``.labels`` (torchvision) or the ``(path, label)`` list of a timm image
+    folder reader (``dataset.reader.samples``).
+    """
+    targets = dataset_targets(dataset)
+    if targets is not None:
+        return targets
+    samples = getattr(getattr(dataset, "reader", None), "samples", None)
+    if isinstance(samples, list) and len(samples) == len(dataset):  # type: ignore[arg-type]
+        try:
+            return np.asarray([int(s[1]) for s in samples], dtype=np.int64)
+        except (TypeError, ValueError, IndexError):
+            return None
+    return None
