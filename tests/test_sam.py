@@ -5,8 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
+import re
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +21,8 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from useful_data.sam import SAM, ddp_no_sync, frozen_bn_stats, grads_are_finite
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mlp(depth: int = 2, width: int = 5, seed: int = 0, dtype=torch.float64) -> nn.Sequential:
@@ -547,3 +554,34 @@ def test_ddp_no_sync_is_a_no_op_without_ddp():
         assert not WithNoSync.entered
     with ddp_no_sync(WithNoSync(1, 1)):
         assert WithNoSync.entered
+
+
+# --- the guide and the benchmark ------------------------------------------------------------
+
+
+def test_guide_code_blocks_run_in_order():
+    text = (ROOT / "docs" / "guides" / "sam.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+    assert len(blocks) >= 10
+    namespace: dict[str, object] = {"__name__": "sam_guide"}
+    for i, block in enumerate(blocks):
+        code = compile(block, f"docs/guides/sam.md[block {i}]", "exec")
+        exec(code, namespace)
+
+
+def test_benchmark_quick_run_prints_the_table():
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_sam.py"), "--quick", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    assert "| method | ms/step | ratio vs 2x SGD |" in result.stdout
+    assert "reference (per-parameter loop)" in result.stdout
