@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -203,7 +204,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     batch_size, warmup, repeats, iters = (8, 1, 2, 1) if args.quick else (128, 3, 15, 3)
-    overhead_repeats, overhead_iters = (2, 1) if args.quick else (15, 20)
+    overhead_repeats, overhead_iters = (2, 1) if args.quick else (15, 3)
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 3, 32, 32, generator=generator).to(device)
@@ -221,7 +222,8 @@ def main() -> None:
         f"model: small CNN (2 conv + BN + linear), {n_params:,} parameters in {n_tensors} tensors;"
         f" batch {batch_size}x3x32x32; SGD(lr=0.1, momentum=0.9, wd=5e-4), rho={RHO}"
     )
-    print(f"median of {repeats} interleaved repeats x {iters} steps, after {warmup} warm-up\n")
+    print(f"median of {repeats} interleaved repeats x {iters} steps, after {warmup} warm-up")
+    print(f"load average at start: {load_average()} ({os.cpu_count()} CPUs)\n")
 
     steps, optimizers = make_steps(model, x, y)
     for fn in steps.values():
@@ -282,6 +284,12 @@ def main() -> None:
         }
         ours_us, loop_us = us["SAM (ours)"], us["reference (per-parameter loop)"]
         print(f"| {label} | {ours_us:.0f} | {loop_us:.0f} | {loop_us / ours_us:.2f} |")
+    print(f"\nload average at end: {load_average()}")
+
+
+def load_average() -> str:
+    """The 1-minute load average: other processes on the machine distort the timings."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
 
 
 if __name__ == "__main__":

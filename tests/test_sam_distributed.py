@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             F.cross_entropy(model(x), y).backward()  # all-reduced
             optimizer.second_step(zero_grad=True)
         torch.save([p.detach() for p in model.parameters()], Path(out_dir) / f"rank{rank}.pt")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with ddp_no_sync(model.module):  # the unwrapped module: a likely mistake
+                pass
+        (Path(out_dir) / f"warned{rank}.txt").write_text(str([str(w.message) for w in caught]))
     finally:
         dist.destroy_process_group()
 
@@ -96,6 +102,7 @@ def _free_port() -> int:
 def test_ddp_two_processes_stay_identical_and_match_per_replica_sam(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE))
+    assert "not model.module" in (tmp_path / "warned0.txt").read_text()
     for a, b in zip(rank0, rank1, strict=True):
         assert torch.equal(a, b)
     initial = [p.detach() for p in _model().parameters()]
