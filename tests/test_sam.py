@@ -154,6 +154,19 @@ def test_perturbation_is_stored_and_the_restore_is_bit_exact():
     _assert_equal(_params(model), w)
 
 
+def test_a_parameter_without_gradient_in_the_second_pass_is_still_restored():
+    model, (x, y) = _mlp(), _batch()
+    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
+    w = _params(model)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.first_step(zero_grad=True)
+    F.cross_entropy(model(x), y).backward()
+    model[2].bias.grad = None  # e.g. a branch the second pass did not take
+    optimizer.second_step()
+    assert torch.equal(model[2].bias.detach(), w[3])  # back at w, and not stepped
+    assert not torch.equal(model[0].weight.detach(), w[0])
+
+
 @pytest.mark.parametrize("closure_zeroes_grads", [True, False])
 def test_step_closure_equals_first_and_second_step_by_hand(closure_zeroes_grads):
     x, y = _batch()

@@ -26,8 +26,9 @@ Conventions of this implementation:
 - ``ε = 1e-12`` is added to the norm, so an all-zero gradient gives ``e(w) = 0``.
 - ``first_step`` keeps a copy of ``w`` and ``second_step`` copies it back, so the weights the
   base optimizer updates are bit-for-bit the ones the first pass saw.
-- The hot path is ``torch._foreach_*`` kernels, one launch per (group, device, dtype), never a
-  Python loop of per-parameter arithmetic.
+- The hot path is ``torch._foreach_*`` calls, one per operation per (group, device, dtype),
+  never a Python loop of per-parameter arithmetic; the copy of ``w`` and ``e(w)`` live in
+  buffers allocated once and reused every step.
 """
 
 from __future__ import annotations
