@@ -139,7 +139,11 @@ def sync(device: torch.device) -> None:
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], None]], device: torch.device, repeats: int, iters: int
+    fns: dict[str, Callable[[], None]],
+    device: torch.device,
+    repeats: int,
+    iters: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median over ``repeats`` of the mean ms per call; methods interleaved, order rotated."""
     names = list(fns)
@@ -147,11 +151,11 @@ def time_interleaved(
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             for _ in range(iters):
                 fns[name]()
             sync(device)
-            samples[name].append((time.perf_counter() - start) * 1e3 / iters)
+            samples[name].append((clock() - start) * 1e3 / iters)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -200,8 +204,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time (default); cpu: this process's CPU time, which other "
+        "processes on a shared machine distort less (use with --threads 1 on CPU)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error(f"--clock cpu measures CPU work only, but got --device {args.device}")
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     batch_size, warmup, repeats, iters = (8, 1, 2, 1) if args.quick else (128, 3, 15, 3)
     overhead_repeats, overhead_iters = (2, 1) if args.quick else (15, 3)
@@ -222,14 +236,17 @@ def main() -> None:
         f"model: small CNN (2 conv + BN + linear), {n_params:,} parameters in {n_tensors} tensors;"
         f" batch {batch_size}x3x32x32; SGD(lr=0.1, momentum=0.9, wd=5e-4), rho={RHO}"
     )
-    print(f"median of {repeats} interleaved repeats x {iters} steps, after {warmup} warm-up")
+    print(
+        f"{args.clock} clock; median of {repeats} interleaved repeats x {iters} steps, "
+        f"after {warmup} warm-up"
+    )
     print(f"load average at start: {load_average()} ({os.cpu_count()} CPUs)\n")
 
     steps, optimizers = make_steps(model, x, y)
     for fn in steps.values():
         for _ in range(warmup):
             fn()
-    times = time_interleaved(steps, device, repeats, iters)
+    times = time_interleaved(steps, device, repeats, iters, clock)
     floor = 2 * times["SGD"]
     print("| method | ms/step | ratio vs 2x SGD |")
     print("| --- | ---: | ---: |")
@@ -280,7 +297,9 @@ def main() -> None:
             fn()
         us = {
             k: v * 1e3
-            for k, v in time_interleaved(fns, device, overhead_repeats, overhead_iters).items()
+            for k, v in time_interleaved(
+                fns, device, overhead_repeats, overhead_iters, clock
+            ).items()
         }
         ours_us, loop_us = us["SAM (ours)"], us["reference (per-parameter loop)"]
         print(f"| {label} | {ours_us:.0f} | {loop_us:.0f} | {loop_us / ours_us:.2f} |")
