@@ -182,6 +182,19 @@ def test_step_closure_equals_first_and_second_step_by_hand(closure_zeroes_grads)
         _assert_equal(_params(model_a), _params(model_b))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_parameters_accumulate_the_norm_in_float32(dtype):
+    w = nn.Parameter(torch.zeros(10_000, dtype=dtype))
+    w.grad = torch.full_like(w, 1000.0)  # ‖g‖ = 1e5, past float16's largest value 65504
+    optimizer = SAM([w], torch.optim.SGD, rho=0.1, lr=0.1)
+    optimizer.first_step()
+    expected = torch.full_like(w, 0.1 * 1000.0 / 1e5)
+    torch.testing.assert_close(optimizer.state[w]["e_w"], expected)
+    torch.testing.assert_close(w.detach(), expected)
+    optimizer.second_step()
+    assert w.dtype == dtype and w.isfinite().all()
+
+
 def test_step_closure_is_run_with_grad_enabled_and_restores_w_if_it_raises():
     model, (x, y) = _mlp(), _batch()
     optimizer = SAM(model.parameters(), torch.optim.SGD, lr=0.1)

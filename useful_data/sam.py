@@ -187,7 +187,10 @@ class SAM(Optimizer):
             torch._foreach_copy_(b.e_w, b.grads)
             if b.adaptive:
                 torch._foreach_mul_(b.e_w, b.params)
-            norms = torch._foreach_norm(b.e_w, 2, dtype=b.norm_dtype)
+            if b.norm_dtype is None:
+                norms = torch._foreach_norm(b.e_w, 2)
+            else:  # torch >= 2.4
+                norms = torch._foreach_norm(b.e_w, 2, dtype=b.norm_dtype)
             bucket_norms.append(torch.linalg.vector_norm(torch.stack(norms)).to(shared_device))
         grad_norm = torch.linalg.vector_norm(torch.stack(bucket_norms))
 
@@ -356,8 +359,9 @@ class _Bucket:
     def __init__(self, rho: float, adaptive: bool, dtype: torch.dtype) -> None:
         self.rho = rho
         self.adaptive = adaptive
-        # Half-precision norms overflow (65504 for float16); accumulate them in float32.
-        self.norm_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        # Half-precision norms overflow (65504 for float16): accumulate those in float32.
+        low_precision = dtype in (torch.float16, torch.bfloat16)
+        self.norm_dtype: torch.dtype | None = torch.float32 if low_precision else None
         self.params: list[Tensor] = []
         self.grads: list[Tensor] = []
         self.old_p: list[Tensor] = []
