@@ -144,8 +144,8 @@ def time_interleaved(
     repeats: int,
     iters: int,
     clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, float]:
-    """Median over ``repeats`` of the mean ms per call; methods interleaved, order rotated."""
+) -> dict[str, Timing]:
+    """Mean ms per call in each of ``repeats`` rounds; methods interleaved, order rotated."""
     names = list(fns)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
@@ -156,7 +156,15 @@ def time_interleaved(
                 fns[name]()
             sync(device)
             samples[name].append((clock() - start) * 1e3 / iters)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: Timing(values) for name, values in samples.items()}
+
+
+class Timing:
+    """Milliseconds per call over the repeats: the median, and the spread between repeats."""
+
+    def __init__(self, samples: list[float]) -> None:
+        self.median = statistics.median(samples)
+        self.p25, _, self.p75 = statistics.quantiles(samples, n=4, method="inclusive")
 
 
 def cuda_peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
@@ -247,11 +255,11 @@ def main() -> None:
         for _ in range(warmup):
             fn()
     times = time_interleaved(steps, device, repeats, iters, clock)
-    floor = 2 * times["SGD"]
-    print("| method | ms/step | ratio vs 2x SGD |")
-    print("| --- | ---: | ---: |")
-    for name, ms in times.items():
-        print(f"| {name} | {ms:.2f} | {ms / floor:.3f} |")
+    floor = 2 * times["SGD"].median
+    print("| method | ms/step | ratio vs 2x SGD | spread between repeats (p25-p75 ms) |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, t in times.items():
+        print(f"| {name} | {t.median:.2f} | {t.median / floor:.3f} | {t.p25:.2f}-{t.p75:.2f} |")
 
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     loop: LoopSAM = optimizers["reference (per-parameter loop)"]  # type: ignore[assignment]
@@ -295,13 +303,9 @@ def main() -> None:
         fns = overhead_fns(params_with_grads(net, device, seed=1))
         for fn in fns.values():
             fn()
-        us = {
-            k: v * 1e3
-            for k, v in time_interleaved(
-                fns, device, overhead_repeats, overhead_iters, clock
-            ).items()
-        }
-        ours_us, loop_us = us["SAM (ours)"], us["reference (per-parameter loop)"]
+        timings = time_interleaved(fns, device, overhead_repeats, overhead_iters, clock)
+        ours_us = timings["SAM (ours)"].median * 1e3
+        loop_us = timings["reference (per-parameter loop)"].median * 1e3
         print(f"| {label} | {ours_us:.0f} | {loop_us:.0f} | {loop_us / ours_us:.2f} |")
     print(f"\nload average at end: {load_average()}")
 

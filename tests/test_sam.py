@@ -610,4 +610,5 @@ def test_benchmark_quick_run_prints_the_table():
         check=True,
     )
     assert "| method | ms/step | ratio vs 2x SGD |" in result.stdout
+    assert "| parameters | SAM (ours) µs | reference µs | reference / ours |" in result.stdout
     assert "reference (per-parameter loop)" in result.stdout
