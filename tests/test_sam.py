@@ -458,7 +458,7 @@ def test_bn_stats_equal_one_forward_pass_at_w_per_step(momentum):
     assert int(unprotected[1].num_batches_tracked) == 2  # what the helper prevents
 
 
-def test_frozen_bn_stats_restores_on_error_and_ignores_eval_and_other_modules():
+def test_frozen_bn_stats_restores_on_error_and_can_be_disabled():
     model = _bn_model(0.1)
     before = _bn_stats(model)
     with pytest.raises(RuntimeError, match="boom"), frozen_bn_stats(model):
