@@ -7,7 +7,8 @@ flip (plus TrivialAugment with ``--trivial-augment``). With USEFUL (``--method s
 
 1. phase 1: train from the initial weights to the separating epoch (``--separating-epoch``;
    read it off the per-epoch train error of a plain run: the epoch where it stops dropping
-   fast, about 5-10% of the schedule; the paper uses 8 for CIFAR-10 with ResNet18),
+   fast, about 5-10% of the schedule; the paper uses 8 for CIFAR-10 with ResNet18; or
+   ``--separating-epoch auto`` to let ``SeparatingEpoch`` decide from that curve),
 2. select the slow-learnable examples on the training set seen with eval transforms,
 3. phase 2: restart from the SAME initial weights on ``USEFULDataset`` for the full schedule.
 
@@ -35,6 +36,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from useful_data import Selection, USEFULDataset, find_slow_learnable
+from useful_data.separating_epoch import SeparatingEpoch
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 METHODS = ("sgd", "sam", "sgd+useful", "sam+useful")
@@ -119,8 +121,11 @@ def test_error(model, loader, device) -> float:
     return 100.0 * wrong / seen
 
 
-def run_phase(phase, model, train_set, test_set, epochs, args, state, device) -> None:
-    """Train ``epochs`` epochs of the full schedule, resuming from ``state`` if it is there."""
+def run_phase(phase, model, train_set, test_set, epochs, args, state, device, stop=None) -> None:
+    """Train ``epochs`` epochs of the full schedule, resuming from ``state`` if it is there.
+
+    ``stop(train_error) -> bool`` (e.g. ``SeparatingEpoch.update``) may end the phase early.
+    """
     opt, sched = make_optimizer(model, args)
     g = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(
@@ -134,6 +139,10 @@ def run_phase(phase, model, train_set, test_set, epochs, args, state, device) ->
         sched.load_state_dict(state["scheduler"])
         g.set_state(state["generator"])
         start = state["epoch"]
+        if stop is not None and any([stop(e) for e in state["train_errors"]]):
+            return  # resumed right after the separating epoch
+    else:
+        state["train_errors"] = []
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         lr = sched.get_last_lr()[0]
@@ -149,7 +158,11 @@ def run_phase(phase, model, train_set, test_set, epochs, args, state, device) ->
         state.update(phase=phase, epoch=epoch + 1, model=model.state_dict(),
                      optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                      generator=g.get_state())  # fmt: skip
+        state["train_errors"].append(train_err)
         torch.save(state, args.out / "last.pt")
+        if stop is not None and stop(train_err):
+            print(json.dumps({"phase": phase, "separating_epoch": epoch + 1}), flush=True)
+            return
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -161,7 +174,11 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--download", action="store_true")
     p.add_argument("--fake-data", type=int, default=0, help="N CIFAR-shaped fake images")
     p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--separating-epoch", type=int, default=8, help="end of phase 1")
+    p.add_argument(
+        "--separating-epoch",
+        default="8",
+        help="end of phase 1: an epoch, or 'auto' (SeparatingEpoch rule on the train error)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -172,8 +189,15 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--out", type=Path, default=Path("runs/cifar"))
     p.add_argument("--resume", action="store_true", help="go on from OUT/last.pt")
     args = p.parse_args(argv)
-    if not 0 < args.separating_epoch < args.epochs:
-        p.error(f"--separating-epoch should be in [1, {args.epochs}), got {args.separating_epoch}")
+    stop = None
+    if args.separating_epoch == "auto":
+        detector = SeparatingEpoch(total_epochs=args.epochs)
+        phase1_epochs, stop = detector.max_epoch, detector.update
+    elif args.separating_epoch.isdigit() and 0 < int(args.separating_epoch) < args.epochs:
+        phase1_epochs = int(args.separating_epoch)
+    else:
+        p.error(f"--separating-epoch should be 'auto' or in [1, {args.epochs}), "
+                f"got {args.separating_epoch}")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -189,8 +213,8 @@ def main(argv: list[str] | None = None) -> float:
     if args.method.endswith("+useful"):
         if not selection_path.exists():
             model.load_state_dict(state["init"])
-            run_phase("early", model, train_set, test_set, args.separating_epoch, args, state,
-                      device)  # fmt: skip
+            run_phase("early", model, train_set, test_set, phase1_epochs, args, state,
+                      device, stop)  # fmt: skip
             selection = find_slow_learnable(
                 model, train_set, eval_dataset=train_eval_view, num_workers=args.workers
             )

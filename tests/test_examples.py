@@ -98,3 +98,25 @@ def test_train_cifar_restarts_from_the_same_initial_weights(tmp_path):
     for key, value in fresh.items():
         assert torch.equal(state["init"][key], value), key
     assert np.isfinite(Selection.load(out_dir / "selection.npz").loss).all()
+
+
+def test_train_cifar_separating_epoch_auto(tmp_path, capsys):
+    """``--separating-epoch auto`` ends phase 1 by the SeparatingEpoch rule (or its cap)."""
+    from useful_data.separating_epoch import SeparatingEpoch
+
+    train_cifar = load_example("train_cifar")
+    out_dir = tmp_path / "run"
+    argv = ["--fake-data", "24", "--epochs", "4", "--separating-epoch", "auto"]
+    argv += ["--batch-size", "12", "--model", "test_resnet", "--workers", "0"]
+    argv += ["--out", str(out_dir), "--method", "sgd+useful"]
+    train_cifar.main(argv)
+    logs = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+    early = [entry for entry in logs if entry["phase"] == "early"]
+    cap = SeparatingEpoch(total_epochs=4).max_epoch
+    expected = len(early)
+    assert 1 <= expected <= cap
+    assert [e["epoch"] for e in early] == list(range(1, expected + 1))
+    assert [e["epoch"] for e in logs if e["phase"] == "train"] == [1, 2, 3, 4]
+    assert f'"separating_epoch": {expected}' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train_cifar.main([*argv[:4], "--separating-epoch", "soon"])
