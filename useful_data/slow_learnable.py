@@ -98,7 +98,7 @@ def find_slow_learnable(
         seed: Seed of the k-means restarts; the result is deterministic given it.
         backend: ``"auto"`` (cuML where a GPU is usable, else scikit-learn), ``"cuml"``,
             ``"sklearn"``, or ``"torch"`` (exact batched 2-means in torch, restarts run at
-            once; on the CPU about 10x faster than scikit-learn at ImageNet scale, see
+            once; on an idle CPU 2.6x faster than scikit-learn at ImageNet scale, see
             the benchmarks page).
         upsample_factor: Stored on the result as the factor to upsample with (paper: 2).
         batch_size: Batch size for collecting outputs.
