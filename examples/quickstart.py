@@ -101,11 +101,11 @@ def plot(path: str, results: list[dict], methods: list[str]) -> None:
     first = results[0]
     sel, truth = first["selection"], first["truth"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    bins = np.linspace(0, float(sel.loss.max()), 40)
+    bins = np.linspace(float(sel.loss.min()), float(sel.loss.max()), 40)  # early: all near log 2
     left.hist(sel.loss[~truth], bins=bins, alpha=0.6, label="has the fast feature")
     left.hist(sel.loss[truth], bins=bins, alpha=0.6, label="lacks it (planted slow-learnable)")
     threshold = float(sel.loss[sel.mask].min())
-    left.axvline(threshold, color="k", ls="--", label="USEFUL selects to the right")
+    left.axvline(threshold, color="k", ls="--", label="lowest loss among the selected")
     left.set(xlabel="loss at the separating step", ylabel="training examples", yscale="log")
     left.set_title(f"what USEFUL selected (seed 0): {sel.num_slow_learnable} examples")
     left.legend(fontsize="small")
