@@ -13,12 +13,12 @@ timm = pytest.importorskip("timm")
 from timm.data import create_dataset, create_loader  # noqa: E402
 
 from useful_data import Selection, USEFULDataset  # noqa: E402
+from useful_data._targets import dataset_targets  # noqa: E402
 from useful_data.timm import (  # noqa: E402
     create_eval_dataset,
     create_timm_model,
     extract_state_dict,
     load_timm_checkpoint,
-    timm_dataset_targets,
 )
 
 NUM_CLASSES = 3
@@ -94,7 +94,7 @@ def test_eval_dataset_uses_eval_transforms_and_timm_order(image_root, model):
     assert "CenterCrop" in repr(ds.transform)
     x, y = ds[0]
     assert tuple(x.shape) == (3, 32, 32)
-    targets = timm_dataset_targets(ds)
+    targets = dataset_targets(ds)
     assert targets.tolist() == np.repeat(np.arange(NUM_CLASSES), PER_CLASS).tolist()
     # the same order as timm's train.py builds dataset_train
     train = create_dataset("", root=str(image_root), split="train", is_training=True)
@@ -113,7 +113,7 @@ def test_eval_dataset_errors(tmp_path, model):
 
 
 def _selection_for(dataset):
-    targets = timm_dataset_targets(dataset)
+    targets = dataset_targets(dataset)
     mask = np.zeros(len(targets), dtype=bool)
     mask[::3] = True  # a third of the examples are slow-learnable
     return Selection(mask=mask, loss=mask.astype(float), targets=targets)
@@ -176,3 +176,12 @@ def test_usefuldataset_from_saved_selection_matches_fingerprint(image_root, tmp_
     sel = _selection_for(train)
     wrapped = USEFULDataset(train, sel.save(tmp_path / "s.npz"))
     assert wrapped.index_map[len(train) :].tolist() == sel.indices.tolist()
+
+
+def test_timm_folder_labels_are_read_and_checked_without_loading_images(image_root, model):
+    ds = create_eval_dataset("", image_root, model=model, input_size=32)
+    selection = _selection_for(ds)
+    assert len(USEFULDataset(ds, selection)) == len(ds) + selection.num_slow_learnable
+    other = Selection(mask=selection.mask, loss=selection.loss, targets=selection.targets[::-1])
+    with pytest.raises(ValueError, match="fingerprint"):
+        USEFULDataset(ds, other)

@@ -20,7 +20,8 @@ TARGET_KEYS: tuple[str, ...] = ("target", "targets", "label", "labels", "y")
 def dataset_targets(dataset: Dataset[Any]) -> np.ndarray | None:
     """Return the labels of ``dataset`` as an int64 array, or ``None`` if it does not expose them.
 
-    Reads ``dataset.targets`` or ``dataset.labels`` (torchvision's and timm's convention) and
+    Reads ``dataset.targets`` or ``dataset.labels`` (torchvision's convention), or the
+    ``(path, label)`` list of a timm image dataset's reader (``dataset.reader.samples``), and
     follows `Subset` and `ConcatDataset`,
     so labels are known without loading a single input.
     """
@@ -54,7 +55,18 @@ def dataset_targets(dataset: Dataset[Any]) -> np.ndarray | None:
         if len(array) != size:
             continue
         return array.astype(np.int64, copy=False)
-    return None
+    return _reader_targets(dataset)
+
+
+def _reader_targets(dataset: Dataset[Any]) -> np.ndarray | None:
+    """Labels of a timm image dataset from its reader's ``(path, label)`` list, or ``None``."""
+    samples = getattr(getattr(dataset, "reader", None), "samples", None)
+    if not isinstance(samples, list) or len(samples) != len(dataset):  # type: ignore[arg-type]
+        return None
+    try:
+        return np.asarray([int(s[1]) for s in samples], dtype=np.int64)
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:

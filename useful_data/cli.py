@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from useful_data._targets import dataset_targets
 from useful_data._version import __version__
 from useful_data.selection import WEAK_SEPARATION_AUC, Selection
 
@@ -158,7 +159,7 @@ def _select(args: argparse.Namespace) -> Selection:
     import torch
 
     from useful_data.slow_learnable import find_slow_learnable
-    from useful_data.timm import create_eval_dataset, create_timm_model, timm_dataset_targets
+    from useful_data.timm import create_eval_dataset, create_timm_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = create_timm_model(
@@ -174,7 +175,7 @@ def _select(args: argparse.Namespace) -> Selection:
         download=args.download,
         class_map=args.class_map,
     )
-    targets = timm_dataset_targets(dataset)
+    targets = dataset_targets(dataset)
     if targets is not None and targets.size and int(targets.max()) >= args.num_classes:
         raise ValueError(
             f"the dataset has labels up to {int(targets.max())} but --num-classes is "

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from useful_data._checks import check_positive_int, check_upsample_factor
+from useful_data.distributed import get_rank, get_world_size
 from useful_data.selection import SelectionLike, resolve_selection
 
 __all__ = ["UpsampleSampler"]
@@ -73,11 +73,9 @@ class UpsampleSampler(Sampler[int]):
             upsample_factor = sel.upsample_factor if sel is not None else 2
         self.upsample_factor = check_upsample_factor(upsample_factor)
         if num_replicas is None:
-            num_replicas = (
-                dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-            )
+            num_replicas = get_world_size()
         if rank is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            rank = get_rank()
         self.num_replicas = check_positive_int("num_replicas", num_replicas)
         rank = check_positive_int("rank", rank, minimum=0)
         if rank >= self.num_replicas:

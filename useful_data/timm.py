@@ -23,19 +23,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-
-from useful_data._targets import dataset_targets
 
 __all__ = [
     "create_eval_dataset",
     "create_timm_model",
     "extract_state_dict",
     "load_timm_checkpoint",
-    "timm_dataset_targets",
 ]
 
 #: Keys under which timm (and most training scripts) store weights, in the order tried.
@@ -301,21 +297,3 @@ def create_eval_dataset(
     config = resolve_data_config(args, model=model)
     dataset.transform = create_transform(**config, is_training=False)
     return dataset
-
-
-def timm_dataset_targets(dataset: Dataset[Any]) -> np.ndarray | None:
-    """Labels of a timm or torchvision dataset without loading images, or ``None``.
-
-    Reads ``.targets``/``.labels`` (torchvision) or the ``(path, label)`` list of a timm image
-    folder reader (``dataset.reader.samples``).
-    """
-    targets = dataset_targets(dataset)
-    if targets is not None:
-        return targets
-    samples = getattr(getattr(dataset, "reader", None), "samples", None)
-    if isinstance(samples, list) and len(samples) == len(dataset):  # type: ignore[arg-type]
-        try:
-            return np.asarray([int(s[1]) for s in samples], dtype=np.int64)
-        except (TypeError, ValueError, IndexError):
-            return None
-    return None
