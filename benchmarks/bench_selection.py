@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import base_parser, describe_machine, print_table
 
 from useful_data._cluster import KMeans2, cuml_usable
-from useful_data._kmeans_torch import kmeans2
 from useful_data.collect import collect_outputs
 from useful_data.slow_learnable import select_from_logits
 
@@ -99,17 +98,25 @@ def section_selection_cost(args) -> None:
     epoch_before = train_epoch(model, data, args.device)
     rows = []
     backends = ["sklearn", "torch"] + (["cuml"] if cuml_usable() else [])
+    for backend in backends:  # warm-up: first-call costs (cuBLAS, imports) stay out
+        select_from_logits(
+            *collect_outputs(model, Subset(data, range(64)), progress=False),
+            backend=backend,
+            device=args.device,
+        )
     for backend in backends:
         start = time.perf_counter()
-        # exactly what find_slow_learnable(model, data, batch_size=512) runs, timed in two parts
+        # exactly what find_slow_learnable(model, data, batch_size=...) runs, timed in two parts
         outputs, targets = collect_outputs(
-            model, data, batch_size=512, device=args.device, progress=False
+            model, data, batch_size=args.collect_batch, device=args.device, progress=False
         )
         if args.device == "cuda":
             torch.cuda.synchronize()
         collect = time.perf_counter() - start
         start = time.perf_counter()
-        select_from_logits(outputs, targets, backend=backend)
+        select_from_logits(outputs, targets, backend=backend, device=args.device)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
         cluster = time.perf_counter() - start
         rows.append([backend, collect, cluster])
     epoch_after = train_epoch(model, data, args.device)
@@ -129,7 +136,8 @@ def section_selection_cost(args) -> None:
         for backend, collect, cluster in rows
     ]
     print_table(
-        f"Selection cost vs one training epoch ({args.device}, N={n}, C=10)",
+        f"Selection cost vs one training epoch ({args.device}, N={n}, C=10, "
+        f"collection batch {args.collect_batch})",
         [
             "model",
             "N",
@@ -159,16 +167,25 @@ def class_block(label: int, n: int, num_classes: int, seed: int = 0) -> np.ndarr
     return x[rng.permutation(n)]
 
 
-def time_clustering(fit, shape, classes_timed: int) -> tuple[float, float]:
-    """Wall and process-CPU seconds of ``fit`` on ``classes_timed`` classes, scaled to all."""
+GROUP = 200  # classes made and clustered per call (1 GB of float32 at ImageNet-1k's shape)
+
+
+def time_clustering(fit_many, shape, classes_timed: int) -> tuple[float, float]:
+    """Wall and process-CPU seconds of ``fit_many`` on ``classes_timed`` classes (given in
+    groups of at most GROUP, as the library gets all classes at once), scaled to all."""
     n_total, num_classes = shape
     per_class = n_total // num_classes
-    fit(class_block(0, min(per_class, 64), num_classes))  # one-time warm-up, not timed
+    fit_many([class_block(0, min(per_class, 64), num_classes)])  # one-time warm-up, not timed
     wall = cpu = 0.0
-    for label in range(classes_timed):
-        x = class_block(label, per_class, num_classes)
+    for first in range(0, classes_timed, GROUP):
+        blocks = [
+            class_block(label, per_class, num_classes)
+            for label in range(first, min(first + GROUP, classes_timed))
+        ]
         start, start_cpu = time.perf_counter(), time.process_time()
-        fit(x)
+        fit_many(blocks)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         wall += time.perf_counter() - start
         cpu += time.process_time() - start_cpu
     scale = num_classes / classes_timed  # every class has the same size
@@ -178,12 +195,12 @@ def time_clustering(fit, shape, classes_timed: int) -> tuple[float, float]:
 def one_thread(fit):
     """Run ``fit`` with one OpenMP thread for scikit-learn and one intra-op thread for torch."""
 
-    def run(x):
+    def run(blocks):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             with threadpool_limits(1, user_api="openmp"):
-                return fit(x)
+                return fit(blocks)
         finally:
             torch.set_num_threads(threads)
 
@@ -204,24 +221,19 @@ def section_scale(args) -> None:
         num_classes = shape[1]
         few = min(num_classes, 1 if args.quick else args.sklearn_classes)
         every = 1 if args.quick else num_classes
-        sklearn = KMeans2("sklearn", n_init=10, seed=0).fit_predict
-        fast = KMeans2("torch", n_init=10, seed=0).fit_predict
+        sklearn = KMeans2("sklearn", n_init=10, seed=0).fit_predict_many
+        fast = KMeans2("torch", n_init=10, seed=0).fit_predict_many
         runs = [
             (f"sklearn, {threads} threads (baseline)", few, sklearn),
             ("sklearn, 1 thread", few, one_thread(sklearn)),
-            (f"torch cpu, {threads} threads", few, fast),
+            (f"torch cpu (auto), {threads} threads", every, fast),
             ("torch cpu, 1 thread", every, one_thread(fast)),
         ]
         if args.device == "cuda":
-
-            def on_gpu(x, num_classes=num_classes):
-                labels, _ = kmeans2(torch.from_numpy(x).cuda(), n_init=10, seed=0)
-                return labels.cpu()
-
-            on_gpu(class_block(0, 100, num_classes))  # CUDA warm-up
-            runs.append(("torch cuda", every, on_gpu))
+            on_gpu = KMeans2("torch", n_init=10, seed=0, device="cuda").fit_predict_many
+            runs.append(("torch cuda (auto)", every, on_gpu))
         if cuml_usable():
-            runs.append(("cuml", every, KMeans2("cuml", n_init=10, seed=0).fit_predict))
+            runs.append(("cuml", every, KMeans2("cuml", n_init=10, seed=0).fit_predict_many))
         base = None
         for backend, timed, fit in runs:
             wall, cpu = time_clustering(fit, shape, timed)
@@ -318,6 +330,9 @@ def main() -> None:
         return
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="images in section 1")
+    parser.add_argument(
+        "--collect-batch", type=int, default=256, help="batch size of the output collection"
+    )
     parser.add_argument(
         "--sklearn-classes",
         type=int,

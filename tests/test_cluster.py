@@ -41,13 +41,15 @@ def fake_cuml(monkeypatch):
     _cluster._cuml_probe.cache_clear()
 
 
-def test_auto_falls_back_to_sklearn_with_one_warning(fake_cuml):
+def test_auto_falls_back_to_sklearns_kmeans_with_one_warning(fake_cuml):
     logits, targets, truth = two_blob_logits()
     with pytest.warns(RuntimeWarning, match="cuML is installed but not usable") as record:
         sel = find_slow_learnable(logits=logits, targets=targets, backend="auto")
     assert len([w for w in record if "cuML" in str(w.message)]) == 1
-    assert sel.params["backend"] == "sklearn"
+    assert sel.params["backend"] == "torch"  # scikit-learn's algorithm, batched in torch
     np.testing.assert_array_equal(sel.mask, truth)
+    ref = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    np.testing.assert_array_equal(sel.mask, ref.mask)  # the same answer as scikit-learn
     assert fake_cuml["fit"] == 1  # the probe only, not one failed fit per class
 
 
@@ -76,7 +78,7 @@ def test_fit_time_failure_falls_back_in_auto_mode(monkeypatch):
     monkeypatch.setattr(km, "_fit_cuml", broken)
     with pytest.warns(RuntimeWarning, match="out of memory"):
         labels = km.fit_predict(logits[targets == 0])
-    assert km.backend == "sklearn" and set(labels.tolist()) == {0, 1}
+    assert km.backend == "torch" and set(labels.tolist()) == {0, 1}
     km.requested = "cuml"
     km.backend = "cuml"
     with pytest.raises(RuntimeError, match="out of memory"):
@@ -89,7 +91,7 @@ def test_no_cuml_installed(monkeypatch):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # silently CPU when cuML is simply absent
-            assert _cluster.resolve_backend("auto") == "sklearn"
+            assert _cluster.resolve_backend("auto") == "torch"
         with pytest.raises(ImportError, match=r"useful-data\[gpu\]"):
             _cluster.resolve_backend("cuml")
     finally:
