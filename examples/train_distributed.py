@@ -34,13 +34,17 @@ from useful_data.synthetic import SimplicityBiasData, ToyCNN, make_simplicity_bi
 
 
 def setup() -> torch.device:
-    """Join the process group torchrun describes; one GPU per process with nccl."""
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    """Join the process group torchrun describes: nccl with one GPU per process where this
+    node has a GPU for every local process, else gloo on the CPU."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    enough_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= local_processes
+    if not enough_gpus:
+        dist.init_process_group("gloo")
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", device_id=device)
+    return device
 
 
 def train(
@@ -116,6 +120,7 @@ def main() -> None:
         f"recall {hits / max(int(truth.sum()), 1):.3f} (vs. the planted truth)"
     )
     folder = args.out or Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
     path = save_on_rank0(selection, folder / "selection.npz")  # written once, by rank 0
     log(f"saved selection to {path}")
 
