@@ -28,13 +28,27 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
 
 def interleaved(
     baseline: Callable[[], object], candidate: Callable[[], object], repeats: int
-) -> tuple[float, float]:
-    """Median seconds of ``baseline`` and ``candidate``, alternating so drift hits both."""
+) -> tuple[list[float], list[float]]:
+    """Seconds of every call of ``baseline`` and ``candidate``, ``repeats`` each, alternating
+    which goes first (so drift and order effects hit both); reduce with `median_and_best`."""
     base, cand = [], []
-    for _ in range(repeats):
-        base.append(median_time(baseline, 1))
-        cand.append(median_time(candidate, 1))
-    return statistics.median(base), statistics.median(cand)
+    for repeat in range(repeats):
+        if repeat % 2 == 0:
+            base.append(median_time(baseline, 1))
+            cand.append(median_time(candidate, 1))
+        else:
+            cand.append(median_time(candidate, 1))
+            base.append(median_time(baseline, 1))
+    return base, cand
+
+
+def median_and_best(base: list[float], cand: list[float]) -> tuple[float, float]:
+    """Ratios candidate / baseline of the median times and of the best (smallest) times.
+
+    The median is the typical cost; the best is the cost with the least interference from
+    the rest of the machine, the steadier of the two on a noisy one.
+    """
+    return statistics.median(cand) / statistics.median(base), min(cand) / min(base)
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -53,7 +53,7 @@ def _run(script: str) -> str:
                 ("peak / (N*C*4)", "ratio vs naive"),
             ],
         ),
-        ("bench_data.py", [("ratio",), ("ratio",)]),
+        ("bench_data.py", [("ratio", "ratio of best")] * 3),
     ],
 )
 def test_quick_run_prints_ratio_tables(script, headers):

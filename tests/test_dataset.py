@@ -140,3 +140,29 @@ def test_picklable_and_works_with_spawn_workers():
 
 def test_repr():
     assert "num_slow_learnable=1" in repr(USEFULDataset(Labelled(3), [1]))
+
+
+def test_batched_getitems_equals_per_item_and_uses_the_inner_batch_path():
+    base = Labelled(10)
+    ds = USEFULDataset(base, [1, 4], upsample_factor=3)
+    order = [13, 0, 10, -1, 4, 11]
+    assert ds.__getitems__(order) == [ds[i] for i in order]
+    batches = list(DataLoader(ds, batch_size=4, shuffle=False))
+    assert torch.equal(
+        torch.cat([b[0] for b in batches]), torch.tensor([float(ds[i][0]) for i in range(len(ds))])
+    )
+
+    class Batched(Labelled):
+        def __getitems__(self, indices):
+            self.calls.append(list(indices))
+            return [self[i] for i in indices]
+
+    inner = Batched(10)
+    inner.calls = []
+    wrapped = USEFULDataset(inner, [1, 4])
+    wrapped.__getitems__([10, 11, 0])
+    assert inner.calls == [[1, 4, 0]]  # one batched call with the mapped positions
+    with pytest.raises(IndexError, match="index 12 is out of range for USEFULDataset of length 12"):
+        wrapped.__getitems__([0, 12])
+    with pytest.raises(TypeError, match="index should be an integer"):
+        wrapped.__getitems__([0, 1.5])

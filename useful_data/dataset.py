@@ -7,6 +7,7 @@ indices repeated ``k - 1`` times (Algorithm 1: ``D = D ∪ C2``).
 
 from __future__ import annotations
 
+import array
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -23,14 +24,18 @@ T_co = TypeVar("T_co", covariant=True)
 
 # Attributes that belong to the wrapper itself; every other attribute is read from and
 # written to the wrapped dataset, so timm's ``loader.dataset.transform = ...`` reaches it.
-_OWN = frozenset({"dataset", "upsample_factor", "index_map", "slow_learnable_mask", "selection"})
+_OWN = frozenset(
+    {"dataset", "upsample_factor", "index_map", "slow_learnable_mask", "selection", "_positions"}
+)
 
 
 class USEFULDataset(Dataset[T_co], Generic[T_co]):
     """Wrap a map-style dataset so its slow-learnable examples appear ``upsample_factor`` times.
 
     Drop it in right after building the training set; everything downstream (DataLoader,
-    ``DistributedSampler``, timm's ``create_loader``) works unchanged.
+    ``DistributedSampler``, timm's ``create_loader``) works unchanged. A DataLoader fetches
+    each batch with one ``__getitems__`` call (passed on to the wrapped dataset's own
+    ``__getitems__`` where it has one), so the wrapper costs well under a microsecond per item.
 
     Args:
         dataset: The original training set (map-style, with ``__len__``).
@@ -92,13 +97,38 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         object.__setattr__(self, "dataset", dataset)
         object.__setattr__(self, "upsample_factor", k)
         object.__setattr__(self, "index_map", index_map)
+        # The same map as a flat C array: indexing it with a Python int is the DataLoader's
+        # hot path (tens of ns, vs ~1 us for a numpy scalar), at 8 bytes per entry.
+        object.__setattr__(self, "_positions", array.array("q", index_map.tobytes()))
         object.__setattr__(self, "slow_learnable_mask", mask)
         object.__setattr__(self, "selection", sel)
 
     def __len__(self) -> int:
         return int(self.index_map.shape[0])
 
+    def __getitems__(self, indices: list[int]) -> list[T_co]:
+        """A batch of items: what a ``DataLoader`` asks for (one call per batch, not per
+        item). Uses the wrapped dataset's own ``__getitems__`` when it has one."""
+        try:
+            mapped = list(map(self._positions.__getitem__, indices))
+        except (IndexError, TypeError):  # the per-item path words the error
+            for i in indices:
+                self[i]
+            raise
+        inner = getattr(self.dataset, "__getitems__", None)
+        if inner is not None:
+            return inner(mapped)
+        return list(map(self.dataset.__getitem__, mapped))
+
     def __getitem__(self, index: int) -> T_co:
+        if type(index) is int:  # what samplers yield: the fast path
+            try:
+                position = self._positions[index]
+            except IndexError:
+                raise IndexError(
+                    f"index {index} is out of range for USEFULDataset of length {len(self)}"
+                ) from None
+            return self.dataset[position]
         if isinstance(index, torch.Tensor) and index.ndim == 0:
             index = int(index)
         if isinstance(index, bool) or not isinstance(index, int | np.integer):
