@@ -145,7 +145,10 @@ def _add_select(sub: Any) -> None:
     select.add_argument("--workers", type=int, default=4, help="data loader workers")
     select.add_argument("--device", help="default: cuda if available, else cpu")
     select.add_argument(
-        "--backend", choices=("auto", "cuml", "sklearn"), default="auto", help="k-means backend"
+        "--backend",
+        choices=("auto", "cuml", "sklearn", "torch"),
+        default="auto",
+        help="k-means backend (auto: cuML where usable, else torch)",
     )
     select.add_argument("--seed", type=int, default=0, help="k-means seed")
     select.add_argument(

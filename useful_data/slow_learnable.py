@@ -100,7 +100,7 @@ def find_slow_learnable(
             ``"sklearn"`` (one scikit-learn ``KMeans`` per class), or ``"torch"``:
             scikit-learn's k-means reproduced in torch (same seeds, stopping rule and
             restart choice, so the same labels), every restart of many classes batched,
-            on ``device``; 7x faster than ``"sklearn"`` on a 2-core CPU at ImageNet scale
+            on ``device``; 5x faster than ``"sklearn"`` on a 2-core CPU at ImageNet scale
             and about a second on one GPU (see the benchmarks page).
         upsample_factor: Stored on the result as the factor to upsample with (paper: 2).
         batch_size: Batch size for collecting outputs.
