@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,12 @@ def _inertia(x: np.ndarray, labels: np.ndarray) -> float:
 def _sklearn(x: np.ndarray, seed: int, n_init: int = 10, **kwargs) -> KMeans:
     with threadpool_limits(1):  # sklearn's OpenMP spins badly on a shared 2-core box
         return KMeans(2, n_init=n_init, random_state=seed, algorithm="lloyd", **kwargs).fit(x)
+
+
+def _stacked(blocks: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The blocks stacked into one ``(N, D)`` array, and each block's rows in it."""
+    bounds = np.cumsum([0] + [len(b) for b in blocks])
+    return np.concatenate(blocks), [np.arange(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 def _random_problems(count: int, seed: int = 0):
@@ -87,11 +95,17 @@ def test_many_blocks_equal_one_at_a_time():
     rng = np.random.default_rng(5)
     blocks = [rng.normal(size=(int(rng.integers(2, 200)), 6)).astype(np.float32) for _ in range(12)]
     alone = [kmeans2(torch.from_numpy(b), n_init=5, seed=3)[0].numpy() for b in blocks]
-    for chunk in (1, 500, 1 << 20):  # one class per chunk, a few, all at once
-        batched = kmeans2_many(blocks, n_init=5, seed=3, chunk_elements=chunk)
+    x, groups = _stacked(blocks)
+    for chunk in (1, 5000, 1 << 20):  # one class per chunk, a few, all at once
+        batched = kmeans2_many(x, groups, n_init=5, seed=3, chunk_elements=chunk)
         for a, b in zip(alone, batched, strict=True):
             np.testing.assert_array_equal(a, b)
-    assert kmeans2_many([]) == []
+    assert kmeans2_many(x, []) == []
+    shuffled = np.random.default_rng(0).permutation(len(x))  # rows in any order
+    inverse = np.argsort(shuffled)
+    batched = kmeans2_many(x[shuffled], [inverse[g] for g in groups], n_init=5, seed=3)
+    for a, b in zip(alone, batched, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_deterministic_given_seed_and_seed_matters():
@@ -161,10 +175,10 @@ def test_cuda_gives_the_cpu_labels():
         block[: len(block) // 3] += 3.0
     torch.backends.cuda.matmul.allow_tf32 = True  # as timm's train.py sets it: must not matter
     try:
-        gpu = kmeans2_many(blocks, n_init=10, seed=0, device="cuda")
+        gpu = kmeans2_many(*_stacked(blocks), n_init=10, seed=0, device="cuda")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
-    cpu = kmeans2_many(blocks, n_init=10, seed=0)
+    cpu = kmeans2_many(*_stacked(blocks), n_init=10, seed=0)
     same = sum(np.array_equal(a, b) for a, b in zip(cpu, gpu, strict=True))
     assert same >= 18  # the rest may differ by float32 summation order only:
     for block, a, b in zip(blocks, cpu, gpu, strict=True):

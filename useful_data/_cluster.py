@@ -121,16 +121,17 @@ class KMeans2:
         self.seed = seed
         self.device = torch.device("cpu" if device is None else device)
 
-    def fit_predict_many(self, blocks: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """`fit_predict` on every ``(n_i, D)`` block (one per class), batched where possible."""
+    def fit_predict_many(self, x: np.ndarray, groups: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`fit_predict` on the rows ``x[group]`` of every group (one per class); batched
+        with the ``"torch"`` backend, which gathers the rows chunk by chunk (no full copy)."""
         if self.backend == "torch":
-            return self._fit_torch_many(blocks)
-        return [self.fit_predict(block) for block in blocks]
+            return self._fit_torch_many(x, groups)
+        return [self.fit_predict(x[group]) for group in groups]
 
-    def _fit_torch_many(self, blocks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _fit_torch_many(self, x: np.ndarray, groups: Sequence[np.ndarray]) -> list[np.ndarray]:
         from useful_data._kmeans_torch import kmeans2_many
 
-        return kmeans2_many(blocks, n_init=self.n_init, seed=self.seed, device=self.device)
+        return kmeans2_many(x, groups, n_init=self.n_init, seed=self.seed, device=self.device)
 
     def fit_predict(self, features: np.ndarray) -> np.ndarray:
         """Cluster ``(n, D)`` float32 ``features`` in two; returns ``(n,)`` labels in {0, 1}."""
@@ -143,7 +144,7 @@ class KMeans2:
                 _warn_fallback(f"{type(err).__name__}: {err}")
                 self.backend = "torch"
         if self.backend == "torch":
-            return self._fit_torch_many([features])[0]
+            return self._fit_torch_many(features, [np.arange(len(features))])[0]
         return self._fit_sklearn(features)
 
     def _fit_sklearn(self, features: np.ndarray) -> np.ndarray:

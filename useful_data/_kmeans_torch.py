@@ -328,7 +328,8 @@ def kmeans2(
 
 
 def kmeans2_many(
-    blocks: Sequence[np.ndarray],
+    x: np.ndarray,
+    groups: Sequence[np.ndarray],
     *,
     n_init: int = 10,
     seed: int = 0,
@@ -337,61 +338,63 @@ def kmeans2_many(
     tol: float = TOL,
     chunk_elements: int | None = None,
 ) -> list[np.ndarray]:
-    """`kmeans2` on many independent blocks (one per class), batched by similar size.
+    """`kmeans2` on the rows ``x[group]`` of every group (one per class), batched by size.
 
-    Each block ``(n_i, D)``, ``n_i >= 2``, is clustered exactly as `kmeans2` clusters it
-    alone; blocks are sorted by size and stacked (zero-padded) into chunks of at most
-    ``chunk_elements`` float32 values, each chunk one batched run on ``device``.
+    Each group's rows are clustered exactly as `kmeans2` clusters them alone. Groups are
+    sorted by size and their rows gathered (zero-padded) straight into chunks of about
+    ``chunk_elements`` float32 values of work, each chunk one batched run on ``device``:
+    no copy of the whole of ``x`` is made.
 
     Args:
-        blocks: float32 arrays of the same width ``D``.
-        n_init: k-means++ restarts per block.
-        seed: Seed of every block's restarts (scikit-learn's ``random_state``).
+        x: ``(N, D)`` float32 features.
+        groups: Row indices into ``x``, at least two per group.
+        n_init: k-means++ restarts per group.
+        seed: Seed of every group's restarts (scikit-learn's ``random_state``).
         device: Where to compute (``"cpu"`` or a CUDA device).
         max_iter: Most Lloyd steps per restart.
         tol: scikit-learn's ``tol`` (see `kmeans2`).
-        chunk_elements: Size of a chunk in float32 values; default 2**20 on a CPU (cache
+        chunk_elements: Size of a chunk, counted as ``rows x (D + 6 n_init)`` float32 values
+            (the points and the per-restart work arrays); default 2**20 on a CPU (cache
             sized) and 2**28 on a GPU.
 
     Returns:
-        int64 labels in {0, 1}, one ``(n_i,)`` array per block, in the order given.
+        int64 labels in {0, 1}, one ``(len(group),)`` array per group, in the order given.
 
     Example:
         >>> import numpy as np
-        >>> a = np.array([[0.0], [0.1], [5.0], [5.1]], dtype=np.float32)
-        >>> b = np.array([[1.0], [9.0], [9.5], [1.2], [9.2]], dtype=np.float32)
-        >>> [labels.tolist() for labels in kmeans2_many([a, b])]
+        >>> x = np.array([[0.0], [1.0], [0.1], [9.0], [5.0], [9.5], [5.1], [1.2], [9.2]])
+        >>> groups = [np.array([0, 2, 4, 6]), np.array([1, 3, 5, 7, 8])]
+        >>> [labels.tolist() for labels in kmeans2_many(x.astype(np.float32), groups)]
         [[1, 1, 0, 0], [1, 0, 0, 1, 0]]
-        >>> from sklearn.cluster import KMeans  # the same labels, one call per block
-        >>> [KMeans(2, n_init=10, random_state=0).fit_predict(x).tolist() for x in (a, b)]
+        >>> from sklearn.cluster import KMeans  # the same labels, one call per group
+        >>> [KMeans(2, n_init=10, random_state=0).fit_predict(x[g]).tolist() for g in groups]
         [[1, 1, 0, 0], [1, 0, 0, 1, 0]]
     """
     _check_args(n_init, max_iter, tol)
     device = torch.device(device)
     if chunk_elements is None:
         chunk_elements = CUDA_CHUNK_ELEMENTS if device.type == "cuda" else CPU_CHUNK_ELEMENTS
-    out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(blocks)
-    if not blocks:
-        return out
-    width = blocks[0].shape[1]
-    order = sorted(range(len(blocks)), key=lambda i: blocks[i].shape[0])
+    out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(groups)
+    sizes = [len(group) for group in groups]
+    width = x.shape[1]
+    row_cost = width + 6 * n_init
+    order = sorted(range(len(groups)), key=sizes.__getitem__)
     start = 0
     with _ieee_fp32(device):
         while start < len(order):
             stop = start + 1  # grow the chunk while the padded stack fits the budget
-            while (
-                stop < len(order)
-                and (stop + 1 - start) * blocks[order[stop]].shape[0] * width <= chunk_elements
+            while stop < len(order) and (stop + 1 - start) * sizes[order[stop]] * row_cost <= (
+                chunk_elements
             ):
                 stop += 1
             chunk = order[start:stop]
-            sizes = [blocks[i].shape[0] for i in chunk]
-            stacked = np.zeros((len(chunk), max(sizes), width), dtype=np.float32)
+            chunk_sizes = [sizes[i] for i in chunk]
+            stacked = np.zeros((len(chunk), max(chunk_sizes), width), dtype=np.float32)
             for row, i in enumerate(chunk):
-                stacked[row, : sizes[row]] = blocks[i]
+                stacked[row, : chunk_sizes[row]] = x[groups[i]]
             labels, _ = _kmeans2_padded(
                 torch.from_numpy(stacked).to(device),
-                sizes,
+                chunk_sizes,
                 n_init=n_init,
                 seed=seed,
                 max_iter=max_iter,
@@ -399,6 +402,6 @@ def kmeans2_many(
             )
             labels = labels.cpu().numpy()
             for row, i in enumerate(chunk):
-                out[i] = labels[row, : sizes[row]].astype(np.int64)
+                out[i] = labels[row, : chunk_sizes[row]].astype(np.int64)
             start = stop
     return out

@@ -348,7 +348,7 @@ def select_from_logits(
             unsplit[label] = "identical outputs"
         else:
             to_split.append((label, members))
-    assignments = kmeans.fit_predict_many([feats[members] for _, members in to_split])
+    assignments = kmeans.fit_predict_many(feats, [members for _, members in to_split])
     for (label, members), assignment in zip(to_split, assignments, strict=True):
         member_loss = loss[members]
         in_one = assignment == 1
