@@ -4,7 +4,7 @@
 n_init, random_state=seed, algorithm="lloyd")`` step for step (the same random draws, seeding,
 stopping rule and choice of restart; tests compare labels with scikit-learn's), with every
 restart of many classes batched into a few matrix products, on the CPU or a CUDA device. It
-is what ``"auto"`` runs when cuML is not usable: scikit-learn's answer, 5x faster on a 2-core
+is what ``"auto"`` runs when cuML is not usable: scikit-learn's answer, 3-6x faster on a 2-core
 CPU at ImageNet scale (docs/benchmarks.md). ``"sklearn"`` calls scikit-learn itself, one
 ``KMeans`` per class.
 

@@ -3,7 +3,7 @@
 Why it exists: clustering ImageNet-1k-shaped outputs (1000 classes of ~1280 x 1000) with
 one scikit-learn ``KMeans(n_init=10)`` call per class spends its time in ten sequential
 restarts of a general-k Lloyd loop per class, plus per-call set-up and OpenMP barriers
-(280-350 s on 2 cores, 1,500 s on 16). Here every restart of every class in a chunk runs at
+(150-350 s on 2 cores, 1,400-1,500 s on 16). Here every restart of every class in a chunk runs at
 once: one Lloyd step of ``B`` classes x ``R`` restarts is two batched matrix products,
 ``(B, n, D) @ (B, D, R)`` (assign) and its transpose (update), with no per-class Python work.
 

@@ -100,8 +100,8 @@ def find_slow_learnable(
             ``"sklearn"`` (one scikit-learn ``KMeans`` per class), or ``"torch"``:
             scikit-learn's k-means reproduced in torch (same seeds, stopping rule and
             restart choice, so the same labels), every restart of many classes batched,
-            on ``device``; 5x faster than ``"sklearn"`` on a 2-core CPU at ImageNet scale
-            and about a second on one GPU (see the benchmarks page).
+            on ``device``; 3-6x faster than ``"sklearn"`` on a 2-core CPU at ImageNet scale
+            and 3-3.5 s for ImageNet-1k on one H100 (see the benchmarks page).
         upsample_factor: Stored on the result as the factor to upsample with (paper: 2).
         batch_size: Batch size for collecting outputs.
         num_workers: DataLoader workers for collecting outputs.
