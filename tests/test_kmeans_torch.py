@@ -190,3 +190,13 @@ def test_find_slow_learnable_clusters_on_the_models_gpu():
     logits, targets, truth = two_blob_logits(n_per_class=200, num_classes=5)
     sel = find_slow_learnable(logits=torch.as_tensor(logits).cuda(), targets=targets)
     np.testing.assert_array_equal(sel.mask, truth)
+
+
+def test_torch_backend_clusters_on_cuda_or_the_cpu():
+    from useful_data.slow_learnable import _cluster_device
+
+    logits = np.zeros((4, 2), dtype=np.float32)
+    assert _cluster_device(None, logits) == torch.device("cpu")
+    assert _cluster_device("cuda:1", logits) == torch.device("cuda", 1)
+    assert _cluster_device(torch.device("mps"), logits) == torch.device("cpu")  # no float64
+    assert _cluster_device(None, torch.zeros(4, 2)) == torch.device("cpu")

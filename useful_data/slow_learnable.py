@@ -200,10 +200,13 @@ def find_slow_learnable(
 def _cluster_device(
     device: torch.device | str | None, logits: np.ndarray | torch.Tensor
 ) -> torch.device:
-    """Where the torch backend clusters: ``device`` if given, else where the logits live."""
-    if device is not None:
-        return torch.device(device)
-    return logits.device if isinstance(logits, torch.Tensor) else torch.device("cpu")
+    """Where the torch backend clusters: ``device`` if given, else where the logits live;
+    the CPU for devices other than CUDA (its k-means++ seeding needs float64, which MPS and
+    XLA devices lack)."""
+    if device is None:
+        device = logits.device if isinstance(logits, torch.Tensor) else "cpu"
+    device = torch.device(device)
+    return device if device.type == "cuda" else torch.device("cpu")
 
 
 def _check_strategy(strategy: str) -> None:
