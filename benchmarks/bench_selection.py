@@ -228,20 +228,22 @@ def section_scale(args) -> None:
         sklearn = KMeans2("sklearn", n_init=10, seed=0).fit_predict_many
         fast = KMeans2("torch", n_init=10, seed=0).fit_predict_many
         runs = [
-            (f"sklearn, {threads} threads (baseline)", few, sklearn),
-            ("sklearn, 1 thread", few, one_thread(sklearn)),
-            (f"torch cpu (auto), {threads} threads", every, fast),
-            ("torch cpu, 1 thread", every, one_thread(fast)),
+            ("sklearn", f"sklearn, {threads} threads (baseline)", few, sklearn),
+            ("sklearn", "sklearn, 1 thread", few, one_thread(sklearn)),
+            ("torch-cpu", f"torch cpu (auto), {threads} threads", every, fast),
+            ("torch-cpu", "torch cpu, 1 thread", every, one_thread(fast)),
         ]
         if args.device == "cuda":
             on_gpu = KMeans2("torch", n_init=10, seed=0, device="cuda").fit_predict_many
-            runs.append(("torch cuda (auto)", every, on_gpu))
+            runs.append(("torch-cuda", "torch cuda (auto)", every, on_gpu))
         if cuml_usable():
-            runs.append(("cuml", every, KMeans2("cuml", n_init=10, seed=0).fit_predict_many))
+            cuml = KMeans2("cuml", n_init=10, seed=0).fit_predict_many
+            runs.append(("cuml", "cuml", every, cuml))
+        runs = [run[1:] for run in runs if run[0] in args.rows.split(",")]
         base = None
         for backend, timed, fit in runs:
             wall, cpu = time_clustering(fit, shape, timed)
-            base = wall if base is None else base
+            base = wall if base is None else base  # the first row run is the baseline
             rows.append(
                 [
                     name,
@@ -255,7 +257,15 @@ def section_scale(args) -> None:
             )
     print_table(
         "Clustering alone (2-means per class, n_init=10), seconds for all classes",
-        ["data", "N x C", "backend", "classes timed", "wall s", "cpu s", "ratio vs sklearn"],
+        [
+            "data",
+            "N x C",
+            "backend",
+            "classes timed",
+            "wall s",
+            "cpu s",
+            "ratio vs sklearn" if args.rows.startswith("sklearn") else "ratio vs first row",
+        ],
         rows,
     )
     print(
@@ -345,6 +355,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--sections", default="cost,scale,memory", help="comma-separated: cost, scale, memory"
+    )
+    parser.add_argument(
+        "--rows",
+        default="sklearn,torch-cpu,torch-cuda,cuml",
+        help="scale section: which backends to time (comma-separated); the first is the baseline",
     )
     args = parser.parse_args()
     describe_machine(args)

@@ -200,3 +200,31 @@ def test_torch_backend_clusters_on_cuda_or_the_cpu():
     assert _cluster_device("cuda:1", logits) == torch.device("cuda", 1)
     assert _cluster_device(torch.device("mps"), logits) == torch.device("cpu")  # no float64
     assert _cluster_device(None, torch.zeros(4, 2)) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("max_iter", [300, 3, 9])
+def test_dense_loop_equals_sklearn_and_the_compacting_loop(max_iter):
+    """The dense Lloyd loop (CUDA's, in blocks of steps that may overrun max_iter) and the
+    compacting one (the CPU's) are scikit-learn's algorithm step for step, max_iter included."""
+    from useful_data._kmeans_torch import _kmeans2_padded
+
+    for i, x in _random_problems(15, seed=7):
+        ref = _sklearn(x, seed=i, max_iter=max_iter).labels_
+        for dense in (True, False):
+            labels, _ = _kmeans2_padded(
+                torch.from_numpy(x)[None], [len(x)], n_init=10, seed=i, max_iter=max_iter,
+                tol=1e-4, dense=dense,
+            )  # fmt: skip
+            np.testing.assert_array_equal(labels[0].long().numpy(), ref, err_msg=f"{i} {dense}")
+    rngs = [np.random.default_rng(k) for k in range(5)]
+    x, groups = _stacked(
+        [r.normal(size=(30 + 7 * k, 6)).astype(np.float32) for k, r in enumerate(rngs)]
+    )
+    sizes = [len(g) for g in groups]
+    padded = np.zeros((5, max(sizes), 6), dtype=np.float32)
+    for row, g in enumerate(groups):
+        padded[row, : len(g)] = x[g]
+    kwargs = dict(n_init=4, seed=1, max_iter=max_iter, tol=1e-4)
+    a, _ = _kmeans2_padded(torch.from_numpy(padded), sizes, dense=True, **kwargs)
+    b, _ = _kmeans2_padded(torch.from_numpy(padded), sizes, dense=False, **kwargs)
+    assert torch.equal(a, b)

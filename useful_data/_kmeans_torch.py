@@ -6,6 +6,8 @@ restarts of a general-k Lloyd loop per class, plus per-call set-up and OpenMP ba
 (150-350 s on 2 cores, 1,400-1,500 s on 16). Here every restart of every class in a chunk runs at
 once: one Lloyd step of ``B`` classes x ``R`` restarts is two batched matrix products,
 ``(B, n, D) @ (B, D, R)`` (assign) and its transpose (update), with no per-class Python work.
+On a CPU, restarts and classes that stop leave the batch and only moved points update the
+sums; on CUDA the shapes stay fixed and blocks of steps replay from a CUDA graph.
 
 It reproduces ``sklearn.cluster.KMeans(n_clusters=2, n_init=R, random_state=seed,
 algorithm="lloyd")`` step for step, so it returns scikit-learn's labels (tested):
@@ -152,6 +154,42 @@ def _assign(
     return (torch.bmm(x, (c1 - c0).transpose(1, 2)) > threshold[:, None, :]) & valid[:, :, None]
 
 
+def _update(
+    s1: torch.Tensor,
+    new: torch.Tensor,
+    old: torch.Tensor,
+    c0: torch.Tensor,
+    c1: torch.Tensor,
+    count: torch.Tensor,
+    total: torch.Tensor,
+    tolerance: torch.Tensor,
+    started: bool | torch.Tensor,
+    last: bool | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The update half of a Lloyd step, after the assignment ``old -> new`` ``(B, n, W)``.
+
+    ``s1`` are the cluster-1 sums of ``new`` (float64), ``count`` ``(B,)`` the class sizes,
+    ``total`` ``(B, 1, D)`` the class sums; ``started`` is False on the first step (the
+    labels before it are none), ``last`` True on step ``max_iter - 1``.
+
+    Returns ``(c0, c1, ends, loose)``: the new centers (kept where a cluster emptied), which
+    restarts end at this step (strict convergence, an empty cluster, or ``loose``), and
+    which end loosely (squared center shift within the tolerance, or ``max_iter``
+    reached): scikit-learn then reassigns them once to their final centers.
+    """
+    ones = new.sum(1, dtype=torch.float64)  # (B, W)
+    zeros = count[:, None] - ones
+    c1_new = (s1 / ones.clamp_min(1.0)[:, :, None]).float()
+    c0_new = ((total - s1) / zeros.clamp_min(1.0)[:, :, None]).float()
+    shift = ((c1_new - c1) ** 2).sum(2) + ((c0_new - c0) ** 2).sum(2)
+    repeated = (new == old).all(1) & started  # strict convergence
+    empty = (ones == 0) | (zeros == 0)  # only when the two centers coincide
+    c0 = torch.where(empty[:, :, None], c0, c0_new)
+    c1 = torch.where(empty[:, :, None], c1, c1_new)
+    loose = ~repeated & ~empty & ((shift <= tolerance[:, None]) | last)
+    return c0, c1, repeated | empty | loose, loose
+
+
 def _lloyd(
     x: torch.Tensor,
     valid: torch.Tensor,
@@ -185,19 +223,11 @@ def _lloyd(
     for step in range(max_iter):
         new = _assign(x, c0, c1, valid)
         s1 = _sum_update(s1, x, new, labels) if step else _sums(new, x)
-        ones = new.sum(1, dtype=torch.float64)  # (B, W)
-        zeros = count[:, None] - ones
-        c1_new = (s1 / ones.clamp_min(1.0)[:, :, None]).float()
-        c0_new = ((total - s1) / zeros.clamp_min(1.0)[:, :, None]).float()
-        shift = ((c1_new - c1) ** 2).sum(2) + ((c0_new - c0) ** 2).sum(2)
-        repeated = (new == labels).all(1) if step else torch.zeros_like(running)
-        empty = (ones == 0) | (zeros == 0)  # only when the two centers coincide
-        c0 = torch.where(empty[:, :, None], c0, c0_new)
-        c1 = torch.where(empty[:, :, None], c1, c1_new)
+        c0, c1, ends, loose = _update(
+            s1, new, labels, c0, c1, count, total, tolerance, step > 0, step == max_iter - 1
+        )
         labels = new
-        loose = ~repeated & ~empty  # stops now by tol, or by max_iter: reassign at the end
-        loose &= (shift <= tolerance[:, None]) | (step == max_iter - 1)
-        stop = running & (repeated | empty | loose)
+        stop = running & ends
         if not bool(stop.any()):  # one synchronisation per step
             continue
         row, col = stop.nonzero(as_tuple=True)
@@ -226,10 +256,101 @@ def _lloyd(
     return out_labels, out_c0, out_c1, relabel
 
 
+class _DenseLloyd:
+    """scikit-learn's Lloyd loop with every restart kept in place (no compaction), as pure
+    tensor code with no host synchronisation: on CUDA, blocks of steps are captured once in
+    a CUDA graph and replayed, one launch per block instead of ~50 per step.
+
+    The state (``labels``, ``c0``, ``c1``, ``running``, ``relabel``, ``step``) is updated in
+    place; a restart that stopped keeps its state (every update is masked by ``running``).
+    """
+
+    BLOCK = 8  # Lloyd steps per graph replay (a stopped restart costs nothing but flops)
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor,
+        tolerance: torch.Tensor,
+        c0: torch.Tensor,
+        c1: torch.Tensor,
+        max_iter: int,
+    ) -> None:
+        b, n, _ = x.shape
+        self.x, self.valid, self.tolerance, self.max_iter = x, valid, tolerance, max_iter
+        self.count = valid.sum(1).double()  # (B,)
+        self.total = x.double().sum(1)[:, None, :]  # (B, 1, D)
+        self.c0, self.c1 = c0.clone(), c1.clone()
+        self.labels = torch.zeros(b, n, c0.shape[1], dtype=torch.bool, device=x.device)
+        self.running = torch.ones(b, c0.shape[1], dtype=torch.bool, device=x.device)
+        self.relabel = torch.zeros_like(self.running)
+        self.step = torch.zeros((), dtype=torch.long, device=x.device)
+
+    def one_step(self) -> None:
+        running = self.running
+        new = torch.where(
+            running[:, None, :], _assign(self.x, self.c0, self.c1, self.valid), self.labels
+        )
+        c0, c1, ends, loose = _update(
+            _sums(new, self.x),
+            new,
+            self.labels,
+            self.c0,
+            self.c1,
+            self.count,
+            self.total,
+            self.tolerance,
+            self.step > 0,
+            self.step == self.max_iter - 1,
+        )
+        self.c0.copy_(torch.where(running[:, :, None], c0, self.c0))
+        self.c1.copy_(torch.where(running[:, :, None], c1, self.c1))
+        self.labels.copy_(new)
+        stop = running & ends
+        self.relabel.logical_or_(stop & loose)
+        self.running.logical_and_(~stop)
+        self.step.add_(1)
+
+    def block(self) -> None:
+        for _ in range(self.BLOCK):
+            self.one_step()
+
+    def run(self, graphs: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        replay = self.block
+        if graphs:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the graph: these steps count
+                self.block()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.block()
+                replay = graph.replay
+            except RuntimeError:  # capture refused (e.g. inside another capture): run eagerly
+                replay = self.block
+        # past max_iter every restart has stopped, so a block that overruns changes nothing
+        while bool(self.running.any()):  # one synchronisation per block
+            replay()
+        return self.labels, self.c0, self.c1, self.relabel
+
+
 def _kmeans2_padded(
-    x: torch.Tensor, sizes: Sequence[int], *, n_init: int, seed: int, max_iter: int, tol: float
+    x: torch.Tensor,
+    sizes: Sequence[int],
+    *,
+    n_init: int,
+    seed: int,
+    max_iter: int,
+    tol: float,
+    dense: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster ``B`` classes padded into ``x`` ``(B, n, D)``; class ``b`` is ``x[b, :sizes[b]]``.
+
+    ``dense`` picks the Lloyd loop: the compacting one (CPU default: stopped restarts and
+    classes leave the batch, moved points update the sums) or the dense one (CUDA default:
+    fixed shapes, captured in a CUDA graph). Both are the same algorithm, step for step.
 
     Returns ``(labels, inertia)``: bool ``(B, n)`` (True = cluster 1, padding False) and the
     float64 inertia ``(B,)`` of the chosen restart.
@@ -249,7 +370,13 @@ def _kmeans2_padded(
         x - x.double().mul(valid[:, :, None]).sum(1, keepdim=True).div(count[:, None, None]).float()
     ) * valid[:, :, None]
     c0, c1 = _gather_rows(xc, first), _gather_rows(xc, second)  # (B, R, D)
-    labels, c0, c1, relabel = _lloyd(xc, valid, tolerance, c0, c1, max_iter)
+    if dense is None:
+        dense = x.device.type == "cuda"
+    if dense:
+        loop = _DenseLloyd(xc, valid, tolerance, c0, c1, max_iter)
+        labels, c0, c1, relabel = loop.run(graphs=x.device.type == "cuda")
+    else:
+        labels, c0, c1, relabel = _lloyd(xc, valid, tolerance, c0, c1, max_iter)
     if bool(relabel.any()):
         labels = torch.where(relabel[:, None, :], _assign(xc, c0, c1, valid), labels)
 
