@@ -39,6 +39,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -154,23 +155,39 @@ def _assign(
     return (torch.bmm(x, (c1 - c0).transpose(1, 2)) > threshold[:, None, :]) & valid[:, :, None]
 
 
+class _Classes(NamedTuple):
+    """One chunk of classes, centered, and what every Lloyd step reads of it.
+
+    ``x`` ``(B, n, D)`` float32, centered per class, padding rows 0; ``valid`` ``(B, n)``;
+    ``count`` ``(B,)`` float64 class sizes; ``total`` ``(B, 1, D)`` float64 column sums of
+    ``x`` (~0); ``tolerance`` ``(B,)`` scikit-learn's absolute tol per class.
+    """
+
+    x: torch.Tensor
+    valid: torch.Tensor
+    count: torch.Tensor
+    total: torch.Tensor
+    tolerance: torch.Tensor
+
+    def take(self, keep: torch.Tensor) -> _Classes:
+        """The classes at rows ``keep``."""
+        return _Classes(*(field[keep] for field in self))
+
+
 def _update(
     s1: torch.Tensor,
     new: torch.Tensor,
     old: torch.Tensor,
     c0: torch.Tensor,
     c1: torch.Tensor,
-    count: torch.Tensor,
-    total: torch.Tensor,
-    tolerance: torch.Tensor,
+    classes: _Classes,
     started: bool | torch.Tensor,
     last: bool | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The update half of a Lloyd step, after the assignment ``old -> new`` ``(B, n, W)``.
 
-    ``s1`` are the cluster-1 sums of ``new`` (float64), ``count`` ``(B,)`` the class sizes,
-    ``total`` ``(B, 1, D)`` the class sums; ``started`` is False on the first step (the
-    labels before it are none), ``last`` True on step ``max_iter - 1``.
+    ``s1`` are the cluster-1 sums of ``new`` (float64); ``started`` is False on the first
+    step (the labels before it are none), ``last`` True on step ``max_iter - 1``.
 
     Returns ``(c0, c1, ends, loose)``: the new centers (kept where a cluster emptied), which
     restarts end at this step (strict convergence, an empty cluster, or ``loose``), and
@@ -178,25 +195,20 @@ def _update(
     reached): scikit-learn then reassigns them once to their final centers.
     """
     ones = new.sum(1, dtype=torch.float64)  # (B, W)
-    zeros = count[:, None] - ones
+    zeros = classes.count[:, None] - ones
     c1_new = (s1 / ones.clamp_min(1.0)[:, :, None]).float()
-    c0_new = ((total - s1) / zeros.clamp_min(1.0)[:, :, None]).float()
+    c0_new = ((classes.total - s1) / zeros.clamp_min(1.0)[:, :, None]).float()
     shift = ((c1_new - c1) ** 2).sum(2) + ((c0_new - c0) ** 2).sum(2)
     repeated = (new == old).all(1) & started  # strict convergence
     empty = (ones == 0) | (zeros == 0)  # only when the two centers coincide
     c0 = torch.where(empty[:, :, None], c0, c0_new)
     c1 = torch.where(empty[:, :, None], c1, c1_new)
-    loose = ~repeated & ~empty & ((shift <= tolerance[:, None]) | last)
+    loose = ~repeated & ~empty & ((shift <= classes.tolerance[:, None]) | last)
     return c0, c1, repeated | empty | loose, loose
 
 
 def _lloyd(
-    x: torch.Tensor,
-    valid: torch.Tensor,
-    tolerance: torch.Tensor,
-    c0: torch.Tensor,
-    c1: torch.Tensor,
-    max_iter: int,
+    classes: _Classes, c0: torch.Tensor, c1: torch.Tensor, max_iter: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """scikit-learn's Lloyd loop for every restart of every class, from centers ``(B, R, D)``.
 
@@ -207,24 +219,22 @@ def _lloyd(
     and which restarts stopped without strict convergence (scikit-learn then reassigns
     every point to the final centers once).
     """
-    b, n, _ = x.shape
+    b, n, _ = classes.x.shape
     r = c0.shape[1]
-    device = x.device
+    device = classes.x.device
     out_labels = torch.zeros(b, n, r, dtype=torch.bool, device=device)
     out_c0, out_c1 = c0.clone(), c1.clone()
     relabel = torch.zeros(b, r, dtype=torch.bool, device=device)
     cls = torch.arange(b, device=device)  # working row -> class
     slot = torch.arange(r, device=device).expand(b, r).clone()  # working column -> restart
     running = torch.ones(b, r, dtype=torch.bool, device=device)
-    count = valid.sum(1).double()
-    total = x.double().sum(1)[:, None, :]  # (B, 1, D): ~0, the centered data's sum
     labels = torch.zeros(b, n, r, dtype=torch.bool, device=device)
-    s1 = torch.zeros(b, r, x.shape[2], dtype=torch.float64, device=device)
+    s1 = torch.zeros(b, r, classes.x.shape[2], dtype=torch.float64, device=device)
     for step in range(max_iter):
-        new = _assign(x, c0, c1, valid)
-        s1 = _sum_update(s1, x, new, labels) if step else _sums(new, x)
+        new = _assign(classes.x, c0, c1, classes.valid)
+        s1 = _sum_update(s1, classes.x, new, labels) if step else _sums(new, classes.x)
         c0, c1, ends, loose = _update(
-            s1, new, labels, c0, c1, count, total, tolerance, step > 0, step == max_iter - 1
+            s1, new, labels, c0, c1, classes, step > 0, step == max_iter - 1
         )
         labels = new
         stop = running & ends
@@ -250,9 +260,8 @@ def _lloyd(
         cls, slot, running = cls[keep], take(slot), take(running)
         c0, c1, s1 = take(c0), take(c1), take(s1)
         labels = take(labels.transpose(1, 2)).transpose(1, 2)
-        if keep.numel() < x.shape[0]:
-            x, valid, count = x[keep], valid[keep], count[keep]
-            total, tolerance = total[keep], tolerance[keep]
+        if keep.numel() < classes.x.shape[0]:
+            classes = classes.take(keep)
     return out_labels, out_c0, out_c1, relabel
 
 
@@ -268,38 +277,29 @@ class _DenseLloyd:
     BLOCK = 8  # Lloyd steps per graph replay (a stopped restart costs nothing but flops)
 
     def __init__(
-        self,
-        x: torch.Tensor,
-        valid: torch.Tensor,
-        tolerance: torch.Tensor,
-        c0: torch.Tensor,
-        c1: torch.Tensor,
-        max_iter: int,
+        self, classes: _Classes, c0: torch.Tensor, c1: torch.Tensor, max_iter: int
     ) -> None:
-        b, n, _ = x.shape
-        self.x, self.valid, self.tolerance, self.max_iter = x, valid, tolerance, max_iter
-        self.count = valid.sum(1).double()  # (B,)
-        self.total = x.double().sum(1)[:, None, :]  # (B, 1, D)
+        b, n, _ = classes.x.shape
+        device = classes.x.device
+        self.classes, self.max_iter = classes, max_iter
         self.c0, self.c1 = c0.clone(), c1.clone()
-        self.labels = torch.zeros(b, n, c0.shape[1], dtype=torch.bool, device=x.device)
-        self.running = torch.ones(b, c0.shape[1], dtype=torch.bool, device=x.device)
+        self.labels = torch.zeros(b, n, c0.shape[1], dtype=torch.bool, device=device)
+        self.running = torch.ones(b, c0.shape[1], dtype=torch.bool, device=device)
         self.relabel = torch.zeros_like(self.running)
-        self.step = torch.zeros((), dtype=torch.long, device=x.device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
 
     def one_step(self) -> None:
-        running = self.running
+        running, classes = self.running, self.classes
         new = torch.where(
-            running[:, None, :], _assign(self.x, self.c0, self.c1, self.valid), self.labels
+            running[:, None, :], _assign(classes.x, self.c0, self.c1, classes.valid), self.labels
         )
         c0, c1, ends, loose = _update(
-            _sums(new, self.x),
+            _sums(new, classes.x),
             new,
             self.labels,
             self.c0,
             self.c1,
-            self.count,
-            self.total,
-            self.tolerance,
+            classes,
             self.step > 0,
             self.step == self.max_iter - 1,
         )
@@ -359,24 +359,23 @@ def _kmeans2_padded(
     device = x.device
     count = torch.as_tensor(sizes, device=device, dtype=torch.float64)  # (B,)
     valid = torch.arange(n, device=device)[None, :] < count[:, None]  # (B, n)
-    x64 = x.double() * valid[:, :, None]
-    x64 -= x64.sum(1, keepdim=True) / count[:, None, None]  # centered, as scikit-learn does
-    x64 *= valid[:, :, None]
+    mask = valid[:, :, None]
+    mean = (x.double() * mask).sum(1, keepdim=True) / count[:, None, None]  # (B, 1, D)
+    x64 = (x.double() - mean) * mask  # centered, as scikit-learn does
     # scikit-learn's tol: tol * mean over dimensions of the per-dimension variance
     tolerance = tol * (x64 * x64).sum((1, 2)) / (count * dim)  # (B,)
     first, second = _seed(x64, valid, sizes, n_init, seed)
     del x64
-    xc = (
-        x - x.double().mul(valid[:, :, None]).sum(1, keepdim=True).div(count[:, None, None]).float()
-    ) * valid[:, :, None]
+    xc = (x - mean.float()) * mask
+    classes = _Classes(xc, valid, count, xc.double().sum(1)[:, None, :], tolerance)
     c0, c1 = _gather_rows(xc, first), _gather_rows(xc, second)  # (B, R, D)
     if dense is None:
         dense = x.device.type == "cuda"
     if dense:
-        loop = _DenseLloyd(xc, valid, tolerance, c0, c1, max_iter)
+        loop = _DenseLloyd(classes, c0, c1, max_iter)
         labels, c0, c1, relabel = loop.run(graphs=x.device.type == "cuda")
     else:
-        labels, c0, c1, relabel = _lloyd(xc, valid, tolerance, c0, c1, max_iter)
+        labels, c0, c1, relabel = _lloyd(classes, c0, c1, max_iter)
     if bool(relabel.any()):
         labels = torch.where(relabel[:, None, :], _assign(xc, c0, c1, valid), labels)
 
@@ -384,11 +383,10 @@ def _kmeans2_padded(
     x64 = xc.double()
     lab = labels.double()
     s1 = torch.bmm(lab.transpose(1, 2), x64)  # (B, R, D)
-    total = x64.sum(1)[:, None, :]
     ones = lab.sum(1)
     c0d, c1d = c0.double(), c1.double()
     inertia = (x64 * x64).sum((1, 2))[:, None] - 2.0 * (
-        (s1 * c1d).sum(2) + ((total - s1) * c0d).sum(2)
+        (s1 * c1d).sum(2) + ((classes.total - s1) * c0d).sum(2)
     )
     inertia += ones * (c1d * c1d).sum(2) + (count[:, None] - ones) * (c0d * c0d).sum(2)
     # the lowest inertia wins; of the restarts that found that partition (either labelling),

@@ -121,25 +121,15 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         return list(map(self.dataset.__getitem__, mapped))
 
     def __getitem__(self, index: int) -> T_co:
-        if type(index) is int:  # what samplers yield: the fast path
-            try:
-                position = self._positions[index]
-            except IndexError:
-                raise IndexError(
-                    f"index {index} is out of range for USEFULDataset of length {len(self)}"
-                ) from None
-            return self.dataset[position]
-        if isinstance(index, torch.Tensor) and index.ndim == 0:
-            index = int(index)
-        if isinstance(index, bool) or not isinstance(index, int | np.integer):
-            raise TypeError(
-                f"index should be an integer, but got {type(index).__name__}; "
-                "use a DataLoader or Subset for batches of indices"
-            )
-        size = len(self)
-        if not -size <= index < size:
-            raise IndexError(f"index {index} is out of range for USEFULDataset of length {size}")
-        return self.dataset[int(self.index_map[index])]
+        if type(index) is not int:  # samplers yield ints; anything else is checked first
+            index = _as_index(index)
+        try:
+            position = self._positions[index]
+        except IndexError:
+            raise IndexError(
+                f"index {index} is out of range for USEFULDataset of length {len(self)}"
+            ) from None
+        return self.dataset[position]
 
     @property
     def num_slow_learnable(self) -> int:
@@ -184,3 +174,15 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
             f"upsample_factor={self.upsample_factor}, length={len(self)}, "
             f"dataset={type(self.dataset).__name__})"
         )
+
+
+def _as_index(index: Any) -> int:
+    """A non-``int`` index as an ``int``: numpy integers and 0-d tensors are accepted."""
+    if isinstance(index, torch.Tensor) and index.ndim == 0:
+        index = int(index)
+    if isinstance(index, bool) or not isinstance(index, int | np.integer):
+        raise TypeError(
+            f"index should be an integer, but got {type(index).__name__}; "
+            "use a DataLoader or Subset for batches of indices"
+        )
+    return int(index)

@@ -190,7 +190,7 @@ def find_slow_learnable(
         backend=backend,
         upsample_factor=upsample_factor,
         strategy=strategy,
-        device=_cluster_device(device, logits),
+        device=device,
     )
     if sharded:  # each class is clustered on one rank; every rank gets the same Selection
         return select_across_ranks(select, logits, targets)
