@@ -26,6 +26,33 @@ def test_rank_auc_matches_the_pairwise_definition(seed):
     assert np.isclose(loss_auc(loss, positive), _pairwise_auc(loss, positive))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_class_summary_aucs_match_the_pairwise_definition_class_by_class(seed):
+    # class_summary ranks every class in one sort; ties within a class, equal losses across
+    # classes (which must not tie), classes with one side empty, and unsorted labels.
+    rng = np.random.default_rng(seed)
+    n = 300
+    targets = rng.choice([7, 2, 5, 9], size=n)
+    loss = rng.normal(size=n).round(1).astype(np.float32)
+    mask = rng.random(n) < 0.4
+    mask[targets == 9] = False  # no slow-learnable example: AUC undefined
+    sel = Selection(mask=mask, loss=loss, targets=targets)
+    summary = {c.label: c.loss_auc for c in sel.class_summary()}
+    assert list(summary) == [2, 5, 7, 9]
+    for label in (2, 5, 7):
+        members = targets == label
+        expected = _pairwise_auc(loss[members].astype(np.float64), mask[members])
+        assert summary[label] == pytest.approx(expected, abs=1e-12)
+        assert summary[label] == loss_auc(loss[members], mask[members])
+    assert np.isnan(summary[9])
+    # The top loss of class 0 equals the bottom loss of class 1: they are not one tie group.
+    loss = np.array([0.5, 1.0, 1.0, 1.0, 1.0, 2.0], dtype=np.float32)
+    mask = np.array([False, True, False, True, False, False])
+    targets = np.array([0, 0, 0, 1, 1, 1])
+    aucs = [c.loss_auc for c in Selection(mask=mask, loss=loss, targets=targets).class_summary()]
+    assert aucs == [_pairwise_auc(loss[:3], mask[:3]), _pairwise_auc(loss[3:], mask[3:])]
+
+
 def test_rank_auc_edge_cases():
     assert np.isnan(loss_auc(np.array([1.0, 2.0]), np.array([True, True])))
     assert np.isnan(loss_auc(np.array([1.0]), np.array([False])))

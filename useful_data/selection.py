@@ -96,15 +96,38 @@ def loss_auc(loss: np.ndarray, positive: np.ndarray) -> float:
     """
     loss = np.asarray(loss, dtype=np.float64)
     positive = np.asarray(positive, dtype=bool)
-    n_pos = int(positive.sum())
-    n_neg = positive.shape[0] - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    # Mann-Whitney U from average ranks (1-based); tied scores share their mean rank.
-    _, inverse, counts = np.unique(loss, return_inverse=True, return_counts=True)
-    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0
-    rank_sum = float(mean_rank[inverse][positive].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return float(_loss_aucs(loss, positive, np.zeros(loss.shape[0], dtype=np.int64), 1)[0])
+
+
+def _loss_aucs(loss: np.ndarray, positive: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
+    """`loss_auc` of every group at once: ``(k,)`` float64, NaN where a side is empty.
+
+    One sort by (group, loss) instead of one per group (any order among tied losses gives
+    the same ranks); ranks are 1-based within a group and
+    tied losses share their mean rank. Rank sums are sums of half-integers, exact in float64,
+    so the result does not depend on the order of summation.
+    """
+    order = np.argsort(loss)  # then a stable sort by group (a radix sort for 16-bit groups)
+    order = order[
+        np.argsort(group.astype(np.int16 if k <= 2**15 else np.int64)[order], kind="stable")
+    ]
+    grp, val, pos = group[order], loss[order], positive[order]
+    n = grp.shape[0]
+    size = np.bincount(grp, minlength=k)
+    group_start = np.cumsum(size) - size
+    new_run = np.ones(n, dtype=bool)  # runs of one group with one loss value
+    new_run[1:] = (grp[1:] != grp[:-1]) | (val[1:] != val[:-1])
+    run_start = np.flatnonzero(new_run)
+    run_len = np.diff(np.append(run_start, n))
+    run_rank = run_start - group_start[grp[run_start]] + 1 + (run_len - 1) / 2.0
+    mean_rank = run_rank[np.cumsum(new_run) - 1]
+    n_pos = np.bincount(grp, weights=pos, minlength=k)
+    n_neg = size - n_pos
+    rank_sum = np.bincount(grp, weights=mean_rank * pos, minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
 
 
 @dataclass(frozen=True)
@@ -262,6 +285,7 @@ class Selection:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_slow = loss_slow / slow
             mean_fast = (loss_all - loss_slow) / (total - slow)
+        auc = _loss_aucs(loss, self.mask, inverse, k)
         return [
             ClassSummary(
                 label=int(labels[i]),
@@ -270,7 +294,7 @@ class Selection:
                 mean_loss_slow=float(mean_slow[i]),
                 mean_loss_fast=float(mean_fast[i]),
                 note=self.unsplit.get(int(labels[i]), ""),
-                loss_auc=loss_auc(self.loss[inverse == i], self.mask[inverse == i]),
+                loss_auc=float(auc[i]),
             )
             for i in range(k)
         ]
