@@ -147,6 +147,7 @@ def test_batched_getitems_equals_per_item_and_uses_the_inner_batch_path():
     ds = USEFULDataset(base, [1, 4], upsample_factor=3)
     order = [13, 0, 10, -1, 4, 11]
     assert ds.__getitems__(order) == [ds[i] for i in order]
+    assert ds.__getitems__([13]) == [ds[13]] and ds.__getitems__([]) == []  # 1 and 0 items
     batches = list(DataLoader(ds, batch_size=4, shuffle=False))
     assert torch.equal(
         torch.cat([b[0] for b in batches]), torch.tensor([float(ds[i][0]) for i in range(len(ds))])
@@ -154,7 +155,8 @@ def test_batched_getitems_equals_per_item_and_uses_the_inner_batch_path():
 
     class Batched(Labelled):
         def __getitems__(self, indices):
-            self.calls.append(list(indices))
+            assert isinstance(indices, list)  # what a DataLoader passes
+            self.calls.append(indices)
             return [self[i] for i in indices]
 
     inner = Batched(10)
@@ -164,5 +166,7 @@ def test_batched_getitems_equals_per_item_and_uses_the_inner_batch_path():
     assert inner.calls == [[1, 4, 0]]  # one batched call with the mapped positions
     with pytest.raises(IndexError, match="index 12 is out of range for USEFULDataset of length 12"):
         wrapped.__getitems__([0, 12])
+    with pytest.raises(IndexError, match="index 12 is out of range"):
+        wrapped.__getitems__([12])
     with pytest.raises(TypeError, match="index should be an integer"):
         wrapped.__getitems__([0, 1.5])

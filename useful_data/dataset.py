@@ -8,6 +8,7 @@ indices repeated ``k - 1`` times (Algorithm 1: ``D = D ∪ C2``).
 from __future__ import annotations
 
 import array
+import operator
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -110,14 +111,18 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         """A batch of items: what a ``DataLoader`` asks for (one call per batch, not per
         item). Uses the wrapped dataset's own ``__getitems__`` when it has one."""
         try:
-            mapped = list(map(self._positions.__getitem__, indices))
+            # One C call for the batch; itemgetter of one index returns it bare, of none fails.
+            if len(indices) > 1:
+                mapped = operator.itemgetter(*indices)(self._positions)
+            else:
+                mapped = tuple(self._positions[i] for i in indices)
         except (IndexError, TypeError):  # the per-item path words the error
             for i in indices:
                 self[i]
             raise
         inner = getattr(self.dataset, "__getitems__", None)
         if inner is not None:
-            return inner(mapped)
+            return inner(list(mapped))
         return list(map(self.dataset.__getitem__, mapped))
 
     def __getitem__(self, index: int) -> T_co:
