@@ -63,7 +63,13 @@ def synthetic_images(n: int, num_classes: int = 10, seed: int = 0) -> TensorData
     return data
 
 
-def train_epoch(model: nn.Module, data: TensorDataset, device: str, max_batches: int = 0) -> float:
+def train_epoch(
+    model: nn.Module,
+    data: TensorDataset,
+    device: str,
+    max_batches: int = 0,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> float:
     loader = DataLoader(
         data, batch_size=128, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
@@ -73,7 +79,8 @@ def train_epoch(model: nn.Module, data: TensorDataset, device: str, max_batches:
     for i, (x, y) in enumerate(loader):
         if max_batches and i >= max_batches:
             break
-        loss = nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+        x = x.to(device).contiguous(memory_format=memory_format)
+        loss = nn.functional.cross_entropy(model(x), y.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -94,21 +101,36 @@ def section_selection_cost(args) -> None:
         torch.manual_seed(0)
         model = small_cnn().to(args.device)
         name = "small CNN (3 conv + BN)"
-    train_epoch(model, data, args.device, max_batches=3)  # warm-up
-    epoch_before = train_epoch(model, data, args.device)
-    rows = []
-    backends = ["sklearn", "torch"] + (["cuml"] if cuml_usable() else [])
-    for backend in backends:  # warm-up: first-call costs (cuBLAS, imports) stay out
+    # The user's training loop: contiguous inputs, or (--train-channels-last) a channels_last
+    # model fed channels_last inputs, as timm's train.py --channels-last does.
+    memory_format = torch.channels_last if args.train_channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    train_epoch(model, data, args.device, max_batches=3, memory_format=memory_format)  # warm-up
+    epoch_before = train_epoch(model, data, args.device, memory_format=memory_format)
+    # (label, backend, channels_last): the library's default call first, then the inputs fed
+    # as they come (the default before channels_last=None existed), then scikit-learn.
+    variants = [("auto", "auto", None), ("auto", "auto", False), ("sklearn", "sklearn", None)]
+    if cuml_usable():
+        variants.append(("cuml", "cuml", None))
+    for _, backend, channels_last in variants:  # warm-up: first-call costs stay out
         select_from_logits(
-            *collect_outputs(model, Subset(data, range(64)), progress=False),
+            *collect_outputs(
+                model, Subset(data, range(64)), progress=False, channels_last=channels_last
+            ),
             backend=backend,
             device=args.device,
         )
-    for backend in backends:
+    rows = []
+    for label, backend, channels_last in variants:
         start = time.perf_counter()
         # exactly what find_slow_learnable(model, data, batch_size=...) runs, timed in two parts
         outputs, targets = collect_outputs(
-            model, data, batch_size=args.collect_batch, device=args.device, progress=False
+            model,
+            data,
+            batch_size=args.collect_batch,
+            device=args.device,
+            progress=False,
+            channels_last=channels_last,
         )
         if args.device == "cuda":
             torch.cuda.synchronize()
@@ -118,14 +140,16 @@ def section_selection_cost(args) -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
         cluster = time.perf_counter() - start
-        rows.append([backend, collect, cluster])
-    epoch_after = train_epoch(model, data, args.device)
+        layout = {None: "auto", False: "as they come", True: "channels_last"}[channels_last]
+        rows.append([label, layout, collect, cluster])
+    epoch_after = train_epoch(model, data, args.device, memory_format=memory_format)
     epoch = (epoch_before + epoch_after) / 2
     table = [
         [
             name,
             n,
             backend,
+            layout,
             epoch,
             collect,
             cluster,
@@ -133,15 +157,17 @@ def section_selection_cost(args) -> None:
             collect / epoch,
             cluster / (collect + cluster),
         ]
-        for backend, collect, cluster in rows
+        for backend, layout, collect, cluster in rows
     ]
     print_table(
         f"Selection cost vs one training epoch ({args.device}, N={n}, C=10, "
-        f"collection batch {args.collect_batch})",
+        f"collection batch {args.collect_batch}, training inputs "
+        f"{'channels_last' if args.train_channels_last else 'contiguous'})",
         [
             "model",
             "N",
             "backend",
+            "channels_last",
             "epoch s",
             "collect s",
             "cluster s",
@@ -346,6 +372,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000, help="images in section 1")
     parser.add_argument(
         "--collect-batch", type=int, default=256, help="batch size of the output collection"
+    )
+    parser.add_argument(
+        "--train-channels-last",
+        action="store_true",
+        help="section 1: train a channels_last model on channels_last inputs (the baseline epoch)",
     )
     parser.add_argument(
         "--sklearn-classes",

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import two_blob_logits
 
 from useful_data import Selection, __version__, find_slow_learnable
@@ -161,3 +162,23 @@ def test_inspect_plot(timm_run, tmp_path, capsys):
     argv = ["inspect", str(wrong.save(tmp_path / "w.npz")), "--plot", str(tmp_path / "x.png")]
     assert main([*argv, "--data-dir", str(root / "images")]) == 1
     assert "selection was computed on" in capsys.readouterr().err
+
+
+def test_select_channels_last_flag_is_three_way(monkeypatch, tmp_path):
+    import useful_data.slow_learnable as slow_learnable
+
+    seen = []
+
+    def fake_find(*args, **kwargs):  # stop right after the arguments are resolved
+        seen.append(kwargs["channels_last"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(slow_learnable, "find_slow_learnable", fake_find)
+    monkeypatch.setattr("useful_data.timm.create_timm_model", lambda *a, **k: torch.nn.Linear(1, 1))
+    monkeypatch.setattr("useful_data.timm.create_eval_dataset", lambda *a, **k: [])
+    for flag in ([], ["--channels-last"], ["--no-channels-last"]):
+        argv = ["select", "--model", "m", "--checkpoint", "c", "--num-classes", "3"]
+        argv += ["--data-dir", str(tmp_path), "--device", "cpu", "-o", "out.npz", *flag]
+        with pytest.raises(SystemExit):
+            main(argv)
+    assert seen == [None, True, False]

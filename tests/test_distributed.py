@@ -130,6 +130,16 @@ def _check_selection(rank: int) -> Selection:
     single_outputs, single_targets = collect_outputs(model, data, batch_size=32, progress=False)
     outputs, targets = collect_outputs_sharded(model, data, batch_size=32, progress=False)
     assert torch.equal(outputs, single_outputs) and torch.equal(targets, single_targets)
+    # A CNN on images: each rank decides channels_last on its own first batch (on a CPU, the
+    # default), and the gathered outputs are still bit for bit the single-process ones.
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3)
+    )
+    images = TensorDataset(torch.randn(75, 3, 8, 8, generator=torch.Generator().manual_seed(1)))
+    single_cnn, _ = collect_outputs(cnn, images, batch_size=16, progress=False)
+    sharded_cnn, _ = collect_outputs_sharded(cnn, images, batch_size=16, progress=False)
+    assert torch.equal(sharded_cnn, single_cnn)
     kwargs = {"backend": "sklearn", "n_init": 3, "batch_size": 32, "progress": False}
     single = find_slow_learnable(model, data, distributed=False, **kwargs)
     ddp = torch.nn.parallel.DistributedDataParallel(model)  # unwrapped inside

@@ -145,6 +145,13 @@ def _add_select(sub: Any) -> None:
     select.add_argument("--workers", type=int, default=4, help="data loader workers")
     select.add_argument("--device", help="default: cuda if available, else cpu")
     select.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="feed images in channels_last (default: on a CPU when the model's first batch "
+        "gives the same logits both ways)",
+    )
+    select.add_argument(
         "--backend",
         choices=("auto", "cuml", "sklearn", "torch"),
         default="auto",
@@ -194,6 +201,7 @@ def _select(args: argparse.Namespace) -> Selection:
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=device,
+        channels_last=args.channels_last,
         progress=not args.no_progress,
     )
 

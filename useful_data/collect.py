@@ -8,6 +8,8 @@ plus their concatenation.
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -57,6 +59,60 @@ def _logits_of(output: Any) -> torch.Tensor:
     )
 
 
+def _forward(model: nn.Module, inputs: Any, channels_last: bool) -> torch.Tensor:
+    if channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return _logits_of(model(inputs))
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """``torch.compile(model)`` or ``model.compile()``: a new layout would mean a recompile."""
+    return hasattr(model, "_orig_mod") or getattr(model, "_compiled_call_impl", None) is not None
+
+
+def _try_channels_last(model: nn.Module, inputs: Any, device: torch.device) -> bool:
+    """Whether ``channels_last=None`` tries channels_last: a CPU, 2-D convolutions, images."""
+    return (
+        device.type == "cpu"
+        and isinstance(inputs, torch.Tensor)
+        and inputs.ndim == 4
+        and inputs.is_floating_point()
+        and not inputs.is_contiguous(memory_format=torch.channels_last)
+        and not _is_compiled(model)
+        and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    )
+
+
+def _first_batch(model: nn.Module, inputs: Any, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """``channels_last=None`` on the first batch: its logits, and the layout for the rest.
+
+    Runs the batch as it comes, then in channels_last where `_try_channels_last` says so, and
+    keeps channels_last only if the forward works and gives the same logits up to rounding
+    (``sqrt(eps)`` of their dtype, relative to the largest).
+    """
+    reference = _forward(model, inputs, channels_last=False)
+    if not _try_channels_last(model, inputs, device):
+        return reference, False
+    try:
+        candidate = _forward(model, inputs, channels_last=True)
+    except RuntimeError:  # e.g. x.view(B, -1) on a channels_last activation
+        return reference, False
+    tol = math.sqrt(torch.finfo(reference.dtype).eps) if reference.is_floating_point() else 0.0
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    if candidate.shape == reference.shape and torch.allclose(
+        candidate, reference, rtol=tol, atol=tol * scale
+    ):
+        return candidate, True
+    warnings.warn(
+        "the model's outputs change with the memory layout of its inputs (channels_last vs "
+        "contiguous) by more than rounding; collecting them with the inputs as they come. "
+        "Pass channels_last=False to skip this check.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return reference, False
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):  # type: ignore[no-untyped-def]
     """Put every submodule in eval mode, then restore each one's own previous mode."""
@@ -79,11 +135,19 @@ def collect_outputs(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = True,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    channels_last: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run ``model`` over ``dataset`` in order and return its outputs and the batch labels.
 
     The model runs in eval mode under `torch.inference_mode`; every submodule's
-    train/eval mode is restored afterwards.
+    train/eval mode is restored afterwards. The model itself is not changed.
+
+    On a CPU, a convolutional network runs about twice as fast on channels_last inputs
+    (oneDNN's native layout), so by default (``channels_last=None``) 4-D floating-point
+    inputs are fed in `torch.channels_last` when the model has a `torch.nn.Conv2d`, runs on
+    the CPU and is not compiled, and its first batch gives the same logits both ways (up to
+    rounding; the first batch therefore runs twice, and forward hooks see it twice). Else,
+    and on GPUs, inputs are fed as they come.
 
     Args:
         model: Any module mapping a batch of inputs to ``(B, C)`` logits (or a tuple whose first
@@ -95,6 +159,8 @@ def collect_outputs(
         autocast_dtype: If given (e.g. ``torch.bfloat16``), run under `torch.autocast`.
         progress: Show a tqdm progress bar.
         collate_fn: Optional DataLoader ``collate_fn``.
+        channels_last: ``None`` (default): decide as above. ``True``: always feed 4-D inputs
+            in `torch.channels_last` (on any device). ``False``: feed inputs as they come.
 
     Returns:
         ``(outputs, targets)``: a float32 ``(N, C)`` CPU tensor, and the int64 ``(N,)`` labels read
@@ -113,6 +179,10 @@ def collect_outputs(
     """
     batch_size = check_positive_int("batch_size", batch_size)
     num_workers = check_positive_int("num_workers", num_workers, minimum=0)
+    if channels_last not in (None, True, False):
+        raise ValueError(
+            f"channels_last should be None (automatic), True or False, but got {channels_last!r}"
+        )
     num_examples = len(dataset)  # type: ignore[arg-type]
     if num_examples == 0:
         raise ValueError("dataset should hold at least one example, but got an empty dataset")
@@ -138,7 +208,11 @@ def collect_outputs(
     with bar, _eval_mode(model), torch.inference_mode(), autocast:
         for batch in loader:
             inputs, batch_targets = split_batch(batch)
-            logits = _logits_of(model(_to_device(inputs, device)))
+            inputs = _to_device(inputs, device)
+            if channels_last is None:
+                logits, channels_last = _first_batch(model, inputs, device)
+            else:
+                logits = _forward(model, inputs, channels_last)
             if logits.ndim != 2:
                 raise ValueError(
                     "the model should return logits of shape (B, C), but got shape "

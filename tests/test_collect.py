@@ -1,0 +1,161 @@
+"""collect_outputs: the memory layout the model is fed (channels_last on a CPU by default)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from useful_data import find_slow_learnable
+from useful_data.collect import _try_channels_last, collect_outputs
+
+CL = torch.channels_last
+
+
+def _images(n: int = 50, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.arange(n) % 3
+    images = torch.randn(n, 3, 8, 8, generator=g)
+    images[torch.arange(n), targets] += 2.0  # the class lights up one channel
+    return TensorDataset(images, targets)
+
+
+def _conv_net(flatten: nn.Module | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        flatten if flatten is not None else nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    )
+
+
+def _record_layouts(model: nn.Module) -> list[bool]:
+    """One entry per forward call: whether the input was channels_last (and not contiguous)."""
+    seen: list[bool] = []
+
+    def hook(module, args):
+        x = args[0]
+        seen.append(x.is_contiguous(memory_format=CL) and not x.is_contiguous())
+
+    model.register_forward_pre_hook(hook)
+    return seen
+
+
+class _ViewFlatten(nn.Module):
+    """``x.view(B, -1)``, as old CNNs flatten: it fails on a channels_last activation."""
+
+    def forward(self, x):
+        return x.view(x.shape[0], -1)
+
+
+class _LayoutDependent(nn.Module):
+    """A (buggy) model whose output depends on the memory layout of its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        y = self.conv(x).mean(dim=(2, 3))
+        return y if x.is_contiguous() else -y
+
+
+def test_auto_feeds_channels_last_on_a_cpu_with_the_same_logits():
+    data = _images()
+    model = _conv_net()
+    model(data.tensors[0][:2])  # materialise the lazy layer
+    reference, targets = collect_outputs(
+        model, data, batch_size=16, progress=False, channels_last=False
+    )
+    seen = _record_layouts(model)
+    outputs, same_targets = collect_outputs(model, data, batch_size=16, progress=False)
+    # 4 batches; the first runs twice (as it comes, then channels_last), the rest channels_last.
+    assert seen == [False, True, True, True, True]
+    torch.testing.assert_close(outputs, reference, rtol=1e-4, atol=1e-5)
+    assert torch.equal(targets, same_targets)
+    assert all(p.is_contiguous() for p in model.parameters())  # the model is not changed
+
+
+def test_channels_last_false_and_true_are_obeyed():
+    data = _images()
+    model = _conv_net()
+    model(data.tensors[0][:2])
+    seen = _record_layouts(model)
+    collect_outputs(model, data, batch_size=16, progress=False, channels_last=False)
+    assert seen == [False] * 4
+    seen.clear()
+    forced, _ = collect_outputs(model, data, batch_size=16, progress=False, channels_last=True)
+    assert seen == [True] * 4
+    seen.clear()
+    auto, _ = collect_outputs(model, data, batch_size=16, progress=False)
+    assert torch.equal(forced, auto)  # auto kept channels_last for every batch, the first too
+
+
+def test_a_model_that_fails_on_channels_last_falls_back_silently():
+    data = _images()
+    model = _conv_net(flatten=_ViewFlatten())
+    model(data.tensors[0][:2])
+    with pytest.raises(RuntimeError, match="view"):
+        model(data.tensors[0][:2].contiguous(memory_format=CL))  # the premise
+    reference, _ = collect_outputs(model, data, batch_size=16, progress=False, channels_last=False)
+    seen = _record_layouts(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outputs, _ = collect_outputs(model, data, batch_size=16, progress=False)
+    assert torch.equal(outputs, reference)
+    assert seen == [False, True, False, False, False]  # tried once, then as the inputs come
+
+
+def test_a_model_whose_outputs_depend_on_the_layout_warns_and_keeps_the_inputs_as_they_come():
+    data = _images()
+    model = _LayoutDependent()
+    reference, _ = collect_outputs(model, data, batch_size=16, progress=False, channels_last=False)
+    with pytest.warns(UserWarning, match="memory layout.*channels_last=False"):
+        outputs, _ = collect_outputs(model, data, batch_size=16, progress=False)
+    assert torch.equal(outputs, reference)
+
+
+def test_auto_leaves_models_without_convolutions_and_other_inputs_alone():
+    x = torch.randn(20, 3, 4, 4)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    seen = _record_layouts(mlp)
+    collect_outputs(mlp, TensorDataset(x), batch_size=8, progress=False)
+    assert seen == [False] * 3  # not tried, and the first batch ran once
+    conv = _conv_net()
+    cpu = torch.device("cpu")
+    assert _try_channels_last(conv, x, cpu)
+    assert not _try_channels_last(conv, x, torch.device("cuda"))  # GPUs: as the inputs come
+    assert not _try_channels_last(conv, x.to(torch.float64).flatten(1), cpu)  # not 4-D
+    assert not _try_channels_last(conv, x.to(torch.int64), cpu)  # not floating point
+    assert not _try_channels_last(conv, x.contiguous(memory_format=CL), cpu)  # already
+    assert not _try_channels_last(conv, {"image": x}, cpu)  # not a tensor
+    assert not _try_channels_last(mlp, x, cpu)  # no convolution
+    conv.compile()  # lazy: nothing is compiled until a call; a new layout would recompile
+    assert not _try_channels_last(conv, x, cpu)
+
+
+def test_bad_channels_last_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"channels_last should be None.*True or False.*'yes'"):
+        collect_outputs(nn.Linear(2, 2), TensorDataset(torch.zeros(2, 2)), channels_last="yes")
+
+
+def test_find_slow_learnable_passes_channels_last_on():
+    data = _images(90)
+    model = _conv_net()
+    model(data.tensors[0][:2])
+    seen = _record_layouts(model)
+    kwargs = {"batch_size": 32, "progress": False, "backend": "sklearn", "n_init": 3}
+    as_they_come = find_slow_learnable(model, data, channels_last=False, **kwargs)
+    assert seen == [False] * 3
+    seen.clear()
+    auto = find_slow_learnable(model, data, **kwargs)
+    assert seen == [False, True, True, True]
+    np.testing.assert_array_equal(auto.mask, as_they_come.mask)
