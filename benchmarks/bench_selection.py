@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import base_parser, describe_machine, print_table
 
 from useful_data._cluster import KMeans2, cuml_usable
-from useful_data.collect import collect_outputs
+from useful_data.collect import collect_outputs, default_batch_size
 from useful_data.slow_learnable import select_from_logits
 
 
@@ -107,12 +107,16 @@ def section_selection_cost(args) -> None:
     model = model.to(memory_format=memory_format)
     train_epoch(model, data, args.device, max_batches=3, memory_format=memory_format)  # warm-up
     epoch_before = train_epoch(model, data, args.device, memory_format=memory_format)
-    # (label, backend, channels_last): the library's default call first, then the inputs fed
-    # as they come (the default before channels_last=None existed), then scikit-learn.
-    variants = [("auto", "auto", None), ("auto", "auto", False), ("sklearn", "sklearn", None)]
+    # (backend, channels_last, batch_size): the library's default call first, then the
+    # inputs fed as they come, scikit-learn, cuML where usable, and the default call before
+    # channels_last=None and the per-device batch size existed (256, as they come).
+    batch = args.collect_batch
+    variants = [("auto", None, batch), ("auto", False, batch), ("sklearn", None, batch)]
     if cuml_usable():
-        variants.append(("cuml", "cuml", None))
-    for _, backend, channels_last in variants:  # warm-up: first-call costs stay out
+        variants.append(("cuml", None, batch))
+    if batch is None and args.device == "cpu":
+        variants.append(("auto", False, 256))
+    for backend, channels_last, _ in variants:  # warm-up: first-call costs stay out
         select_from_logits(
             *collect_outputs(
                 model, Subset(data, range(64)), progress=False, channels_last=channels_last
@@ -121,13 +125,13 @@ def section_selection_cost(args) -> None:
             device=args.device,
         )
     rows = []
-    for label, backend, channels_last in variants:
+    for backend, channels_last, batch_size in variants:
         start = time.perf_counter()
         # exactly what find_slow_learnable(model, data, batch_size=...) runs, timed in two parts
         outputs, targets = collect_outputs(
             model,
             data,
-            batch_size=args.collect_batch,
+            batch_size=batch_size,
             device=args.device,
             progress=False,
             channels_last=channels_last,
@@ -141,7 +145,9 @@ def section_selection_cost(args) -> None:
             torch.cuda.synchronize()
         cluster = time.perf_counter() - start
         layout = {None: "auto", False: "as they come", True: "channels_last"}[channels_last]
-        rows.append([label, layout, collect, cluster])
+        rows.append(
+            [backend, layout, batch_size or default_batch_size(args.device), collect, cluster]
+        )
     epoch_after = train_epoch(model, data, args.device, memory_format=memory_format)
     epoch = (epoch_before + epoch_after) / 2
     table = [
@@ -150,6 +156,7 @@ def section_selection_cost(args) -> None:
             n,
             backend,
             layout,
+            batch_size,
             epoch,
             collect,
             cluster,
@@ -157,17 +164,17 @@ def section_selection_cost(args) -> None:
             collect / epoch,
             cluster / (collect + cluster),
         ]
-        for backend, layout, collect, cluster in rows
+        for backend, layout, batch_size, collect, cluster in rows
     ]
     print_table(
-        f"Selection cost vs one training epoch ({args.device}, N={n}, C=10, "
-        f"collection batch {args.collect_batch}, training inputs "
+        f"Selection cost vs one training epoch ({args.device}, N={n}, C=10, training inputs "
         f"{'channels_last' if args.train_channels_last else 'contiguous'})",
         [
             "model",
             "N",
             "backend",
             "channels_last",
+            "batch",
             "epoch s",
             "collect s",
             "cluster s",
@@ -371,7 +378,10 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="images in section 1")
     parser.add_argument(
-        "--collect-batch", type=int, default=256, help="batch size of the output collection"
+        "--collect-batch",
+        type=int,
+        help="batch size of the output collection (default: the library's, 128 on a CPU, "
+        "256 on a GPU)",
     )
     parser.add_argument(
         "--train-channels-last",

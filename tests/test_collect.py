@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from useful_data import find_slow_learnable
-from useful_data.collect import _try_channels_last, collect_outputs
+from useful_data.collect import _try_channels_last, collect_outputs, default_batch_size
 
 CL = torch.channels_last
 
@@ -159,3 +159,22 @@ def test_find_slow_learnable_passes_channels_last_on():
     auto = find_slow_learnable(model, data, **kwargs)
     assert seen == [False, True, True, True]
     np.testing.assert_array_equal(auto.mask, as_they_come.mask)
+
+
+def test_default_batch_size_is_128_on_a_cpu_and_256_elsewhere():
+    assert default_batch_size("cpu") == 128
+    assert default_batch_size(torch.device("cuda")) == 256
+    sizes: list[int] = []
+    model = nn.Linear(4, 2)
+    model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    data = TensorDataset(torch.randn(300, 4), torch.arange(300) % 2)
+    collect_outputs(model, data, progress=False)
+    assert sizes == [128, 128, 44]
+    sizes.clear()
+    find_slow_learnable(model, data, progress=False, backend="sklearn", n_init=1)
+    assert sizes == [128, 128, 44]
+    sizes.clear()
+    collect_outputs(model, data, batch_size=200, progress=False)
+    assert sizes == [200, 100]
+    with pytest.raises(ValueError, match="batch_size should be an integer >= 1"):
+        collect_outputs(model, data, batch_size=0)

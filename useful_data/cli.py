@@ -141,7 +141,9 @@ def _add_select(sub: Any) -> None:
     )
     select.add_argument("--crop-pct", type=float, help="eval center-crop fraction")
     select.add_argument("--use-ema", action="store_true", help="cluster the EMA weights")
-    select.add_argument("--batch-size", type=int, default=256, help="default: 256")
+    select.add_argument(
+        "--batch-size", type=int, help="forward batch size (default: 128 on a CPU, 256 on a GPU)"
+    )
     select.add_argument("--workers", type=int, default=4, help="data loader workers")
     select.add_argument("--device", help="default: cuda if available, else cpu")
     select.add_argument(

@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from useful_data._checks import as_numpy, check_positive_int
-from useful_data.collect import collect_outputs
+from useful_data.collect import collect_outputs, default_batch_size, model_device
 from useful_data.selection import Selection, dataset_fingerprint
 
 __all__ = [
@@ -208,7 +208,7 @@ def collect_outputs_sharded(
     model: nn.Module,
     dataset: Dataset[Any],
     *,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     progress: bool = True,
     **collect_kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -228,7 +228,8 @@ def collect_outputs_sharded(
     Args:
         model: The model (plain or wrapped in ``DistributedDataParallel``).
         dataset: The same map-style dataset, in the same order, on every rank.
-        batch_size: Batch size of the forward passes, and the block size of the shards.
+        batch_size: Batch size of the forward passes, and the block size of the shards;
+            ``None``: `useful_data.collect.default_batch_size` of the device the model runs on.
         progress: Show a progress bar (rank 0 only).
         **collect_kwargs: Passed on to `collect_outputs` (``batch_size``, ``device``, ...).
 
@@ -243,6 +244,9 @@ def collect_outputs_sharded(
     _check_same_on_all_ranks("len(dataset)", num_examples)
     if num_examples == 0:
         raise ValueError("dataset should hold at least one example, but got an empty dataset")
+    if batch_size is None:
+        device = collect_kwargs.get("device")
+        batch_size = default_batch_size(device if device is not None else model_device(model))
     batch_size = check_positive_int("batch_size", batch_size)
     shard = Subset(dataset, shard_indices(num_examples, rank, world, block=batch_size).tolist())
     if len(shard) == 0:  # more ranks than batches: this rank only pads the collectives

@@ -60,7 +60,7 @@ def find_slow_learnable(
     seed: int = 0,
     backend: Literal["auto", "cuml", "sklearn", "torch"] = "auto",
     upsample_factor: int = 2,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     num_workers: int = 0,
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -104,7 +104,8 @@ def find_slow_learnable(
             on ``device``; 3-6x faster than ``"sklearn"`` on a 2-core CPU at ImageNet scale
             and 3-3.5 s for ImageNet-1k on one H100 (see the benchmarks page).
         upsample_factor: Stored on the result as the factor to upsample with (paper: 2).
-        batch_size: Batch size for collecting outputs.
+        batch_size: Batch size for collecting outputs; ``None``: 128 on a CPU, 256 on a GPU
+            (`useful_data.collect.default_batch_size`).
         num_workers: DataLoader workers for collecting outputs.
         device: Device to run the model on, and the ``"torch"`` backend's k-means;
             defaults to the model's device (for ``logits=``: where the logits are).
