@@ -178,3 +178,19 @@ def test_default_batch_size_is_128_on_a_cpu_and_256_elsewhere():
     assert sizes == [200, 100]
     with pytest.raises(ValueError, match="batch_size should be an integer >= 1"):
         collect_outputs(model, data, batch_size=0)
+
+
+def test_non_finite_outputs_are_not_blamed_on_the_layout():
+    data = _images(20)
+    model = _conv_net()
+    model(data.tensors[0][:2])
+    with torch.no_grad():
+        model[-1].bias[0] = float("nan")  # every output row holds a NaN
+    seen = _record_layouts(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "outputs change with the memory layout" warning
+        outputs, _ = collect_outputs(model, data, batch_size=16, progress=False)
+    assert outputs[:, 0].isnan().all() and outputs[:, 1:].isfinite().all()
+    assert seen == [False, True, True]  # channels_last kept
+    with pytest.raises(ValueError, match="finite"):  # the selection reports them
+        find_slow_learnable(model, data, progress=False)

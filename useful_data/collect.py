@@ -114,10 +114,11 @@ def _first_batch(model: nn.Module, inputs: Any, device: torch.device) -> tuple[t
     except RuntimeError:  # e.g. x.view(B, -1) on a channels_last activation
         return reference, False
     tol = math.sqrt(torch.finfo(reference.dtype).eps) if reference.is_floating_point() else 0.0
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    finite = reference[reference.isfinite()] if reference.is_floating_point() else reference
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
     if candidate.shape == reference.shape and torch.allclose(
-        candidate, reference, rtol=tol, atol=tol * scale
-    ):
+        candidate, reference, rtol=tol, atol=tol * scale, equal_nan=True
+    ):  # (non-finite outputs are select_from_logits' error to report, not a layout's)
         return candidate, True
     warnings.warn(
         "the model's outputs change with the memory layout of its inputs (channels_last vs "
