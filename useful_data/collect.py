@@ -159,7 +159,7 @@ def collect_outputs(
     The model runs in eval mode under `torch.inference_mode`; every submodule's
     train/eval mode is restored afterwards. The model itself is not changed.
 
-    On a CPU, a convolutional network runs about twice as fast on channels_last inputs
+    On a CPU, a convolutional network runs 1.5-2x as fast on channels_last inputs
     (oneDNN's native layout), so by default (``channels_last=None``) 4-D floating-point
     inputs are fed in `torch.channels_last` when the model has a `torch.nn.Conv2d`, runs on
     the CPU and is not compiled, and its first batch gives the same logits both ways (up to

@@ -112,8 +112,8 @@ def find_slow_learnable(
         autocast_dtype: Run the model under autocast with this dtype (e.g. ``torch.bfloat16``).
         channels_last: Feed 4-D inputs in `torch.channels_last` (``True``), as they come
             (``False``), or decide (``None``, default): channels_last on a CPU for a
-            convolutional network whose first batch gives the same logits both ways, about
-            2x faster there; see `useful_data.collect.collect_outputs`.
+            convolutional network whose first batch gives the same logits both ways,
+            1.5-2x faster there; see `useful_data.collect.collect_outputs`.
         progress: Show a progress bar while collecting outputs.
         strategy: How to pick the examples to upsample. ``"kmeans"`` is USEFUL (the paper's
             method); ``"misclassified"``, ``"loss_quantile"`` (above the per-class median
