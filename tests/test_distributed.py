@@ -140,6 +140,14 @@ def _check_selection(rank: int) -> Selection:
     single_cnn, _ = collect_outputs(cnn, images, batch_size=16, progress=False)
     sharded_cnn, _ = collect_outputs_sharded(cnn, images, batch_size=16, progress=False)
     assert torch.equal(sharded_cnn, single_cnn)
+    # The default batch (128 on a CPU) is the shards' block size too: 301 = 128 + 128 + 45.
+    default_single, _ = collect_outputs(model, data, progress=False)
+    seen: list[int] = []
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    default_sharded, _ = collect_outputs_sharded(model, data, progress=False)
+    hook.remove()
+    assert torch.equal(default_sharded, default_single)
+    assert seen == ([128, 45] if rank == 0 else [128])  # batches 0 and 2, or batch 1
     kwargs = {"backend": "sklearn", "n_init": 3, "batch_size": 32, "progress": False}
     single = find_slow_learnable(model, data, distributed=False, **kwargs)
     ddp = torch.nn.parallel.DistributedDataParallel(model)  # unwrapped inside
