@@ -122,17 +122,22 @@ def _sq_distances(
 
 
 def _seed(
-    x64: torch.Tensor, valid: torch.Tensor, sizes: Sequence[int], n_init: int, seed: int
+    x64: torch.Tensor,
+    sq: torch.Tensor,
+    valid: torch.Tensor,
+    sizes: Sequence[int],
+    n_init: int,
+    seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's greedy k-means++ for two centers, every restart of every class at once.
 
-    Returns the indices ``(first, second)`` of the two seed rows, each ``(B, R)``.
+    ``x64`` are the centered points ``(B, n, D)`` in float64 and ``sq`` their squared norms
+    ``(B, n)``. Returns the indices ``(first, second)`` of the two seed rows, each ``(B, R)``.
     """
     device = x64.device
     draws = [_sklearn_draws(n, n_init, seed) for n in sizes]
     first = torch.from_numpy(np.stack([d[0] for d in draws])).to(device)  # (B, R)
     uniforms = torch.from_numpy(np.stack([d[1] for d in draws])).to(device)  # (B, R, 2)
-    sq = (x64 * x64).sum(2)
     closest = _sq_distances(x64, sq, _gather_rows(x64, first), valid)  # (B, n, R)
     potential = closest.sum(1)  # (B, R)
     cumulative = closest.transpose(1, 2).cumsum(2).contiguous()  # (B, R, n)
@@ -360,12 +365,14 @@ def _kmeans2_padded(
     count = torch.as_tensor(sizes, device=device, dtype=torch.float64)  # (B,)
     valid = torch.arange(n, device=device)[None, :] < count[:, None]  # (B, n)
     mask = valid[:, :, None]
-    mean = (x.double() * mask).sum(1, keepdim=True) / count[:, None, None]  # (B, 1, D)
-    x64 = (x.double() - mean) * mask  # centered, as scikit-learn does
+    x64 = x.double()
+    mean = (x64 * mask).sum(1, keepdim=True) / count[:, None, None]  # (B, 1, D)
+    x64 = (x64 - mean) * mask  # centered, as scikit-learn does
+    squares = x64 * x64
     # scikit-learn's tol: tol * mean over dimensions of the per-dimension variance
-    tolerance = tol * (x64 * x64).sum((1, 2)) / (count * dim)  # (B,)
-    first, second = _seed(x64, valid, sizes, n_init, seed)
-    del x64
+    tolerance = tol * squares.sum((1, 2)) / (count * dim)  # (B,)
+    first, second = _seed(x64, squares.sum(2), valid, sizes, n_init, seed)
+    del x64, squares
     xc = (x - mean.float()) * mask
     classes = _Classes(xc, valid, count, xc.double().sum(1)[:, None, :], tolerance)
     c0, c1 = _gather_rows(xc, first), _gather_rows(xc, second)  # (B, R, D)

@@ -113,8 +113,9 @@ def _first_batch(model: nn.Module, inputs: Any, device: torch.device) -> tuple[t
         candidate = _forward(model, inputs, channels_last=True)
     except RuntimeError:  # e.g. x.view(B, -1) on a channels_last activation
         return reference, False
-    tol = math.sqrt(torch.finfo(reference.dtype).eps) if reference.is_floating_point() else 0.0
-    finite = reference[reference.isfinite()] if reference.is_floating_point() else reference
+    tol, finite = 0.0, reference
+    if reference.is_floating_point():
+        tol, finite = math.sqrt(torch.finfo(reference.dtype).eps), reference[reference.isfinite()]
     scale = float(finite.abs().max()) if finite.numel() else 0.0
     if candidate.shape == reference.shape and torch.allclose(
         candidate, reference, rtol=tol, atol=tol * scale, equal_nan=True
