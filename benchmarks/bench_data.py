@@ -120,18 +120,13 @@ def section_loader(args) -> None:
         loader_rate(plain, workers, 2)  # warm-up
         loader_rate(useful, workers, 2)
         items = max_batches * 128
-        times = interleaved(
+        base, cand = interleaved(
             lambda ds=plain, w=workers: loader_rate(ds, w, max_batches),
             lambda ds=useful, w=workers: loader_rate(ds, w, max_batches),
             repeats,
         )
-        rates = {
-            name: [items / t for t in ts]
-            for name, ts in zip(("plain", "useful"), times, strict=True)
-        }
-        p, u = float(np.median(rates["plain"])), float(np.median(rates["useful"]))
-        best = max(rates["plain"]) / max(rates["useful"])
-        rows.append([workers, max_batches * 128, p, u, p / u, best])
+        ratio, best = median_and_best(base, cand)
+        rows.append([workers, items, items / median(base), items / median(cand), ratio, best])
     print_table(
         f"DataLoader throughput, USEFULDataset vs plain dataset (N={n}, batch 128, shuffled)",
         [
