@@ -182,3 +182,48 @@ def test_select_channels_last_flag_is_three_way(monkeypatch, tmp_path):
         with pytest.raises(SystemExit):
             main(argv)
     assert seen == [None, True, False]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-o", "MISSING/s.npz"], "--output should be in an existing folder"),
+        (["-o", "FOLDER"], "--output should be a file path, but .* is a folder"),
+        (["-o", "OUT", "--device", "gpu"], "--device should be a torch device"),
+        (["-o", "OUT", "--device", "cuda:7"], "--device cuda:7"),
+    ],
+)
+def test_select_checks_output_and_device_before_any_work(tmp_path, capsys, extra, message):
+    """Nothing is loaded (the checkpoint does not even exist) before these are checked."""
+    subs = {"FOLDER": str(tmp_path), "OUT": str(tmp_path / "s.npz")}
+    extra = [subs.get(e, e).replace("MISSING", str(tmp_path / "missing")) for e in extra]
+    argv = ["select", "--model", "resnet18", "--checkpoint", str(tmp_path / "none.pth"),
+            "--num-classes", "3", "--data-dir", str(tmp_path), *extra]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("useful-data select: error:")
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--img-size", "0"), ("--batch-size", "0"), ("--workers", "-1"), ("--seed", "-1"),
+     ("--upsample-factor", "0"), ("--num-classes", "x")],
+)  # fmt: skip
+def test_select_rejects_bad_numbers_at_parse_time(tmp_path, capsys, flag, value):
+    argv = ["select", "--model", "resnet18", "--checkpoint", "c", "--num-classes", "3",
+            "--data-dir", str(tmp_path), "-o", "s.npz", flag, value]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: should be an integer" in capsys.readouterr().err
+
+
+def test_inspect_checks_plot_path_and_data_dir(tmp_path, capsys):
+    sel = Selection(mask=np.arange(8) % 2 == 0, loss=np.ones(8), targets=np.arange(8) % 2)
+    path = str(sel.save(tmp_path / "sel.npz"))
+    assert main(["inspect", path, "--plot", str(tmp_path / "missing" / "p.png")]) == 1
+    assert "--plot should be in an existing folder" in capsys.readouterr().err
+    argv = ["inspect", path, "--plot", str(tmp_path / "p.png"), "--data-dir", "no-such-dir"]
+    assert main(argv) == 1
+    assert "--data-dir should be a folder, but 'no-such-dir'" in capsys.readouterr().err

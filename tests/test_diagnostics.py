@@ -137,3 +137,16 @@ def test_inspect_flags_weak_separation():
         targets=np.repeat([0, 1], 100),
     )
     assert "weak (auc <" in format_summary(sel)
+
+
+def test_plot_selection_checks_its_arguments():
+    pytest.importorskip("matplotlib")
+    from useful_data.plot import plot_selection
+
+    logits, targets, _ = two_blob_logits(num_classes=3)
+    sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    with pytest.raises(ValueError, match="class_names should name every label"):
+        plot_selection(sel, class_names=["a", "b"])
+    with pytest.raises(TypeError, match="selection should be a Selection"):
+        plot_selection(sel.mask)
+    assert len(plot_selection(sel, class_names=["a", "b", "c"]).axes) == 1

@@ -176,6 +176,11 @@ def _check_selection(rank: int) -> Selection:
     _same_selection(from_logits, select_from_logits(logits, single_targets, backend="sklearn"))
     with pytest.raises(ValueError, match="same on every rank"):  # ranks with other labels
         select_across_ranks(select_from_logits, logits, (single_targets + rank) % 3)
+    # Bad outputs fail on every rank alike, counted over all N rows (not one rank's classes).
+    bad = logits.copy()
+    bad[5, 0] = np.nan
+    with pytest.raises(ValueError, match=r"1 of 301 rows contain NaN or inf \(first at index 5\)"):
+        find_slow_learnable(logits=bad, targets=single_targets, backend="sklearn")
     return sharded
 
 

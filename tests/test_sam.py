@@ -612,3 +612,30 @@ def test_benchmark_quick_run_prints_the_table():
     assert "| method | ms/step | ratio vs 2x SGD |" in result.stdout
     assert "| parameters | SAM (ours) µs | reference µs | reference / ours |" in result.stdout
     assert "reference (per-parameter loop)" in result.stdout
+
+
+def test_second_step_without_the_second_backward_raises_and_restores_w():
+    model = _mlp()
+    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+    x, y = _batch()
+    before = _params(model)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.first_step(zero_grad=True)  # gradients cleared ...
+    with pytest.raises(RuntimeError, match="second_step\\(\\) found no gradients"):
+        optimizer.second_step()  # ... and no backward at w + e(w)
+    _assert_equal(_params(model), before)  # back at w, no step taken
+    assert not optimizer.perturbed
+    _manual_step(model, optimizer, x, y)  # the optimizer is still usable
+
+
+def test_a_base_optimizers_state_dict_loads_with_this_rho():
+    model = _mlp()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    sgd.step()
+    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.07, lr=0.1, momentum=0.9)
+    optimizer.load_state_dict(sgd.state_dict())  # resume an SGD run with SAM
+    assert [g["rho"] for g in optimizer.param_groups] == [0.07]
+    assert optimizer.param_groups[0]["adaptive"] is False
+    _manual_step(model, optimizer, x, y)

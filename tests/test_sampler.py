@@ -154,3 +154,34 @@ def test_bad_arguments(kwargs, error, match):
 def test_indices_need_num_examples():
     with pytest.raises(ValueError, match="num_examples"):
         UpsampleSampler([3])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"seed": 1.5}, TypeError, "seed should be an integer"),
+        ({"seed": "3"}, TypeError, "seed should be an integer"),
+        ({"seed": -1}, ValueError, "seed should be an integer >= 0"),
+        ({"seed": 2**70}, ValueError, r"seed should be an integer in \[0, "),
+        ({"shuffle": "False"}, TypeError, "shuffle should be True or False"),
+        ({"drop_last": 1}, TypeError, "drop_last should be True or False"),
+    ],
+)
+def test_bad_seed_and_flags_are_rejected_up_front(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        UpsampleSampler([1, 3], num_examples=5, **kwargs)
+
+
+def test_set_epoch_takes_a_non_negative_integer():
+    sampler = UpsampleSampler([1, 3], num_examples=5)
+    for bad, error in ((1.7, TypeError), ("2", TypeError), (-1, ValueError)):
+        with pytest.raises(error, match="epoch should be an integer"):
+            sampler.set_epoch(bad)
+    sampler.set_epoch(np.int64(3))
+    assert sampler.epoch == 3
+
+
+def test_an_integer_zero_one_mask_is_named_as_such():
+    with pytest.raises(TypeError, match=r"holds only 0s and 1s.*pass booleans"):
+        UpsampleSampler(np.array([1, 0, 1, 0, 0]), num_examples=5)
+    assert list(UpsampleSampler([0, 1], num_examples=3, shuffle=False)) == [0, 1, 2, 0, 1]

@@ -150,3 +150,13 @@ def test_resolve_selection_size_mismatch(selection):
 def test_resolve_selection_type_error():
     with pytest.raises(TypeError, match="selection"):
         resolve_selection(3.5, 4)  # type: ignore[arg-type]
+
+
+def test_save_names_a_missing_folder_or_a_folder_given_as_the_file(tmp_path, selection):
+    with pytest.raises(
+        FileNotFoundError, match=r"path should be in an existing folder, but '.*missing'"
+    ):
+        selection.save(tmp_path / "missing" / "sel.npz")
+    with pytest.raises(IsADirectoryError, match=r"path should be a file path, but .* is a folder"):
+        selection.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -72,9 +73,25 @@ def test_min_epochs_guard():
     assert find_separating_epoch(curve, min_epochs=free + 4) == free + 4
 
 
-def test_flat_or_rising_curve_falls_back_to_the_cap():
-    assert find_separating_epoch(np.full(50, 40.0), max_fraction=0.2) == 10
-    assert find_separating_epoch(np.linspace(10, 20, 50), max_fraction=0.2) == 10
+def test_flat_or_rising_curve_falls_back_to_the_cap_with_a_warning():
+    for curve in (np.full(50, 40.0), np.linspace(10, 20, 50)):  # e.g. an accuracy passed
+        with pytest.warns(RuntimeWarning, match="never decreased"):
+            assert find_separating_epoch(curve, max_fraction=0.2) == 10
+
+
+def test_a_curve_that_fell_and_reached_the_cap_does_not_warn():
+    curve = 50.0 - np.arange(50.0)  # still falling steadily at the cap: no flattening yet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert find_separating_epoch(curve, max_fraction=0.2) == 10
+
+
+def test_bad_values_are_named_before_the_schedule_is_checked():
+    """A short curve with a NaN is reported as a NaN, not as min_epochs > total_epochs."""
+    with pytest.raises(ValueError, match="epoch 2 should be finite"):
+        find_separating_epoch([5.0, float("nan")])
+    with pytest.raises(TypeError, match="epoch 1 should be a real number"):
+        find_separating_epoch([[1.0], [2.0]])
 
 
 def test_short_curve_that_has_not_fired_asks_for_more_epochs():

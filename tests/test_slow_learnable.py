@@ -268,3 +268,96 @@ def test_item_labels_must_match_targets_attribute_unless_targets_given():
         torch.nn.Identity(), items, targets=targets, progress=False, backend="sklearn"
     )
     np.testing.assert_array_equal(sel.mask, truth)
+
+
+class _CountingIdentity(torch.nn.Module):
+    """The identity, counting its forward calls (to see that bad arguments fail first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"seed": -1}, ValueError, r"seed should be an integer >= 0"),
+        ({"seed": 2**32}, ValueError, r"seed should be an integer in \[0, 4294967295\]"),
+        ({"seed": 1.5}, TypeError, "seed should be an integer"),
+        ({"seed": True}, TypeError, "seed should be an integer"),
+        ({"seed": None}, TypeError, "seed should be an integer"),
+        ({"backend": "gpu"}, ValueError, "backend should be one of"),
+        ({"backend": "cuml"}, ImportError, "cuML"),
+    ],
+)
+def test_bad_arguments_fail_before_the_forward_pass(kwargs, error, match):
+    logits, targets, _ = two_blob_logits()
+    model = _CountingIdentity()
+    data = TensorDataset(torch.from_numpy(logits), torch.from_numpy(targets))
+    with pytest.raises(error, match=match):
+        find_slow_learnable(model, data, progress=False, **kwargs)
+    assert model.calls == 0
+    with pytest.raises(error, match=match):  # and on the logits= path
+        find_slow_learnable(logits=logits, targets=targets, **kwargs)
+
+
+def test_eval_view_in_another_order_fails_for_a_tensor_dataset():
+    """A TensorDataset's labels are its second tensor: the eval view is checked against them."""
+    logits, targets, _ = two_blob_logits()
+    x, y = torch.from_numpy(logits), torch.from_numpy(targets)
+    train = TensorDataset(x, y)
+    shuffled = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"eval_dataset\.targets should equal"):
+        find_slow_learnable(
+            torch.nn.Identity(), train, eval_dataset=TensorDataset(x[shuffled], y[shuffled])
+        )
+
+
+def test_eval_view_that_cannot_be_checked_warns():
+    logits, targets, truth = two_blob_logits()
+
+    class Items(torch.utils.data.Dataset):  # labels only inside the items
+        def __len__(self) -> int:
+            return len(targets)
+
+        def __getitem__(self, i: int):
+            return torch.from_numpy(logits[i]), int(targets[i])
+
+    with pytest.warns(UserWarning, match="cannot check that eval_dataset"):
+        sel = find_slow_learnable(
+            torch.nn.Identity(), Items(), eval_dataset=Items(), backend="sklearn", progress=False
+        )
+    np.testing.assert_array_equal(sel.mask, truth)
+
+
+def test_the_global_rngs_are_left_alone():
+    """The output collection's DataLoader draws its seed from its own generator."""
+    logits, targets, _ = two_blob_logits()
+    data = TensorDataset(torch.from_numpy(logits), torch.from_numpy(targets))
+    torch_state = torch.random.get_rng_state()
+    numpy_state = np.random.get_state()  # noqa: NPY002 - the legacy global state is the point
+    find_slow_learnable(torch.nn.Identity(), data, progress=False)
+    find_slow_learnable(torch.nn.Identity(), data, num_workers=1, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    after = np.random.get_state()  # noqa: NPY002
+    assert after[0] == numpy_state[0] and np.array_equal(after[1], numpy_state[1])
+
+
+def test_bfloat16_logits_are_accepted():
+    logits, targets, _ = two_blob_logits()
+    low = torch.from_numpy(logits).bfloat16()
+    sel = find_slow_learnable(logits=low, targets=targets, backend="sklearn")
+    ref = find_slow_learnable(logits=low.float(), targets=targets, backend="sklearn")
+    np.testing.assert_array_equal(sel.mask, ref.mask)
+
+
+def test_device_other_than_the_models_is_an_error():
+    logits, targets, _ = two_blob_logits()
+    data = TensorDataset(torch.from_numpy(logits), torch.from_numpy(targets))
+    model = torch.nn.Linear(logits.shape[1], logits.shape[1])  # weights on the CPU
+    with pytest.raises(ValueError, match=r"device should be where the model is \(cpu\)"):
+        find_slow_learnable(model, data, device="meta", progress=False)

@@ -160,3 +160,12 @@ def test_random_draw_of_a_class_does_not_depend_on_the_other_classes():
     keep = targets != 1
     part = select_random_like(ref[keep], targets[keep], seed=5)
     np.testing.assert_array_equal(full[keep], part)
+
+
+def test_rule_helpers_reject_mismatched_lengths():
+    with pytest.raises(ValueError, match=r"loss and targets should both have shape \(N,\)"):
+        select_loss_quantile(np.ones(5), np.zeros(4, dtype=int))
+    with pytest.raises(ValueError, match=r"reference and targets should both have shape"):
+        select_random_like(np.ones(5, dtype=bool), np.zeros(6, dtype=int))
+    with pytest.raises(ValueError, match=r"logits should have shape \(N, C\) and targets"):
+        select_misclassified(np.ones((5, 2)), np.zeros(4, dtype=int))

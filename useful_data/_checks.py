@@ -8,18 +8,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = [
+    "SEED_MAX",
     "as_numpy",
+    "check_bool",
+    "check_destination",
     "check_finite",
+    "check_outputs",
     "check_positive_int",
+    "check_seed",
     "check_upsample_factor",
     "indices_to_mask",
 ]
+
+#: The largest seed accepted: ``numpy.random.RandomState`` (scikit-learn's k-means) takes
+#: seeds in ``[0, 2**32)``.
+SEED_MAX = 2**32 - 1
 
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
@@ -34,6 +44,41 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_seed(name: str, value: Any, *, maximum: int = SEED_MAX) -> int:
+    """Return ``value`` as an ``int`` if it is an integer in ``[0, maximum]``, else raise."""
+    value = check_positive_int(name, value, minimum=0)
+    if value > maximum:
+        raise ValueError(f"{name} should be an integer in [0, {maximum}], but got {name}={value}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a ``bool`` (numpy's too), else raise: ``"False"`` is truthy."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(
+            f"{name} should be True or False, but got {name}={value!r} of type "
+            f"{type(value).__name__}"
+        )
+    return bool(value)
+
+
+def check_destination(name: str, path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` as a `Path` if a file can be written there: its folder exists and it
+    is not itself a folder. Raises `FileNotFoundError` or `IsADirectoryError` naming both."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{name} should be a file path, but {str(path)!r} is a folder "
+            f"(e.g. {str(path / 'selection.npz')!r})"
+        )
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"{name} should be in an existing folder, but {str(path.parent)!r} does not exist "
+            f"(for {str(path)!r}); create it first"
+        )
+    return path
+
+
 def check_upsample_factor(upsample_factor: Any) -> int:
     """Validate the upsampling factor k (the paper uses k=2: slow-learnable examples twice)."""
     return check_positive_int("upsample_factor", upsample_factor, minimum=1)
@@ -42,7 +87,10 @@ def check_upsample_factor(upsample_factor: Any) -> int:
 def as_numpy(name: str, value: Any) -> np.ndarray:
     """Convert an array, tensor or sequence to a numpy array (no copy when possible)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16 (autocast outputs)
+            value = value.float()
+        return value.numpy()
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, str | bytes | os.PathLike) or not isinstance(value, Sequence):
@@ -66,6 +114,50 @@ def check_finite(name: str, array: np.ndarray) -> None:
         f"(first at index {first}); check the model for divergence at the separating epoch "
         "or lower the learning rate"
     )
+
+
+def check_outputs(logits: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate model outputs and their labels; return them as C-contiguous float32 ``(N, C)``
+    and int64 ``(N,)`` arrays.
+
+    Raises:
+        TypeError: if either is not an array, a tensor or a sequence.
+        ValueError: if ``logits`` is not ``(N, C)`` with ``N >= 1`` and ``C >= 2``, ``targets``
+            is not ``(N,)`` integer labels in ``[0, C)``, or a logit is NaN or infinite.
+    """
+    logits_np = np.ascontiguousarray(as_numpy("logits", logits), dtype=np.float32)
+    targets_np = as_numpy("targets", targets)
+    if logits_np.ndim != 2:
+        raise ValueError(f"logits should have shape (N, C), but got shape {logits_np.shape}")
+    num_examples, num_classes = logits_np.shape
+    if num_classes < 2:
+        raise ValueError(
+            f"logits should have at least 2 columns (one per class), but got shape "
+            f"{logits_np.shape}"
+        )
+    if targets_np.ndim != 1 or targets_np.shape[0] != num_examples:
+        raise ValueError(
+            f"targets should have shape ({num_examples},) to match logits of shape "
+            f"{logits_np.shape}, but got shape {targets_np.shape}"
+        )
+    if num_examples == 0:
+        raise ValueError("logits should hold at least one example, but got N=0")
+    if not np.issubdtype(targets_np.dtype, np.integer):
+        if not np.issubdtype(targets_np.dtype, np.floating) or not np.all(
+            targets_np == np.round(targets_np)
+        ):
+            raise ValueError(
+                f"targets should be integer class labels, but got dtype {targets_np.dtype}"
+            )
+    targets_np = targets_np.astype(np.int64)
+    low, high = int(targets_np.min()), int(targets_np.max())
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"targets should be class indices in [0, {num_classes}) (one per logit column), "
+            f"but got label {low if low < 0 else high}"
+        )
+    check_finite("logits", logits_np)
+    return logits_np, targets_np
 
 
 def indices_to_mask(indices: np.ndarray, num_examples: int, *, name: str = "indices") -> np.ndarray:

@@ -27,7 +27,9 @@ from typing import Literal, TypeAlias
 import numpy as np
 import torch
 
-__all__ = ["BACKENDS", "Backend", "KMeans2", "cuml_usable", "resolve_backend"]
+from useful_data._checks import check_positive_int, check_seed
+
+__all__ = ["BACKENDS", "Backend", "KMeans2", "check_backend", "cuml_usable", "resolve_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,13 @@ def resolve_backend(backend: str) -> str:
     return "torch"
 
 
+def check_backend(backend: str) -> None:
+    """Raise now if ``backend`` is unknown, or is ``"cuml"`` and cuML cannot run here (as
+    `resolve_backend` would later), so that a call fails before any expensive work."""
+    if backend not in BACKENDS or backend == "cuml":
+        resolve_backend(backend)
+
+
 def _warn_fallback(reason: str) -> None:
     warnings.warn(
         f"cuML is installed but not usable ({reason}); clustering with scikit-learn's k-means "
@@ -117,8 +126,8 @@ class KMeans2:
     ) -> None:
         self.requested = backend
         self.backend = resolve_backend(backend)
-        self.n_init = n_init
-        self.seed = seed
+        self.n_init = check_positive_int("n_init", n_init)
+        self.seed = check_seed("seed", seed)
         self.device = torch.device("cpu" if device is None else device)
 
     def fit_predict_many(self, x: np.ndarray, groups: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 __all__ = ["INPUT_KEYS", "TARGET_KEYS", "dataset_targets", "split_batch"]
 
@@ -20,10 +20,10 @@ TARGET_KEYS: tuple[str, ...] = ("target", "targets", "label", "labels", "y")
 def dataset_targets(dataset: Dataset[Any]) -> np.ndarray | None:
     """Return the labels of ``dataset`` as an int64 array, or ``None`` if it does not expose them.
 
-    Reads ``dataset.targets`` or ``dataset.labels`` (torchvision's convention), or the
-    ``(path, label)`` list of a timm image dataset's reader (``dataset.reader.samples``), and
-    follows `Subset` and `ConcatDataset`,
-    so labels are known without loading a single input.
+    Reads ``dataset.targets`` or ``dataset.labels`` (torchvision's convention), else the
+    second tensor of a `TensorDataset`, or the ``(path, label)`` list of a timm image dataset's
+    reader (``dataset.reader.samples``), and follows `Subset` and `ConcatDataset`, so labels
+    are known without loading a single input.
     """
     if isinstance(dataset, Subset):
         base = dataset_targets(dataset.dataset)
@@ -33,29 +33,36 @@ def dataset_targets(dataset: Dataset[Any]) -> np.ndarray | None:
         if any(p is None for p in parts):
             return None
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    try:
+        size = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        size = None
     for name in ("targets", "labels"):
         # getattr on the class first: a property that loads data is still fine to call once.
         values = getattr(dataset, name, None)
         if values is None or callable(values):
             continue
-        array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
-        try:
-            array = np.asarray(array)
-        except (TypeError, ValueError):
-            continue
-        if array.ndim != 1 or array.dtype == object:
-            continue
-        if array.size and not np.issubdtype(array.dtype, np.integer):
-            if not np.issubdtype(array.dtype, np.floating) or not np.all(array == np.round(array)):
-                continue
-        try:
-            size = len(dataset)  # type: ignore[arg-type]
-        except TypeError:
-            size = len(array)
-        if len(array) != size:
-            continue
-        return array.astype(np.int64, copy=False)
+        labels = _labels(values, size)
+        if labels is not None:
+            return labels
+    if isinstance(dataset, TensorDataset):  # items are (input, target, ...): labels are known
+        return _labels(dataset.tensors[1], size) if len(dataset.tensors) >= 2 else None
     return _reader_targets(dataset)
+
+
+def _labels(values: Any, size: int | None) -> np.ndarray | None:
+    """``values`` as int64 labels if they are ``size`` integer(-valued) numbers, else ``None``."""
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+    try:
+        array = np.asarray(array)
+    except (TypeError, ValueError):
+        return None
+    if array.ndim != 1 or array.dtype == object or (size is not None and len(array) != size):
+        return None
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(array == np.round(array)):
+            return None
+    return array.astype(np.int64, copy=False)
 
 
 def _reader_targets(dataset: Dataset[Any]) -> np.ndarray | None:

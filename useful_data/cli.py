@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from useful_data._checks import check_destination
 from useful_data._targets import dataset_targets
 from useful_data._version import __version__
 from useful_data.selection import WEAK_SEPARATION_AUC, Selection
@@ -81,6 +83,25 @@ def format_summary(selection: Selection) -> str:
     return "\n".join(head + lines)
 
 
+def _int_at_least(minimum: int) -> Any:
+    """An argparse ``type``: an integer ``>= minimum``, rejected before any work is done."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"should be an integer, but got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"should be an integer >= {minimum}, but got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+_POSITIVE, _NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``useful-data`` (its subcommands are added here)."""
     parser = argparse.ArgumentParser(
@@ -109,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", default="", help="timm dataset name ('' = image folder, torch/cifar10, ...)"
     )
     inspect.add_argument("--split", default="train", help="dataset split (default: train)")
-    inspect.add_argument("--num-per-class", type=int, default=6, help="images per group and class")
-    inspect.add_argument("--max-classes", type=int, default=10, help="classes in the grid")
-    inspect.add_argument("--seed", type=int, default=0, help="seed of the random images")
+    inspect.add_argument(
+        "--num-per-class", type=_POSITIVE, default=6, help="images per group and class"
+    )
+    inspect.add_argument("--max-classes", type=_POSITIVE, default=10, help="classes in the grid")
+    inspect.add_argument("--seed", type=_NON_NEGATIVE, default=0, help="seed of the random images")
     return parser
 
 
@@ -126,7 +149,7 @@ def _add_select(sub: Any) -> None:
     )
     select.add_argument("--model", required=True, help="timm model name, e.g. resnet18")
     select.add_argument("--checkpoint", required=True, help="checkpoint-<epoch>.pth.tar of timm")
-    select.add_argument("--num-classes", type=int, required=True, help="classifier outputs")
+    select.add_argument("--num-classes", type=_POSITIVE, required=True, help="classifier outputs")
     select.add_argument("--data-dir", required=True, help="dataset root (timm's --data-dir)")
     select.add_argument(
         "--dataset", default="", help="timm dataset name ('' = image folder, torch/cifar10, ...)"
@@ -135,16 +158,18 @@ def _add_select(sub: Any) -> None:
     select.add_argument("--class-map", default="", help="timm's --class-map file, if used")
     select.add_argument("--download", action="store_true", help="download torch/ datasets")
     size = select.add_mutually_exclusive_group()
-    size.add_argument("--img-size", type=int, help="input image size (default: the model's)")
+    size.add_argument("--img-size", type=_POSITIVE, help="input image size (default: the model's)")
     size.add_argument(
-        "--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="input size C H W"
+        "--input-size", type=_POSITIVE, nargs=3, metavar=("C", "H", "W"), help="input size C H W"
     )
     select.add_argument("--crop-pct", type=float, help="eval center-crop fraction")
     select.add_argument("--use-ema", action="store_true", help="cluster the EMA weights")
     select.add_argument(
-        "--batch-size", type=int, help="forward batch size (default: 128 on a CPU, 256 on a GPU)"
+        "--batch-size",
+        type=_POSITIVE,
+        help="forward batch size (default: 128 on a CPU, 256 on a GPU)",
     )
-    select.add_argument("--workers", type=int, default=4, help="data loader workers")
+    select.add_argument("--workers", type=_NON_NEGATIVE, default=4, help="data loader workers")
     select.add_argument("--device", help="default: cuda if available, else cpu")
     select.add_argument(
         "--channels-last",
@@ -159,21 +184,45 @@ def _add_select(sub: Any) -> None:
         default="auto",
         help="k-means backend (auto: cuML where usable, else torch)",
     )
-    select.add_argument("--seed", type=int, default=0, help="k-means seed")
+    select.add_argument("--seed", type=_NON_NEGATIVE, default=0, help="k-means seed")
     select.add_argument(
-        "--upsample-factor", type=int, default=2, help="times a slow example appears (paper: 2)"
+        "--upsample-factor",
+        type=_POSITIVE,
+        default=2,
+        help="times a slow example appears (paper: 2)",
     )
     select.add_argument("--no-progress", action="store_true", help="no progress bar")
     select.add_argument("-o", "--output", required=True, help="where to write the selection")
 
 
-def _select(args: argparse.Namespace) -> Selection:
+def _device(name: str | None) -> str:
+    """``--device``, checked: a device torch knows and, for CUDA, one that is available."""
     import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device should be a torch device such as cpu, cuda or cuda:1, but got {name!r}"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return name
+
+
+def _select(args: argparse.Namespace) -> Selection:
 
     from useful_data.slow_learnable import find_slow_learnable
     from useful_data.timm import create_eval_dataset, create_timm_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
+    check_destination("--output", args.output)  # before any work: loading, inference, k-means
     model = create_timm_model(
         args.model, num_classes=args.num_classes, checkpoint=args.checkpoint, use_ema=args.use_ema
     ).to(device)
@@ -246,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             selection = _select(args)
             path = selection.save(args.output)
-        except (FileNotFoundError, ValueError, TypeError) as err:
+        except (OSError, ValueError, TypeError) as err:
             print(f"useful-data select: error: {err}", file=sys.stderr)
             return 1
         print(format_summary(selection))
@@ -255,14 +304,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "inspect":
         try:
             selection = Selection.load(args.selection)
-        except (FileNotFoundError, ValueError) as err:
+            if args.plot:
+                check_destination("--plot", args.plot)
+            if args.data_dir and not os.path.isdir(args.data_dir):
+                raise FileNotFoundError(
+                    f"--data-dir should be a folder, but {args.data_dir!r} is not one"
+                )
+        except (OSError, ValueError) as err:
             print(f"useful-data inspect: error: {err}", file=sys.stderr)
             return 1
         print(format_summary(selection))
         if args.plot:
             try:
                 _plot(args, selection)
-            except (ImportError, ValueError, TypeError, RuntimeError) as err:
+            except (ImportError, OSError, ValueError, TypeError, RuntimeError) as err:
                 print(f"useful-data inspect: error: {err}", file=sys.stderr)
                 return 1
             print(f"\nwrote {args.plot}")

@@ -8,6 +8,7 @@ plus their concatenation.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,6 +32,18 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+def _check_model_on(model: nn.Module, device: torch.device) -> None:
+    """Raise if ``device`` is not where the model's weights are: the model is never moved."""
+    if next(itertools.chain(model.parameters(), model.buffers()), None) is None:
+        return  # no weights: it runs wherever its inputs are
+    actual = model_device(model)
+    if actual.type != device.type or (device.index is not None and actual.index != device.index):
+        raise ValueError(
+            f"device should be where the model is ({actual}), but got device={device}; "
+            f"move the model first (model.to({str(device)!r})) or leave device=None"
+        )
 
 
 def default_batch_size(device: torch.device | str) -> int:
@@ -174,7 +187,8 @@ def collect_outputs(
         batch_size: Batch size of the DataLoader; ``None``: `default_batch_size` of
             ``device`` (128 on a CPU, 256 on a GPU).
         num_workers: DataLoader worker processes.
-        device: Where to run the model; defaults to the model's device.
+        device: Where the inputs go: the model's device (checked; the model is not moved),
+            which is the default.
         autocast_dtype: If given (e.g. ``torch.bfloat16``), run under `torch.autocast`.
         progress: Show a tqdm progress bar.
         collate_fn: Optional DataLoader ``collate_fn``.
@@ -186,7 +200,8 @@ def collect_outputs(
         from the batches (``None`` if the items carry no labels).
 
     Raises:
-        ValueError: for an empty dataset, or outputs that are not ``(B, C)``.
+        ValueError: for an empty dataset, a ``device`` other than the model's, or outputs
+            that are not ``(B, C)``.
 
     Example:
         >>> import torch
@@ -205,6 +220,7 @@ def collect_outputs(
     if num_examples == 0:
         raise ValueError("dataset should hold at least one example, but got an empty dataset")
     device = torch.device(device) if device is not None else model_device(model)
+    _check_model_on(model, device)
     if batch_size is None:
         batch_size = default_batch_size(device)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -215,6 +231,7 @@ def collect_outputs(
         num_workers=num_workers,
         collate_fn=collate_fn,
         pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # its base seed (for workers) is not drawn from torch's
     )
     autocast = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype)

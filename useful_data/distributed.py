@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from useful_data._checks import as_numpy, check_positive_int
+from useful_data._checks import check_outputs, check_positive_int
 from useful_data.collect import collect_outputs, default_batch_size, model_device
 from useful_data.selection import Selection, dataset_fingerprint
 
@@ -326,10 +326,12 @@ def select_across_ranks(
         The `Selection` for all ``N`` examples, identical on every rank.
 
     Raises:
-        ValueError: if the ranks hold different labels.
+        ValueError: if the ranks hold different labels, or the outputs or labels are
+            malformed (see `find_slow_learnable`), on every rank alike.
     """
-    logits_np = as_numpy("logits", logits)
-    targets_np = as_numpy("targets", targets).astype(np.int64)
+    # checked whole, before the split: every rank raises the same error (not one rank
+    # failing on its classes while the others wait in a collective)
+    logits_np, targets_np = check_outputs(logits, targets)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     _check_same_on_all_ranks(
         "the labels (targets)", dataset_fingerprint(targets_np)["targets_sha256"], group

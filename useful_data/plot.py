@@ -102,7 +102,9 @@ def plot_selection(
 
     Raises:
         ImportError: if matplotlib is not installed.
-        ValueError: if ``dataset`` does not have the selection's length.
+        TypeError: if ``selection`` is not a `Selection`.
+        ValueError: if ``dataset`` does not have the selection's length, or ``class_names``
+            has too few names.
 
     Example:
         >>> import numpy as np
@@ -113,9 +115,19 @@ def plot_selection(
         1
     """
     num_per_class = check_positive_int("num_per_class", num_per_class)
+    if not isinstance(selection, Selection):
+        raise TypeError(
+            f"selection should be a Selection (find_slow_learnable's result or "
+            f"Selection.load(path)), but got {type(selection).__name__}"
+        )
     plt = _pyplot()
     summary = selection.class_summary()
     labels = [c.label for c in summary]
+    if class_names is not None and labels and len(class_names) <= max(labels):
+        raise ValueError(
+            f"class_names should name every label (index = label), but it has "
+            f"{len(class_names)} names and the selection has labels up to {max(labels)}"
+        )
     if dataset is not None and len(dataset) != selection.num_examples:  # type: ignore[arg-type]
         raise ValueError(
             f"dataset should be the one the selection was computed on, with "

@@ -238,9 +238,18 @@ class SAM(Optimizer):
             zero_grad: Clear the gradients after the step (``set_to_none``).
 
         Raises:
-            RuntimeError: If :meth:`first_step` was not called before.
+            RuntimeError: If :meth:`first_step` was not called before, or no perturbed
+                parameter has a gradient (no backward pass at ``w + e(w)``; the parameters
+                are then restored to ``w`` and no step is taken).
         """
+        perturbed = self._perturbed[0] if self._perturbed is not None else []
         self.unperturb()
+        if perturbed and all(p.grad is None for p in perturbed):
+            raise RuntimeError(
+                "second_step() found no gradients: run the backward pass at the perturbed "
+                "weights between first_step(zero_grad=True) and second_step(); the parameters "
+                "were restored to w and no step was taken"
+            )
         self.base_optimizer.step()  # the actual "sharpness-aware" update
         # torch LR schedulers watch only optimizer.step() to warn about a scheduler stepped
         # before its optimizer; this update is a real one.
@@ -304,7 +313,9 @@ class SAM(Optimizer):
         """Load what :meth:`state_dict` returned, into the base optimizer and the shared groups.
 
         Args:
-            state_dict: A dict returned by :meth:`state_dict`.
+            state_dict: A dict returned by :meth:`state_dict` (or the base optimizer's own,
+                e.g. to resume SGD as SAM: its groups then get this optimizer's ``rho`` and
+                ``adaptive``).
 
         Raises:
             RuntimeError: If called between :meth:`first_step` and :meth:`second_step`.
@@ -317,6 +328,9 @@ class SAM(Optimizer):
         self.base_optimizer.load_state_dict(state_dict)
         # Optimizer.load_state_dict replaces param_groups with a new list: share it again.
         self.param_groups = self.base_optimizer.param_groups
+        for group in self.param_groups:  # a base optimizer's own state_dict has no rho
+            group.setdefault("rho", self.defaults["rho"])
+            group.setdefault("adaptive", self.defaults["adaptive"])
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer.__getstate__ keeps only defaults/state/param_groups; copy.deepcopy and

@@ -16,11 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from useful_data._checks import check_positive_int, check_upsample_factor
+from useful_data._checks import check_bool, check_positive_int, check_seed, check_upsample_factor
 from useful_data.distributed import get_rank, get_world_size
 from useful_data.selection import SelectionLike, resolve_selection
 
 __all__ = ["UpsampleSampler"]
+
+_SEED_MAX = 2**62  # seed + epoch stays a valid torch.Generator seed
 
 
 class UpsampleSampler(Sampler[int]):
@@ -37,12 +39,19 @@ class UpsampleSampler(Sampler[int]):
         upsample_factor: ``k >= 1``; defaults to the Selection's factor, or 2.
         shuffle: Shuffle every epoch (``False`` yields a stable order: base indices, then the
             repeats).
-        seed: Seed of the shuffle; the order of epoch ``e`` depends only on ``seed + e``.
+        seed: Seed of the shuffle, an integer in ``[0, 2**62]``; the order of epoch ``e``
+            depends only on ``seed + e``.
         num_replicas: Number of distributed processes; defaults to the world size of the
             initialised process group, or 1.
         rank: This process's rank; defaults to the process group's rank, or 0.
         drop_last: Drop the tail to make the multiset divisible by ``num_replicas`` instead of
             padding it with repeated indices.
+
+    Raises:
+        TypeError: if ``seed`` or ``num_replicas``/``rank`` is not an integer, ``shuffle``
+            or ``drop_last`` not a bool, or the selection is not `SelectionLike`.
+        ValueError: if a number is out of range, ``rank >= num_replicas``, or the
+            selection does not match ``num_examples``.
 
     Example:
         >>> sampler = UpsampleSampler([1, 3], num_examples=5, shuffle=False)
@@ -83,9 +92,9 @@ class UpsampleSampler(Sampler[int]):
                 f"Invalid rank {rank}, rank should be in the interval [0, {self.num_replicas - 1}]"
             )
         self.rank = rank
-        self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.drop_last = bool(drop_last)
+        self.shuffle = check_bool("shuffle", shuffle)
+        self.seed = check_seed("seed", seed, maximum=_SEED_MAX)
+        self.drop_last = check_bool("drop_last", drop_last)
         self.epoch = 0
         slow = np.flatnonzero(mask).astype(np.int64)
         multiset = np.concatenate(
@@ -105,8 +114,13 @@ class UpsampleSampler(Sampler[int]):
         return int(self._multiset.numel())
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch; with ``shuffle=True`` it changes the order, identically on every rank."""
-        self.epoch = int(epoch)
+        """Set the epoch; with ``shuffle=True`` it changes the order, identically on every rank.
+
+        Raises:
+            TypeError: if ``epoch`` is not an integer.
+            ValueError: if it is negative or above ``2**62``.
+        """
+        self.epoch = check_seed("epoch", epoch, maximum=_SEED_MAX)
 
     def __iter__(self) -> Iterator[int]:
         indices = self._multiset

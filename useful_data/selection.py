@@ -23,7 +23,12 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
-from useful_data._checks import as_numpy, check_upsample_factor, indices_to_mask
+from useful_data._checks import (
+    as_numpy,
+    check_destination,
+    check_upsample_factor,
+    indices_to_mask,
+)
 from useful_data._version import __version__
 
 __all__ = [
@@ -344,8 +349,12 @@ class Selection:
 
         Returns:
             The path written.
+
+        Raises:
+            FileNotFoundError: if the folder of ``path`` does not exist.
+            IsADirectoryError: if ``path`` is a folder.
         """
-        path = Path(path)
+        path = check_destination("path", path)
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -469,4 +478,9 @@ def resolve_selection(
         )
     if array.size == 0:
         array = array.astype(np.int64)
+    if array.size > 2 and np.isin(array, (0, 1)).all():  # as indices, 0 and 1 would repeat
+        raise TypeError(
+            f"{name} holds only 0s and 1s, which as indices would repeat: for a mask, pass "
+            f"booleans ({name}.astype(bool) or tensor.bool()); for indices, distinct ones"
+        )
     return indices_to_mask(array, num_examples, name=name), None

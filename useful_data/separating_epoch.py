@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -167,6 +168,10 @@ class SeparatingEpoch:
             TypeError: if ``train_error`` is not a real number.
             ValueError: if it is NaN, infinite or negative.
             RuntimeError: if called again after the separating epoch was found.
+
+        Warns:
+            RuntimeWarning: when the cap is reached on a curve that never decreased (an
+                accuracy passed for an error, or a model that does not learn).
         """
         if self.epoch is not None:
             raise RuntimeError(
@@ -185,6 +190,14 @@ class SeparatingEpoch:
             self.epoch, self.reason = epoch, "rule"
         elif epoch >= self.max_epoch:
             self.epoch, self.reason = epoch, "max_epoch"
+            if self._peak <= 0:
+                warnings.warn(
+                    f"the training error never decreased over the first {epoch} epochs, so "
+                    f"the separating epoch is the cap ({epoch}): is it an accuracy rather than "
+                    "an error or loss, or is the model not learning?",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return self.epoch is not None
 
     def __repr__(self) -> str:
@@ -252,6 +265,7 @@ def find_separating_epoch(
         )
     if len(values) == 0:
         raise ValueError("train_error should hold at least one epoch, but got an empty curve")
+    values = [_check_error(value, epoch) for epoch, value in enumerate(values, start=1)]
     detector = SeparatingEpoch(
         len(values) if total_epochs is None else total_epochs,
         fraction=fraction,

@@ -24,8 +24,14 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from useful_data._checks import as_numpy, check_finite, check_positive_int, check_upsample_factor
-from useful_data._cluster import KMeans2
+from useful_data._checks import (
+    as_numpy,
+    check_outputs,
+    check_positive_int,
+    check_seed,
+    check_upsample_factor,
+)
+from useful_data._cluster import KMeans2, check_backend
 from useful_data._targets import dataset_targets
 from useful_data.collect import collect_outputs, model_device
 from useful_data.distributed import (
@@ -90,10 +96,14 @@ def find_slow_learnable(
         model: The model after ``t`` epochs. Requires ``dataset``.
         dataset: The training set (ideally with eval transforms; see ``eval_dataset``).
         logits: Precomputed ``(N, C)`` outputs, instead of ``model``.
-        targets: ``(N,)`` integer labels for ``logits``; read from ``dataset.targets`` /
-            ``dataset.labels`` or from the items when omitted.
+        targets: ``(N,)`` integer labels; when omitted, read from ``dataset.targets`` /
+            ``dataset.labels`` (with ``logits=``: needed then) or, with a model, from the
+            items.
         eval_dataset: A view of ``dataset`` with eval transforms, used to compute the outputs;
-            it must have the same length and labels as ``dataset`` (checked).
+            it must have the same length (checked) and the same labels in the same order
+            (checked where ``dataset`` exposes its labels without loading items: ``.targets``,
+            ``.labels`` or a `TensorDataset`'s second tensor; a warning says when it does
+            not).
         features: Cluster on raw ``"logits"`` (the paper) or softmax ``"probs"``.
         n_init: k-means++ restarts per class (best inertia kept).
         seed: Seed of the k-means restarts; the result is deterministic given it.
@@ -107,8 +117,9 @@ def find_slow_learnable(
         batch_size: Batch size for collecting outputs; ``None``: 128 on a CPU, 256 on a GPU
             (`useful_data.collect.default_batch_size`).
         num_workers: DataLoader workers for collecting outputs.
-        device: Device to run the model on, and the ``"torch"`` backend's k-means;
-            defaults to the model's device (for ``logits=``: where the logits are).
+        device: The model's device (checked: the model is not moved), where the inputs
+            go and the ``"torch"`` backend's k-means runs; defaults to the model's device
+            (for ``logits=``: where the logits are).
         autocast_dtype: Run the model under autocast with this dtype (e.g. ``torch.bfloat16``).
         channels_last: Feed 4-D inputs in `torch.channels_last` (``True``), as they come
             (``False``), or decide (``None``, default): channels_last on a CPU for a
@@ -149,6 +160,8 @@ def find_slow_learnable(
         raise ValueError(f"features should be one of {FEATURES}, but got features={features!r}")
     _check_strategy(strategy)
     n_init = check_positive_int("n_init", n_init)
+    seed = check_seed("seed", seed)
+    check_backend(backend)  # an unknown or unusable backend fails before the forward pass
     upsample_factor = check_upsample_factor(upsample_factor)
     sharded = resolve_distributed(distributed)
     if (model is None) == (logits is None):
@@ -240,6 +253,14 @@ def _outputs_from_model(
     known = as_numpy("targets", targets) if targets is not None else dataset_targets(dataset)
     if known is not None and eval_dataset is not None:
         _check_same_targets(known, dataset_targets(eval_dataset), "eval_dataset.targets")
+    elif eval_dataset is not None:
+        warnings.warn(
+            "cannot check that eval_dataset holds dataset's examples in the same order: "
+            "dataset exposes no labels without loading its items (no .targets or .labels); "
+            "give it a .targets attribute to have the order checked",
+            UserWarning,
+            stacklevel=3,
+        )
     collect = collect_outputs_sharded if sharded else collect_outputs
     outputs, seen = collect(model, source, **collect_kwargs)
     if known is None:
@@ -293,38 +314,9 @@ def select_from_logits(
     clusters (default: the device of ``logits`` if it is a tensor, else the CPU).
     """
     _check_strategy(strategy)
-    logits_np = np.ascontiguousarray(as_numpy("logits", logits), dtype=np.float32)
-    targets_np = as_numpy("targets", targets)
-    if logits_np.ndim != 2:
-        raise ValueError(f"logits should have shape (N, C), but got shape {logits_np.shape}")
+    seed = check_seed("seed", seed)
+    logits_np, targets_np = check_outputs(logits, targets)
     num_examples, num_classes = logits_np.shape
-    if num_classes < 2:
-        raise ValueError(
-            f"logits should have at least 2 columns (one per class), but got shape "
-            f"{logits_np.shape}"
-        )
-    if targets_np.ndim != 1 or targets_np.shape[0] != num_examples:
-        raise ValueError(
-            f"targets should have shape ({num_examples},) to match logits of shape "
-            f"{logits_np.shape}, but got shape {targets_np.shape}"
-        )
-    if num_examples == 0:
-        raise ValueError("logits should hold at least one example, but got N=0")
-    if not np.issubdtype(targets_np.dtype, np.integer):
-        if not np.issubdtype(targets_np.dtype, np.floating) or not np.all(
-            targets_np == np.round(targets_np)
-        ):
-            raise ValueError(
-                f"targets should be integer class labels, but got dtype {targets_np.dtype}"
-            )
-    targets_np = targets_np.astype(np.int64)
-    low, high = int(targets_np.min()), int(targets_np.max())
-    if low < 0 or high >= num_classes:
-        raise ValueError(
-            f"targets should be class indices in [0, {num_classes}) (one per logit column), "
-            f"but got label {low if low < 0 else high}"
-        )
-    check_finite("logits", logits_np)
 
     logits_t = torch.from_numpy(logits_np)
     loss = F.cross_entropy(logits_t, torch.from_numpy(targets_np), reduction="none").numpy()
@@ -404,7 +396,7 @@ def select_from_logits(
         if separation.weak and separation.num_classes_split:
             warnings.warn(
                 f"the slow-learnable clusters are weakly separated by loss (ROC-AUC "
-                f"{separation.auc:.2f} < {WEAK_SEPARATION_AUC}, mean-loss gap "
+                f"{separation.auc:.3f} < {WEAK_SEPARATION_AUC}, mean-loss gap "
                 f"{separation.loss_gap:.3g}), so the selection is close to random upsampling; "
                 "try another separating epoch (see useful_data.separating_epoch) and check "
                 "selection.class_summary()",

@@ -45,6 +45,15 @@ __all__ = [
 STRATEGIES = ("kmeans", "misclassified", "loss_quantile", "random")
 
 
+def _per_example(name: str, values: np.ndarray, targets: np.ndarray) -> None:
+    """Raise unless ``values`` and ``targets`` are 1-D arrays of the same length."""
+    if values.ndim != 1 or targets.ndim != 1 or values.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"{name} and targets should both have shape (N,), but got shapes "
+            f"{tuple(values.shape)} and {tuple(targets.shape)}"
+        )
+
+
 def select_misclassified(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Mask of the examples whose arg-max prediction differs from their label (JTT-style).
 
@@ -57,13 +66,22 @@ def select_misclassified(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     Returns:
         ``(N,)`` bool mask, ``True`` for misclassified examples.
 
+    Raises:
+        ValueError: if ``logits`` is not ``(N, C)`` or ``targets`` not ``(N,)``.
+
     Example:
         >>> import numpy as np
         >>> logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
         >>> select_misclassified(logits, np.array([0, 0, 1])).tolist()
         [False, True, True]
     """
-    return np.asarray(logits).argmax(axis=1) != np.asarray(targets)
+    logits, targets = np.asarray(logits), np.asarray(targets)
+    if logits.ndim != 2 or targets.shape != (logits.shape[0],):
+        raise ValueError(
+            f"logits should have shape (N, C) and targets (N,), but got shapes "
+            f"{tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
+    return logits.argmax(axis=1) != targets
 
 
 def select_loss_quantile(
@@ -84,7 +102,8 @@ def select_loss_quantile(
         ``(N,)`` bool mask.
 
     Raises:
-        ValueError: if ``quantile`` is not in ``[0, 1)``.
+        ValueError: if ``quantile`` is not in ``[0, 1)``, or ``loss`` and ``targets`` are not
+            both ``(N,)``.
 
     Example:
         >>> import numpy as np
@@ -96,6 +115,7 @@ def select_loss_quantile(
         raise ValueError(f"quantile should be in [0, 1), but got quantile={quantile}")
     loss = np.asarray(loss, dtype=np.float64)
     targets = np.asarray(targets)
+    _per_example("loss", loss, targets)
     mask = np.zeros(loss.shape[0], dtype=bool)
     for label in np.unique(targets):
         members = np.flatnonzero(targets == label)
@@ -119,6 +139,9 @@ def select_random_like(reference: np.ndarray, targets: np.ndarray, *, seed: int 
     Returns:
         ``(N,)`` bool mask.
 
+    Raises:
+        ValueError: if ``reference`` and ``targets`` are not both ``(N,)``.
+
     Example:
         >>> import numpy as np
         >>> ref = np.array([True, True, False, False, True, False])
@@ -129,6 +152,7 @@ def select_random_like(reference: np.ndarray, targets: np.ndarray, *, seed: int 
     """
     reference = np.asarray(reference, dtype=bool)
     targets = np.asarray(targets)
+    _per_example("reference", reference, targets)
     mask = np.zeros(reference.shape[0], dtype=bool)
     for label in np.unique(targets):
         members = np.flatnonzero(targets == label)

@@ -17,6 +17,8 @@ alpha=0.9, sigma_p / sqrt(d)=0.125, J=40 filters).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -94,6 +96,9 @@ def make_simplicity_bias_data(
     num_examples = check_positive_int("num_examples", num_examples)
     dim = check_positive_int("dim", dim, minimum=3)
     num_patches = check_positive_int("num_patches", num_patches, minimum=3)
+    for name, value in (("alpha", alpha), ("beta_e", beta_e), ("beta_d", beta_d)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} should be finite, but got {name}={value}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha should be a probability in [0, 1], but got alpha={alpha}")
     if not 0.0 <= beta_d <= beta_e:
@@ -101,8 +106,8 @@ def make_simplicity_bias_data(
             f"feature strengths should satisfy 0 <= beta_d <= beta_e, but got beta_d={beta_d}, "
             f"beta_e={beta_e}"
         )
-    if noise_std < 0:
-        raise ValueError(f"noise_std should be >= 0, but got noise_std={noise_std}")
+    if not noise_std >= 0 or not math.isfinite(noise_std):  # NaN fails both comparisons
+        raise ValueError(f"noise_std should be finite and >= 0, but got noise_std={noise_std}")
     g = torch.Generator().manual_seed(seed)
     v_e = torch.zeros(dim)
     v_e[0] = 1.0
