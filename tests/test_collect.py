@@ -194,3 +194,47 @@ def test_non_finite_outputs_are_not_blamed_on_the_layout():
     assert seen == [False, True, True]  # channels_last kept
     with pytest.raises(ValueError, match="finite"):  # the selection reports them
         find_slow_learnable(model, data, progress=False)
+
+
+class _Returns(nn.Module):
+    """A linear classifier that returns ``wrap(features, logits)``."""
+
+    def __init__(self, wrap) -> None:
+        super().__init__()
+        self.linear, self.wrap = nn.Linear(3, 2), wrap
+
+    def forward(self, x: torch.Tensor):
+        return self.wrap(x, self.linear(x))
+
+
+def test_model_output_forms():
+    """Logits alone, a 1-tuple, an object with .logits and a dict give the same outputs; a
+    tuple of several tensors uses the first and says so (it may be (features, logits))."""
+    data = TensorDataset(torch.randn(10, 3, generator=torch.Generator().manual_seed(0)))
+    torch.manual_seed(0)
+    plain = _Returns(lambda features, logits: logits)
+    expected, _ = collect_outputs(plain, data, progress=False)
+
+    class Output:
+        def __init__(self, logits):
+            self.logits = logits
+
+    for wrap in (
+        lambda f, z: (z,),
+        lambda f, z: Output(z),
+        lambda f, z: {"logits": z},
+    ):
+        model = _Returns(wrap)
+        model.linear = plain.linear
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            outputs, _ = collect_outputs(model, data, progress=False)
+        assert torch.equal(outputs, expected)
+    model = _Returns(lambda f, z: (z, f))
+    model.linear = plain.linear
+    with pytest.warns(UserWarning, match=r"first, of shape \(10, 2\), is taken as the logits"):
+        outputs, _ = collect_outputs(model, data, progress=False)
+    assert torch.equal(outputs, expected)
+    model = _Returns(lambda f, z: {"features": f})
+    with pytest.raises(TypeError, match="the model should return logits"):
+        collect_outputs(model, data, progress=False)

@@ -81,6 +81,14 @@ def _logits_of(output: Any) -> torch.Tensor:
     if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
         return output["logits"]
     if isinstance(output, list | tuple) and output and isinstance(output[0], torch.Tensor):
+        if sum(isinstance(item, torch.Tensor) for item in output) > 1:
+            warnings.warn(
+                f"the model returned a {type(output).__name__} of {len(output)} items; its "
+                f"first, of shape {tuple(output[0].shape)}, is taken as the logits. If it is "
+                "not (e.g. (features, logits)), wrap the model to return the logits alone",
+                UserWarning,
+                stacklevel=2,
+            )
         return output[0]
     raise TypeError(
         "the model should return logits of shape (B, C), a tuple whose first item is logits, "
@@ -182,7 +190,8 @@ def collect_outputs(
 
     Args:
         model: Any module mapping a batch of inputs to ``(B, C)`` logits (or a tuple whose first
-            item is the logits, or an object with ``.logits``).
+            item is the logits, with a warning if it holds other tensors too, or an object or
+            dict with ``logits``).
         dataset: Map-style dataset; items are ``(input, target, ...)``, dicts, or bare inputs.
         batch_size: Batch size of the DataLoader; ``None``: `default_batch_size` of
             ``device`` (128 on a CPU, 256 on a GPU).
