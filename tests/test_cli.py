@@ -120,6 +120,7 @@ def test_select_writes_a_selection_of_the_training_folder(timm_run, tmp_path, ca
     assert sel.num_examples == 30
     assert sel.targets.tolist() == np.repeat(np.arange(3), 10).tolist()
     assert sel.params["seed"] == 1
+    assert sel.upsample_factor == 2  # the paper's factor, by default (USEFULDataset uses it)
     assert 0 < sel.num_slow_learnable < sel.num_examples
     assert f"wrote {out}" in capsys.readouterr().out
 

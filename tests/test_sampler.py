@@ -185,3 +185,13 @@ def test_an_integer_zero_one_mask_is_named_as_such():
     with pytest.raises(TypeError, match=r"holds only 0s and 1s.*pass booleans"):
         UpsampleSampler(np.array([1, 0, 1, 0, 0]), num_examples=5)
     assert list(UpsampleSampler([0, 1], num_examples=3, shuffle=False)) == [0, 1, 2, 0, 1]
+
+
+def test_epoch_order_is_the_multiset_permuted_by_a_generator_seeded_seed_plus_epoch():
+    """Pin the documented formula: another seed offset would change every run's order."""
+    sampler = UpsampleSampler([1, 3], num_examples=6, seed=11)
+    multiset = torch.tensor([0, 1, 2, 3, 4, 5, 1, 3])
+    for epoch in (0, 4):
+        sampler.set_epoch(epoch)
+        order = torch.randperm(8, generator=torch.Generator().manual_seed(11 + epoch))
+        assert list(sampler) == multiset[order].tolist()

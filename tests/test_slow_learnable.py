@@ -361,3 +361,46 @@ def test_device_other_than_the_models_is_an_error():
     model = torch.nn.Linear(logits.shape[1], logits.shape[1])  # weights on the CPU
     with pytest.raises(ValueError, match=r"device should be where the model is \(cpu\)"):
         find_slow_learnable(model, data, device="meta", progress=False)
+
+
+def test_the_slow_cluster_is_the_one_with_the_higher_mean_loss_not_median(monkeypatch):
+    """Cluster 1 has the higher mean loss (one outlier) but the lower median: it is chosen."""
+    from useful_data._cluster import KMeans2
+
+    t = np.array([-5.0, -5.0, -5.0, -5.0, 8.0, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=np.float32)
+    logits = np.stack([np.zeros_like(t), t], axis=1)  # class 0's loss: log(1 + e^t)
+    targets = np.zeros(10, dtype=np.int64)
+    partition = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    monkeypatch.setattr(KMeans2, "fit_predict_many", lambda self, x, groups: [partition])
+    with pytest.warns(RuntimeWarning, match="weakly separated"):  # the AUC ranks by median
+        sel = find_slow_learnable(logits=logits, targets=targets)
+    assert sel.indices.tolist() == [0, 1, 2, 3, 4]
+    loss = sel.loss
+    assert loss[:5].mean() > loss[5:].mean() and np.median(loss[:5]) < np.median(loss[5:])
+
+
+def test_clusters_with_equal_mean_loss_are_left_unsplit():
+    """Two clusters of the same loss: neither is the higher-loss one, so nothing is upsampled."""
+    logits = np.array([[0.0, 5.0, 0.0]] * 5 + [[0.0, 0.0, 5.0]] * 5, dtype=np.float32)
+    targets = np.zeros(10, dtype=np.int64)
+    with pytest.warns(RuntimeWarning, match="same mean loss"):
+        sel = find_slow_learnable(logits=logits, targets=targets)
+    assert sel.num_slow_learnable == 0
+    assert sel.unsplit == {0: "equal mean loss in both clusters"}
+
+
+def test_defaults_are_the_papers():
+    """Raw logits, 10 restarts and an upsampling factor of 2, wherever a selection is made."""
+    from useful_data.slow_learnable import select_from_logits
+
+    logits, targets, _ = two_blob_logits()
+    for sel in (
+        find_slow_learnable(logits=logits, targets=targets),
+        select_from_logits(logits, targets),
+    ):
+        assert sel.params["features"] == "logits" and sel.params["n_init"] == 10
+        assert sel.upsample_factor == 2
+    assert (
+        Selection(mask=np.ones(2, bool), loss=np.ones(2), targets=np.zeros(2, int)).upsample_factor
+        == 2
+    )

@@ -51,6 +51,9 @@ __all__ = ["find_slow_learnable", "select_from_logits"]
 
 logger = logging.getLogger(__name__)
 
+#: `Selection.unsplit` reason of a class whose two clusters have the same mean loss.
+EQUAL_LOSS = "equal mean loss in both clusters"
+
 FEATURES = ("logits", "probs")
 
 
@@ -88,8 +91,9 @@ def find_slow_learnable(
       (numpy or torch, any framework).
 
     For every class separately, k-means with two clusters runs on the outputs; the cluster with
-    the higher mean cross-entropy is slow-learnable. A class with a single example, or whose
-    outputs are all identical, is not split (none of it is upsampled) and is reported in
+    the higher mean cross-entropy is slow-learnable. A class with a single example, whose
+    outputs are all identical, or whose two clusters have exactly the same mean loss, is not
+    split (none of it is upsampled) and is reported in `Selection.unsplit` and
     `Selection.class_summary`.
 
     Args:
@@ -358,15 +362,28 @@ def select_from_logits(
             unsplit[label] = "k-means found a single cluster"
             continue
         # Algorithm 1: the cluster with the higher average loss is slow-learnable.
-        slow = in_one if member_loss[in_one].mean() > member_loss[~in_one].mean() else ~in_one
+        mean_one, mean_zero = member_loss[in_one].mean(), member_loss[~in_one].mean()
+        if mean_one == mean_zero:  # neither is: upsampling one would be an arbitrary choice
+            unsplit[label] = EQUAL_LOSS
+            continue
+        slow = in_one if mean_one > mean_zero else ~in_one
         mask[members[slow]] = True
 
-    identical = [c for c, why in unsplit.items() if why != "single example"]
+    identical = [c for c, why in unsplit.items() if why not in ("single example", EQUAL_LOSS)]
     if identical:
         warnings.warn(
             f"{len(identical)} class(es) were not split because all their outputs are "
             f"identical (labels {identical[:10]}{'...' if len(identical) > 10 else ''}); "
             "is the model trained, or is the separating epoch too early?",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    tied = [c for c, why in unsplit.items() if why == EQUAL_LOSS]
+    if tied:
+        warnings.warn(
+            f"{len(tied)} class(es) were not split because their two clusters have the same "
+            f"mean loss (labels {tied[:10]}{'...' if len(tied) > 10 else ''}), so neither is "
+            "the slow-learnable one",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -1,0 +1,50 @@
+"""The paper's synthetic distribution (Definition 3.1) is what `make_simplicity_bias_data` draws."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from useful_data.synthetic import make_simplicity_bias_data
+
+
+def _patches(data, v):
+    """Per example and patch, the coefficient along the unit vector ``v``: ``(N, P)``."""
+    return torch.einsum("npd,d->np", data.inputs, v)
+
+
+def test_definition_3_1_patch_structure():
+    data = make_simplicity_bias_data(
+        4000, dim=20, num_patches=4, alpha=0.9, beta_e=1.0, beta_d=0.2, seed=3
+    )
+    x, v_e, v_d = data.inputs, data.v_e, data.v_d
+    y = (2 * data.targets - 1).float()
+    on_e, on_d = _patches(data, v_e), _patches(data, v_d)
+    # exactly one patch carries beta_d * y * v_d, in every example (the slow feature)
+    slow = torch.isclose(on_d, 0.2 * y[:, None])
+    assert slow.sum(1).eq(1).all()
+    # one patch carries beta_e * y * v_e exactly when the example has the fast feature
+    fast = torch.isclose(on_e, 1.0 * y[:, None])
+    assert torch.equal(fast.sum(1), data.has_fast_feature.long())
+    assert abs(data.has_fast_feature.float().mean().item() - 0.9) < 0.02
+    # the feature patches are the features alone; the rest is noise orthogonal to both
+    # (besides a zero patch where the fast feature is missing)
+    assert torch.allclose(x[slow], 0.2 * y[:, None].expand_as(slow)[slow, None] * v_d)
+    assert torch.allclose(x[fast], 1.0 * y[:, None].expand_as(fast)[fast, None] * v_e)
+    noise = x[~slow & ~fast & (x.norm(dim=2) > 0)]
+    assert len(noise) == 4000 * 2  # num_patches - 2 noise patches per example
+    assert (noise @ v_e).abs().max() == 0 and (noise @ v_d).abs().max() == 0
+    assert (
+        0.95 < noise[:, 2:].std().item() / 0.125 < 1.05
+    )  # the default noise_std (v_e, v_d: e_0, e_1)
+    # the patches are shuffled: the slow feature is not always in the same position
+    positions = slow.float().argmax(1)
+    assert len(positions.unique()) == 4
+    # balanced labels
+    assert abs(data.targets.float().mean().item() - 0.5) < 0.03
+
+
+def test_synthetic_data_rejects_non_finite_parameters():
+    for kwargs in ({"noise_std": float("nan")}, {"noise_std": -0.1}, {"beta_e": float("inf")}):
+        with pytest.raises(ValueError, match=r"should be finite|>= 0"):
+            make_simplicity_bias_data(10, **kwargs)
