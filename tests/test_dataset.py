@@ -170,3 +170,41 @@ def test_batched_getitems_equals_per_item_and_uses_the_inner_batch_path():
         wrapped.__getitems__([12])
     with pytest.raises(TypeError, match="index should be an integer"):
         wrapped.__getitems__([0, 1.5])
+
+
+class FolderLike(torch.utils.data.Dataset):
+    """An ImageFolder/SVHN-like dataset: per-example .samples, .imgs and .labels lists."""
+
+    def __init__(self, n: int = 6):
+        self.samples = [(f"img{i}.png", i % 2) for i in range(n)]
+        self.imgs = self.samples
+        self.labels = np.array([i % 2 for i in range(n)])
+        self.root = "folder"
+        self.transform = "AUG"
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+
+def test_per_example_attributes_follow_the_upsampled_view():
+    ds = USEFULDataset(FolderLike(6), [1, 4])
+    assert len(ds) == 8
+    assert ds.samples == [ds[i] for i in range(8)] and ds.imgs == ds.samples
+    assert ds.labels.tolist() == [s[1] for s in ds.samples] == ds.targets.tolist()
+    assert ds.root == "folder"  # other attributes as they are
+    # e.g. class-balanced weights see the copies: every index of the upsampled view is drawn
+    weights = 1.0 / np.bincount(ds.labels)[ds.labels]
+    assert len(weights) == len(ds)
+
+
+def test_copy_copies_the_wrapped_dataset_so_a_copy_gets_its_own_transform():
+    import copy
+
+    train = USEFULDataset(FolderLike(6), [1, 4])
+    view = copy.copy(train)
+    view.transform = "EVAL"
+    assert train.transform == "AUG" and view.transform == "EVAL"
+    assert view.index_map is train.index_map and len(view) == len(train)

@@ -639,3 +639,31 @@ def test_a_base_optimizers_state_dict_loads_with_this_rho():
     assert [g["rho"] for g in optimizer.param_groups] == [0.07]
     assert optimizer.param_groups[0]["adaptive"] is False
     _manual_step(model, optimizer, x, y)
+
+
+def test_scheduler_does_not_warn_after_a_base_optimizer_step():
+    """The fp16 recipe steps sam.base_optimizer (via GradScaler): that is SAM's update too."""
+    model = _mlp()
+    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.first_step(zero_grad=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.unperturb()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer.base_optimizer.step()  # what scaler.step(optimizer.base_optimizer) runs
+        scheduler.step()
+    clone = copy.deepcopy(optimizer)  # hooks are not pickled: re-registered on unpickling
+    clone._opt_called = False
+    clone.base_optimizer.step()
+    assert clone._opt_called
+
+
+def test_frozen_bn_stats_covers_instance_norm_with_running_stats():
+    norm = nn.InstanceNorm1d(2, track_running_stats=True)
+    before = norm.running_mean.clone()
+    with frozen_bn_stats(norm):
+        norm(torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(norm.running_mean, before) and int(norm.num_batches_tracked) == 0

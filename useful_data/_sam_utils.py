@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _NormBase
 from torch.optim import Optimizer
 
 __all__ = ["ddp_no_sync", "frozen_bn_stats", "grads_are_finite"]
@@ -35,9 +35,10 @@ def frozen_bn_stats(model: nn.Module, *, enabled: bool = True) -> Iterator[None]
     Use it around SAM's second forward pass, so that the running statistics are those of
     exactly one forward pass at ``w`` per step. Inside the block BatchNorm still normalizes with
     the batch's statistics (training mode); afterwards ``running_mean``, ``running_var`` and
-    ``num_batches_tracked`` of every :class:`torch.nn.modules.batchnorm._BatchNorm` (BatchNorm
-    1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d...) are copied back from a snapshot taken on
-    entry, even if the block raises.
+    ``num_batches_tracked`` of every normalization layer that tracks running statistics
+    (BatchNorm 1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d, InstanceNorm with
+    ``track_running_stats=True``...) are copied back from a snapshot taken on entry, even if
+    the block raises.
 
     Why a snapshot and not the common "set ``momentum`` to 0" trick: ``momentum=0`` still
     increments ``num_batches_tracked``, which breaks ``momentum=None`` (the cumulative average
@@ -71,7 +72,7 @@ def frozen_bn_stats(model: nn.Module, *, enabled: bool = True) -> Iterator[None]
     buffers = [
         buf
         for module in model.modules()
-        if isinstance(module, _BatchNorm)
+        if isinstance(module, _NormBase)
         for buf in (module.running_mean, module.running_var, module.num_batches_tracked)
         if buf is not None
     ]

@@ -8,6 +8,7 @@ indices repeated ``k - 1`` times (Algorithm 1: ``D = D ∪ C2``).
 from __future__ import annotations
 
 import array
+import copy
 import operator
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +29,9 @@ T_co = TypeVar("T_co", covariant=True)
 _OWN = frozenset(
     {"dataset", "upsample_factor", "index_map", "slow_learnable_mask", "selection", "_positions"}
 )
+# Per-example sequences of torchvision datasets (besides ``targets``, a property below): read
+# through the wrapper they are remapped to the upsampled view, like the items.
+_PER_EXAMPLE = frozenset({"labels", "samples", "imgs"})
 
 
 class USEFULDataset(Dataset[T_co], Generic[T_co]):
@@ -37,6 +41,13 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
     ``DistributedSampler``, timm's ``create_loader``) works unchanged. A DataLoader fetches
     each batch with one ``__getitems__`` call (passed on to the wrapped dataset's own
     ``__getitems__`` where it has one), so the wrapper costs well under a microsecond per item.
+
+    Other attributes are read from and set on the wrapped dataset (``.transform``,
+    ``.classes``, ...). The per-example sequences ``targets``, ``labels``, ``samples`` and
+    ``imgs`` are remapped to the upsampled view (entry ``i`` describes item ``i``), e.g. for
+    class-balanced sampling weights; methods that take an index (timm's ``filename(i)``)
+    use the wrapped dataset's indexing: map ``i`` through `index_map` first. ``copy.copy``
+    copies the wrapped dataset too, so a copy's ``transform`` can be changed on its own.
 
     Args:
         dataset: The original training set (map-style, with ``__len__``).
@@ -148,8 +159,12 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         if base is None:
             labels = dataset_targets(self.dataset)
             return None if labels is None else labels[self.index_map]
+        return self._remapped(base)
+
+    def _remapped(self, base: Any) -> Any:
+        """A per-example sequence of the wrapped dataset, in the upsampled order."""
         if isinstance(base, torch.Tensor):
-            return base[torch.tensor(self.index_map)]
+            return base[torch.from_numpy(np.array(self.index_map))]
         if isinstance(base, np.ndarray):
             return base[self.index_map]
         return [base[i] for i in self.index_map.tolist()]
@@ -159,7 +174,18 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         # wrapper's own names so unpickling (before __dict__ is filled) cannot recurse.
         if name in _OWN or name.startswith("__"):
             raise AttributeError(name)
-        return getattr(self.dataset, name)
+        value = getattr(self.dataset, name)
+        if name in _PER_EXAMPLE and _has_length(value, len(self.slow_learnable_mask)):
+            return self._remapped(value)
+        return value
+
+    def __copy__(self) -> USEFULDataset[T_co]:
+        # Attributes are set on the wrapped dataset, so a copy that shared it would change
+        # the original's transform too (the "copy the train set for an eval view" idiom).
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        object.__setattr__(clone, "dataset", copy.copy(self.dataset))
+        return clone
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _OWN:
@@ -179,6 +205,16 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
             f"upsample_factor={self.upsample_factor}, length={len(self)}, "
             f"dataset={type(self.dataset).__name__})"
         )
+
+
+def _has_length(value: Any, length: int) -> bool:
+    """Whether ``value`` is a sequence, array or tensor of ``length`` entries (not a string)."""
+    if isinstance(value, str | bytes) or not hasattr(value, "__len__"):
+        return False
+    try:
+        return len(value) == length
+    except TypeError:  # e.g. a 0-d tensor
+        return False
 
 
 def _as_index(index: Any) -> int:

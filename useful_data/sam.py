@@ -131,6 +131,13 @@ class SAM(Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
         # (params, copies of w) taken by first_step, consumed by second_step / unperturb.
         self._perturbed: tuple[list[Tensor], list[Tensor]] | None = None
+        self.base_optimizer.register_step_post_hook(self._base_stepped)
+
+    def _base_stepped(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        # torch's LR schedulers warn unless optimizer.step() ran before scheduler.step();
+        # a step of the base optimizer (second_step, or scaler.step(sam.base_optimizer) in
+        # the fp16 recipe) is SAM's real update.
+        self._opt_called = True
 
     @property
     def perturbed(self) -> bool:
@@ -250,10 +257,7 @@ class SAM(Optimizer):
                 "weights between first_step(zero_grad=True) and second_step(); the parameters "
                 "were restored to w and no step was taken"
             )
-        self.base_optimizer.step()  # the actual "sharpness-aware" update
-        # torch LR schedulers watch only optimizer.step() to warn about a scheduler stepped
-        # before its optimizer; this update is a real one.
-        self._opt_called = True
+        self.base_optimizer.step()  # the actual "sharpness-aware" update (see _base_stepped)
         if zero_grad:
             self.zero_grad()
 
@@ -339,6 +343,11 @@ class SAM(Optimizer):
         state["base_optimizer"] = self.base_optimizer
         state["_perturbed"] = self._perturbed
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # optimizer hooks are not pickled: hook the (unpickled) base optimizer again
+        self.base_optimizer.register_step_post_hook(self._base_stepped)
 
     def _buckets(self) -> list[_Bucket]:
         """Parameters with gradients, grouped by (param group, device, dtype) for foreach."""
