@@ -85,25 +85,24 @@ def _assert_equal(a: list[Tensor], b: list[Tensor]) -> None:
 # --- the update, against the formula written out per tensor --------------------------------
 
 
+def _grad_at(model: nn.Module, weights: list[Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+    """∇L at ``weights`` (one tensor per parameter of ``model``, in order), without touching it."""
+    names = [name for name, _ in model.named_parameters()]
+    leaves = [t.clone().requires_grad_() for t in weights]
+    loss = F.cross_entropy(functional_call(model, dict(zip(names, leaves, strict=True)), (x,)), y)
+    return torch.autograd.grad(loss, leaves)
+
+
 def _hand_sam_update(
     model: nn.Module, x: Tensor, y: Tensor, lr: float, rho: list[float], adaptive: list[bool]
 ) -> list[Tensor]:
     """w - lr * ∇L(w + e(w)), e = ρ T² g / ‖T g‖ with T = |w| (ASAM) or 1 (SAM), per tensor."""
-    names = [name for name, _ in model.named_parameters()]
     w = _params(model)
-
-    def grad_at(weights: list[Tensor]) -> tuple[Tensor, ...]:
-        leaves = [t.clone().requires_grad_() for t in weights]
-        loss = F.cross_entropy(
-            functional_call(model, dict(zip(names, leaves, strict=True)), (x,)), y
-        )
-        return torch.autograd.grad(loss, leaves)
-
-    g = grad_at(w)
+    g = _grad_at(model, w, x, y)
     t = [wi.abs() if a else torch.ones_like(wi) for wi, a in zip(w, adaptive, strict=True)]
     norm = torch.sqrt(sum(((ti * gi) ** 2).sum() for ti, gi in zip(t, g, strict=True)))
     e = [r * ti**2 * gi / (norm + 1e-12) for r, ti, gi in zip(rho, t, g, strict=True)]
-    g2 = grad_at([wi + ei for wi, ei in zip(w, e, strict=True)])
+    g2 = _grad_at(model, [wi + ei for wi, ei in zip(w, e, strict=True)], x, y)
     return [wi - lr * gi for wi, gi in zip(w, g2, strict=True)]
 
 
@@ -667,3 +666,44 @@ def test_frozen_bn_stats_covers_instance_norm_with_running_stats():
     with frozen_bn_stats(norm):
         norm(torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(0)))
     assert torch.equal(norm.running_mean, before) and int(norm.num_batches_tracked) == 0
+
+
+def _kwon_asam_update(model: nn.Module, x: Tensor, y: Tensor, lr: float, rho: float, eta: float):
+    """One step of Kwon et al.'s ASAM as their reference code computes it: T_w = |w| + eta for
+    parameters named "weight", T = 1 for the others (biases); e = rho T² g / ‖T g‖."""
+    names = [name for name, _ in model.named_parameters()]
+    w = _params(model)
+    g = _grad_at(model, w, x, y)
+    t = [
+        wi.abs() + eta if "weight" in n else torch.ones_like(wi)
+        for n, wi in zip(names, w, strict=True)
+    ]
+    norm = torch.sqrt(sum(((ti * gi) ** 2).sum() for ti, gi in zip(t, g, strict=True)))
+    e = [rho * ti**2 * gi / (norm + 1e-12) for ti, gi in zip(t, g, strict=True)]
+    g2 = _grad_at(model, [wi + ei for wi, ei in zip(w, e, strict=True)], x, y)
+    return [wi - lr * gi for wi, gi in zip(w, g2, strict=True)]
+
+
+def test_kwon_asam_recipe_eta_and_non_adaptive_biases():
+    """The paper's ASAM (rho 1.0): eta=0.01 on the weights, biases in a non-adaptive group."""
+    model, (x, y) = _mlp(), _batch()
+    with torch.no_grad():
+        model[0].bias.zero_()  # zero biases: perturbed by Kwon's rule, never by T = |w|
+    expected = _kwon_asam_update(model, x, y, lr=0.3, rho=1.0, eta=0.01)
+    weights = [p for n, p in model.named_parameters() if "weight" in n]
+    biases = [p for n, p in model.named_parameters() if "weight" not in n]
+    groups = [{"params": weights}, {"params": biases, "adaptive": False}]
+    optimizer = SAM(groups, torch.optim.SGD, rho=1.0, adaptive=True, eta=0.01, lr=0.3)
+    _manual_step(model, optimizer, x, y)
+    for p, e in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-12)
+    assert set(optimizer.state[weights[0]]) == {"old_p", "e_w", "t_w"}
+    assert optimizer.param_groups[1]["eta"] == 0.01  # unused there: not adaptive
+
+
+def test_eta_is_checked_like_rho():
+    params = _mlp().parameters()
+    with pytest.raises(ValueError, match="eta should be a finite number >= 0"):
+        SAM(params, torch.optim.SGD, adaptive=True, eta=-0.01, lr=0.1)
+    with pytest.raises(TypeError, match="eta should be a real number"):
+        SAM(_mlp().parameters(), torch.optim.SGD, adaptive=True, eta="0.01", lr=0.1)

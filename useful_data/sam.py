@@ -11,8 +11,10 @@ weights themselves. One SAM step takes two gradients:
 
 ASAM (Kwon et al., "ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning
 of Deep Neural Networks", ICML 2021, PMLR 139:5905-5914) measures the neighbourhood relative to
-the weights with ``T_w = |w|`` (elementwise, no ``η`` offset, as in davda54/sam):
-``e(w) = ρ · T_w² g / ‖T_w g‖₂``. Zero weights are therefore never perturbed by ASAM.
+the weights with ``T_w = |w| + η`` (elementwise): ``e(w) = ρ · T_w² g / ‖T_w g‖₂``. The
+default ``eta=0`` is davda54/sam's variant (zero weights are never perturbed); Kwon et al.'s
+own code uses ``η = 0.01`` on the weights and ``T = 1`` on the biases, which is
+``eta=0.01`` with the biases in a param group of their own with ``adaptive=False``.
 
 The USEFUL paper (Nguyen et al., NeurIPS 2024) trains with SGD and with SAM (``ρ = 0.1`` on
 CIFAR; ASAM with ``ρ = 1.0`` in its Appendix D.4); USEFUL changes the data distribution and
@@ -21,8 +23,9 @@ stacks with either.
 Conventions of this implementation:
 
 - ``‖·‖₂`` is one global norm over every parameter that has a gradient, across all param
-  groups; each group's own ``adaptive`` flag decides whether its parameters enter it as
-  ``g`` or as ``|w| ⊙ g``, and each group's own ``rho`` scales its perturbation.
+  groups; each group's own ``adaptive`` flag (and ``eta``) decides whether its parameters
+  enter it as ``g`` or as ``(|w| + η) ⊙ g``, and each group's own ``rho`` scales its
+  perturbation.
 - ``ε = 1e-12`` is added to the norm, so an all-zero gradient gives ``e(w) = 0``.
 - ``first_step`` keeps a copy of ``w`` and ``second_step`` copies it back, so the weights the
   base optimizer updates are bit-for-bit the ones the first pass saw.
@@ -68,25 +71,30 @@ class SAM(Optimizer):
     :func:`grads_are_finite` and :func:`ddp_no_sync`, and the guide ``docs/guides/sam.md``.
 
     State: ``optimizer.state[p]`` holds SAM's own buffers, ``"old_p"`` (the copy of ``w``) and
-    ``"e_w"`` (the last perturbation ``e(w)``), allocated once and reused every step. The base
+    ``"e_w"`` (the last perturbation ``e(w)``), and with ``adaptive=True, eta > 0`` ``"t_w"``
+    (``|w| + η``), allocated once and reused every step. The base
     optimizer's state (momentum, Adam moments) lives in ``optimizer.base_optimizer.state``, and
     :meth:`state_dict` saves that one: SAM's buffers only matter between ``first_step`` and
     ``second_step`` and are not saved.
 
     Args:
         params: Parameters or param-group dicts, as for any torch optimizer. A group may set its
-            own ``rho`` and ``adaptive``.
+            own ``rho``, ``adaptive`` and ``eta``.
         base_optimizer: The optimizer *class* that takes the actual step, e.g.
             ``torch.optim.SGD``.
         rho: Radius ``ρ >= 0`` of the neighbourhood (SAM: ``0.05`` to ``0.1``; ASAM: ``0.5`` to
             ``2.0``). ``rho=0`` gives the base optimizer at twice the cost.
-        adaptive: Use ASAM's scale-invariant perturbation ``ρ · |w|² g / ‖|w| g‖``.
+        adaptive: Use ASAM's scale-invariant perturbation ``ρ · T_w² g / ‖T_w g‖`` with
+            ``T_w = |w| + eta``.
+        eta: ASAM's offset ``η >= 0`` (used only with ``adaptive=True``): ``0`` as in
+            davda54/sam, ``0.01`` as in Kwon et al.'s code (see the module notes for their
+            treatment of biases).
         **base_kwargs: Passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``...).
 
     Raises:
         TypeError: If ``base_optimizer`` is not a ``torch.optim.Optimizer`` subclass, ``rho`` is
             not a real number or ``adaptive`` is not a bool.
-        ValueError: If ``rho`` is negative or not finite.
+        ValueError: If ``rho`` or ``eta`` is negative or not finite.
 
     Example:
         >>> import torch
@@ -113,6 +121,7 @@ class SAM(Optimizer):
         base_optimizer: type[Optimizer],
         rho: float = 0.05,
         adaptive: bool = False,
+        eta: float = 0.0,
         **base_kwargs: Any,
     ) -> None:
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
@@ -123,7 +132,8 @@ class SAM(Optimizer):
             )
         _check_rho(rho)
         _check_adaptive(adaptive)
-        super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
+        _check_rho(eta, "eta")
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, eta=eta, **base_kwargs))
         # One list of param groups shared by both objects: schedulers that edit
         # optimizer.param_groups[i]["lr"] change what the base optimizer uses.
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
@@ -150,7 +160,7 @@ class SAM(Optimizer):
 
         Args:
             param_group: As for :meth:`torch.optim.Optimizer.add_param_group`; ``rho`` and
-                ``adaptive`` default to the values given to the constructor.
+                ``adaptive`` and ``eta`` default to the values given to the constructor.
 
         Raises:
             TypeError: If the group's ``rho`` is not a real number or ``adaptive`` not a bool.
@@ -158,8 +168,10 @@ class SAM(Optimizer):
         """
         param_group.setdefault("rho", self.defaults["rho"])
         param_group.setdefault("adaptive", self.defaults["adaptive"])
+        param_group.setdefault("eta", self.defaults["eta"])
         _check_rho(param_group["rho"])
         _check_adaptive(param_group["adaptive"])
+        _check_rho(param_group["eta"], "eta")
         if "base_optimizer" in self.__dict__:
             self.base_optimizer.add_param_group(param_group)  # shared list: SAM sees it too
         else:  # called by Optimizer.__init__, before the base optimizer exists
@@ -187,13 +199,13 @@ class SAM(Optimizer):
         buckets = self._buckets()
         shared_device = buckets[0].params[0].device
 
-        # ‖g‖₂ (SAM) or ‖|w| ⊙ g‖₂ (ASAM) over all groups. ‖|w| ⊙ g‖ = ‖w ⊙ g‖, so e_w holds
-        # w ⊙ g here and the adaptive branch needs no abs.
+        # ‖g‖₂ (SAM) or ‖T_w ⊙ g‖₂ (ASAM) over all groups. With η = 0, ‖|w| ⊙ g‖ = ‖w ⊙ g‖,
+        # so e_w holds w ⊙ g and needs no abs; else T_w = |w| + η is kept in t_w.
         bucket_norms = []
         for b in buckets:
             torch._foreach_copy_(b.e_w, b.grads)
             if b.adaptive:
-                torch._foreach_mul_(b.e_w, b.params)
+                torch._foreach_mul_(b.e_w, b.scales())
             if b.norm_dtype is None:
                 norms = torch._foreach_norm(b.e_w, 2)
             else:  # torch >= 2.4
@@ -207,7 +219,7 @@ class SAM(Optimizer):
             # Keep w itself, so that second_step restores it bit for bit.
             torch._foreach_copy_(b.old_p, b.params)
             if b.adaptive:
-                torch._foreach_mul_(b.e_w, b.params)  # T_w² g = w ⊙ (w ⊙ g)
+                torch._foreach_mul_(b.e_w, b.scales())  # T_w² g = T_w ⊙ (T_w ⊙ g)
             scale = (b.rho / (grad_norm + _EPS)).to(b.params[0].device)
             torch._foreach_mul_(b.e_w, scale)  # e(w) = ρ · T_w² g / ‖T_w g‖
             torch._foreach_add_(b.params, b.e_w)  # climb to the local maximum "w + e(w)"
@@ -305,8 +317,9 @@ class SAM(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state (momentum, moments...) and all param groups.
 
-        The param groups include ``rho`` and ``adaptive``. SAM's ``old_p``/``e_w`` buffers are
-        not saved: they are only meaningful between ``first_step`` and ``second_step``.
+        The param groups include ``rho``, ``adaptive`` and ``eta``. SAM's ``old_p``/``e_w``
+        (and ``t_w``) buffers are not saved: they are only meaningful between ``first_step``
+        and ``second_step``.
 
         Returns:
             A dict for :meth:`load_state_dict` (and ``torch.save``).
@@ -335,6 +348,7 @@ class SAM(Optimizer):
         for group in self.param_groups:  # a base optimizer's own state_dict has no rho
             group.setdefault("rho", self.defaults["rho"])
             group.setdefault("adaptive", self.defaults["adaptive"])
+            group.setdefault("eta", self.defaults["eta"])
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer.__getstate__ keeps only defaults/state/param_groups; copy.deepcopy and
@@ -364,9 +378,10 @@ class SAM(Optimizer):
                     )
                 key = (index, p.device, p.dtype)
                 if key not in buckets:
-                    buckets[key] = _Bucket(group["rho"], group["adaptive"], p.dtype)
+                    buckets[key] = _Bucket(group["rho"], group["adaptive"], group["eta"], p.dtype)
                 state = self.state[p]
-                buckets[key].add(p, _buffer(state, "old_p", p), _buffer(state, "e_w", p))
+                t_w = _buffer(state, "t_w", p) if buckets[key].offset else None
+                buckets[key].add(p, _buffer(state, "old_p", p), _buffer(state, "e_w", p), t_w)
         if not buckets:
             raise RuntimeError(
                 "first_step() found no parameter with a gradient (every .grad is None). Call "
@@ -379,9 +394,11 @@ class SAM(Optimizer):
 class _Bucket:
     """The tensors of one (param group, device, dtype): one foreach launch per operation."""
 
-    def __init__(self, rho: float, adaptive: bool, dtype: torch.dtype) -> None:
+    def __init__(self, rho: float, adaptive: bool, eta: float, dtype: torch.dtype) -> None:
         self.rho = rho
         self.adaptive = adaptive
+        self.eta = eta
+        self.offset = adaptive and eta > 0  # T_w = |w| + η needs its own buffer
         # Half-precision norms overflow (65504 for float16): accumulate those in float32.
         low_precision = dtype in (torch.float16, torch.bfloat16)
         self.norm_dtype: torch.dtype | None = torch.float32 if low_precision else None
@@ -389,12 +406,28 @@ class _Bucket:
         self.grads: list[Tensor] = []
         self.old_p: list[Tensor] = []
         self.e_w: list[Tensor] = []
+        self.t_w: list[Tensor] = []
+        self._scales_ready = False
 
-    def add(self, p: Tensor, old_p: Tensor, e_w: Tensor) -> None:
+    def add(self, p: Tensor, old_p: Tensor, e_w: Tensor, t_w: Tensor | None = None) -> None:
         self.params.append(p)
         self.grads.append(p.grad)
         self.old_p.append(old_p)
         self.e_w.append(e_w)
+        if t_w is not None:
+            self.t_w.append(t_w)
+
+    def scales(self) -> list[Tensor]:
+        """ASAM's ``T_w`` up to sign: ``w`` itself when ``η = 0`` (only ``T_w²`` and ``‖T_w g‖``
+        are used), else ``|w| + η``, computed once per step into the ``t_w`` buffers."""
+        if not self.offset:
+            return self.params
+        if not self._scales_ready:
+            torch._foreach_copy_(self.t_w, self.params)
+            torch._foreach_abs_(self.t_w)
+            torch._foreach_add_(self.t_w, self.eta)
+            self._scales_ready = True
+        return self.t_w
 
 
 def _buffer(state: dict[str, Any], key: str, p: Tensor) -> Tensor:
@@ -405,13 +438,14 @@ def _buffer(state: dict[str, Any], key: str, p: Tensor) -> Tensor:
     return buf
 
 
-def _check_rho(rho: Any) -> None:
+def _check_rho(rho: Any, name: str = "rho") -> None:
     if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
         raise TypeError(
-            f"rho should be a real number >= 0, but got rho={rho!r} of type {type(rho).__name__}"
+            f"{name} should be a real number >= 0, but got {name}={rho!r} of type "
+            f"{type(rho).__name__}"
         )
     if not rho >= 0 or rho == float("inf"):
-        raise ValueError(f"rho should be a finite number >= 0, but got rho={rho}")
+        raise ValueError(f"{name} should be a finite number >= 0, but got {name}={rho}")
 
 
 def _check_adaptive(adaptive: Any) -> None:
