@@ -177,6 +177,7 @@ def test_select_channels_last_flag_is_three_way(monkeypatch, tmp_path):
     monkeypatch.setattr(slow_learnable, "find_slow_learnable", fake_find)
     monkeypatch.setattr("useful_data.timm.create_timm_model", lambda *a, **k: torch.nn.Linear(1, 1))
     monkeypatch.setattr("useful_data.timm.create_eval_dataset", lambda *a, **k: [])
+    monkeypatch.setattr("useful_data.timm.checkpoint_data_config", lambda path: {})
     for flag in ([], ["--channels-last"], ["--no-channels-last"]):
         argv = ["select", "--model", "m", "--checkpoint", "c", "--num-classes", "3"]
         argv += ["--data-dir", str(tmp_path), "--device", "cpu", "-o", "out.npz", *flag]
@@ -228,3 +229,36 @@ def test_inspect_checks_plot_path_and_data_dir(tmp_path, capsys):
     argv = ["inspect", path, "--plot", str(tmp_path / "p.png"), "--data-dir", "no-such-dir"]
     assert main(argv) == 1
     assert "--data-dir should be a folder, but 'no-such-dir'" in capsys.readouterr().err
+
+
+def test_select_takes_the_eval_config_from_the_training_run(monkeypatch, tmp_path, capsys):
+    """timm's checkpoints hold the run's arguments: --mean/--std/--img-size come from there
+    unless given on the command line."""
+    import argparse as _argparse
+
+    import useful_data.slow_learnable as slow_learnable
+
+    checkpoint = tmp_path / "checkpoint-2.pth.tar"
+    run = _argparse.Namespace(img_size=40, in_chans=3, mean=[0.5, 0.5, 0.5], std=[0.25] * 3,
+                              crop_pct=None, input_size=None, interpolation="")  # fmt: skip
+    torch.save({"state_dict": {}, "args": run}, checkpoint)
+    built = []
+    monkeypatch.setattr("useful_data.timm.create_timm_model", lambda *a, **k: torch.nn.Linear(1, 1))
+    monkeypatch.setattr("useful_data.timm.create_eval_dataset", lambda *a, **k: built.append(k))
+
+    def stop(*args, **kwargs):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(slow_learnable, "find_slow_learnable", stop)
+    argv = ["select", "--model", "m", "--checkpoint", str(checkpoint), "--num-classes", "3"]
+    argv += ["--data-dir", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "s.npz")]
+    for extra in ([], ["--std", "0.2", "0.2", "0.2", "--img-size", "32"]):
+        with pytest.raises(SystemExit):
+            main([*argv, *extra])
+    assert built[0]["input_size"] == (3, 40, 40) and built[0]["mean"] == (0.5, 0.5, 0.5)
+    assert built[0]["std"] == (0.25, 0.25, 0.25) and built[0]["crop_pct"] is None
+    assert built[1]["input_size"] == 32 and built[1]["std"] == [0.2, 0.2, 0.2]
+    assert built[1]["mean"] == (0.5, 0.5, 0.5)  # still the run's
+    assert "from the checkpoint's training arguments: input_size=(3, 40, 40)" in (
+        capsys.readouterr().out
+    )

@@ -15,6 +15,7 @@ from timm.data import create_dataset, create_loader  # noqa: E402
 from useful_data import Selection, USEFULDataset  # noqa: E402
 from useful_data._targets import dataset_targets  # noqa: E402
 from useful_data.timm import (  # noqa: E402
+    checkpoint_data_config,
     create_eval_dataset,
     create_timm_model,
     extract_state_dict,
@@ -185,3 +186,21 @@ def test_timm_folder_labels_are_read_and_checked_without_loading_images(image_ro
     other = Selection(mask=selection.mask, loss=selection.loss, targets=selection.targets[::-1])
     with pytest.raises(ValueError, match="fingerprint"):
         USEFULDataset(ds, other)
+
+
+def test_checkpoint_data_config_and_eval_normalization(image_root, model, tmp_path):
+    path = tmp_path / "ckpt.pth.tar"
+    args = argparse.Namespace(input_size=[3, 24, 24], img_size=None, mean=(0.5, 0.4, 0.3))
+    args.std, args.crop_pct, args.interpolation = (0.2, 0.2, 0.2), 0.9, "bilinear"
+    torch.save({"state_dict": model.state_dict(), "args": args}, path)
+    config = checkpoint_data_config(path)
+    assert config == {"input_size": (3, 24, 24), "crop_pct": 0.9, "mean": (0.5, 0.4, 0.3),
+                      "std": (0.2, 0.2, 0.2), "interpolation": "bilinear"}  # fmt: skip
+    ds = create_eval_dataset("", image_root, model=model, **config)
+    assert tuple(ds[0][0].shape) == (3, 24, 24)
+    normalize = ds.transform.transforms[-1]
+    assert tuple(normalize.mean.tolist()) == pytest.approx((0.5, 0.4, 0.3))
+    torch.save(model.state_dict(), tmp_path / "bare.pth")  # no arguments saved
+    assert checkpoint_data_config(tmp_path / "bare.pth") == {}
+    with pytest.raises(ValueError, match="one value per input channel"):
+        create_eval_dataset("", image_root, model=model, mean=(0.5, 0.5))

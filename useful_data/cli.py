@@ -145,7 +145,9 @@ def _add_select(sub: Any) -> None:
         description="Load a timm checkpoint saved at the separating epoch, run the model over "
         "the training set with timm's EVAL transforms (no augmentation), cluster its outputs "
         "class by class, and save the slow-learnable examples. Then train with "
-        "USEFULDataset(dataset_train, SELECTION_FILE).",
+        "USEFULDataset(dataset_train, SELECTION_FILE). The eval transform's size, crop, "
+        "mean, std and interpolation default to what the training run used (timm saves its "
+        "arguments in the checkpoint), else to the model's.",
     )
     select.add_argument("--model", required=True, help="timm model name, e.g. resnet18")
     select.add_argument("--checkpoint", required=True, help="checkpoint-<epoch>.pth.tar of timm")
@@ -163,6 +165,9 @@ def _add_select(sub: Any) -> None:
         "--input-size", type=_POSITIVE, nargs=3, metavar=("C", "H", "W"), help="input size C H W"
     )
     select.add_argument("--crop-pct", type=float, help="eval center-crop fraction")
+    select.add_argument("--mean", type=float, nargs="+", metavar="MEAN", help="normalization mean")
+    select.add_argument("--std", type=float, nargs="+", metavar="STD", help="normalization std")
+    select.add_argument("--interpolation", help="resize interpolation, e.g. bilinear, bicubic")
     select.add_argument("--use-ema", action="store_true", help="cluster the EMA weights")
     select.add_argument(
         "--batch-size",
@@ -219,20 +224,30 @@ def _device(name: str | None) -> str:
 def _select(args: argparse.Namespace) -> Selection:
 
     from useful_data.slow_learnable import find_slow_learnable
-    from useful_data.timm import create_eval_dataset, create_timm_model
+    from useful_data.timm import checkpoint_data_config, create_eval_dataset, create_timm_model
 
     device = _device(args.device)
     check_destination("--output", args.output)  # before any work: loading, inference, k-means
     model = create_timm_model(
         args.model, num_classes=args.num_classes, checkpoint=args.checkpoint, use_ema=args.use_ema
     ).to(device)
+    given = {
+        "input_size": args.input_size or args.img_size,
+        "crop_pct": args.crop_pct,
+        "mean": args.mean,
+        "std": args.std,
+        "interpolation": args.interpolation,
+    }
+    from_run = {k: v for k, v in checkpoint_data_config(args.checkpoint).items() if not given[k]}
+    if from_run:
+        listed = ", ".join(f"{k}={v}" for k, v in from_run.items())
+        print(f"eval data config from the checkpoint's training arguments: {listed}")
     dataset = create_eval_dataset(
         args.dataset,
         args.data_dir,
         model=model,
         split=args.split,
-        input_size=args.input_size or args.img_size,
-        crop_pct=args.crop_pct,
+        **{**given, **from_run},
         download=args.download,
         class_map=args.class_map,
     )

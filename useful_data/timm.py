@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 __all__ = [
+    "checkpoint_data_config",
     "create_eval_dataset",
     "create_timm_model",
     "extract_state_dict",
@@ -230,6 +231,45 @@ def create_timm_model(
     return model.eval()
 
 
+def checkpoint_data_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The eval data settings of the training run that saved ``path``, where timm kept them.
+
+    timm's ``train.py`` (its ``CheckpointSaver``) stores the run's arguments in every
+    checkpoint; the ones that shape the eval transform are returned under
+    `create_eval_dataset`'s names, so the selection sees the images as training did.
+
+    Args:
+        path: A checkpoint file (see `load_timm_checkpoint`).
+
+    Returns:
+        A dict with any of ``input_size`` (``(C, H, W)``, from ``--input-size`` or
+        ``--img-size`` and ``--in-chans``), ``crop_pct``, ``mean``, ``std`` and
+        ``interpolation`` that the run set; empty for a checkpoint without arguments (a bare
+        state dict, a ``.safetensors`` file) or a run that left them at the model's defaults.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a file.
+        ValueError: if it cannot be read as a checkpoint.
+    """
+    checkpoint = _read_checkpoint(path)
+    args = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    if not isinstance(args, dict):
+        return {}
+    config: dict[str, Any] = {}
+    if args.get("input_size"):
+        config["input_size"] = tuple(int(v) for v in args["input_size"])
+    elif args.get("img_size"):
+        size = int(args["img_size"])
+        config["input_size"] = (int(args.get("in_chans") or 3), size, size)
+    for key in ("crop_pct", "mean", "std", "interpolation"):
+        if args.get(key):  # timm's defaults: None, or "" for interpolation
+            value = args[key]
+            config[key] = tuple(float(v) for v in value) if key in ("mean", "std") else value
+    return config
+
+
 def create_eval_dataset(
     name: str,
     root: str | os.PathLike[str],
@@ -238,6 +278,9 @@ def create_eval_dataset(
     split: str = "train",
     input_size: Sequence[int] | int | None = None,
     crop_pct: float | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    interpolation: str | None = None,
     download: bool = False,
     class_map: str = "",
 ) -> Dataset[Any]:
@@ -255,6 +298,11 @@ def create_eval_dataset(
         split: The split the model was trained on (timm's ``--train-split``).
         input_size: ``(C, H, W)`` or an int image size; defaults to the model's.
         crop_pct: Center-crop fraction of the eval transform; defaults to the model's.
+        mean: Normalization mean per channel (timm's ``--mean``); defaults to the model's.
+        std: Normalization std per channel (timm's ``--std``); defaults to the model's.
+        interpolation: Resize interpolation (timm's ``--interpolation``, e.g. ``"bicubic"``);
+            defaults to the model's. `checkpoint_data_config` reads all of these from the
+            training run's arguments, which timm saves in its checkpoints.
         download: Let torchvision datasets download (``torch/...`` names only).
         class_map: timm's ``--class-map`` file, if training used one.
 
@@ -294,6 +342,15 @@ def create_eval_dataset(
         args["input_size"] = size
     if crop_pct is not None:
         args["crop_pct"] = crop_pct
+    for key, value in (("mean", mean), ("std", std)):
+        if value is not None:
+            if len(value) != args.get("input_size", (3,))[0]:
+                raise ValueError(
+                    f"{key} should have one value per input channel, but got {key}={value}"
+                )
+            args[key] = tuple(float(v) for v in value)
+    if interpolation:
+        args["interpolation"] = interpolation
     config = resolve_data_config(args, model=model)
     dataset.transform = create_transform(**config, is_training=False)
     return dataset
