@@ -173,13 +173,13 @@ class _Classes(NamedTuple):
     """One chunk of classes, centered, and what every Lloyd step reads of it.
 
     ``x`` ``(B, n, D)`` float32, centered per class, padding rows 0; ``valid`` ``(B, n)``;
-    ``count`` ``(B,)`` float64 class sizes; ``total`` ``(B, 1, D)`` float64 column sums of
+    ``counts`` ``(B,)`` float64 class sizes; ``total`` ``(B, 1, D)`` float64 column sums of
     ``x`` (~0); ``tolerance`` ``(B,)`` scikit-learn's absolute tol per class.
     """
 
     x: torch.Tensor
     valid: torch.Tensor
-    count: torch.Tensor
+    counts: torch.Tensor  # not `count`: that would shadow tuple.count
     total: torch.Tensor
     tolerance: torch.Tensor
 
@@ -209,7 +209,7 @@ def _update(
     reached): scikit-learn then reassigns them once to their final centers.
     """
     ones = new.sum(1, dtype=torch.float64)  # (B, W)
-    zeros = classes.count[:, None] - ones
+    zeros = classes.counts[:, None] - ones
     c1_new = (s1 / ones.clamp_min(1.0)[:, :, None]).float()
     c0_new = ((classes.total - s1) / zeros.clamp_min(1.0)[:, :, None]).float()
     shift = ((c1_new - c1) ** 2).sum(2) + ((c0_new - c0) ** 2).sum(2)
@@ -266,7 +266,9 @@ def _lloyd(
             break
         order = torch.argsort((~running[keep]).int(), dim=1, stable=True)[:, : int(left.max())]
 
-        def take(t: torch.Tensor, keep: torch.Tensor = keep, order: torch.Tensor = order):
+        def take(
+            t: torch.Tensor, keep: torch.Tensor = keep, order: torch.Tensor = order
+        ) -> torch.Tensor:
             return t[keep].gather(
                 1, order.reshape(*order.shape, *[1] * (t.ndim - 2)).expand(-1, -1, *t.shape[2:])
             )
@@ -541,8 +543,8 @@ def kmeans2_many(
                 max_iter=max_iter,
                 tol=tol,
             )
-            labels = labels.cpu().numpy()
+            found = labels.cpu().numpy()
             for row, i in enumerate(chunk):
-                out[i] = labels[row, : chunk_sizes[row]].astype(np.int64)
+                out[i] = found[row, : chunk_sizes[row]].astype(np.int64)
             start = stop
     return out

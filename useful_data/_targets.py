@@ -30,9 +30,10 @@ def dataset_targets(dataset: Dataset[Any]) -> np.ndarray | None:
         return None if base is None else base[np.asarray(dataset.indices, dtype=np.int64)]
     if isinstance(dataset, ConcatDataset):
         parts = [dataset_targets(d) for d in dataset.datasets]
-        if any(p is None for p in parts):
+        known = [p for p in parts if p is not None]
+        if len(known) != len(parts):
             return None
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return np.concatenate(known) if known else np.zeros(0, dtype=np.int64)
     try:
         size = len(dataset)  # type: ignore[arg-type]
     except TypeError:

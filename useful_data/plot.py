@@ -167,7 +167,7 @@ def plot_selection(
     )
     ax.legend(loc="lower right", fontsize="small")
 
-    if grid_fig is not None:
+    if grid_fig is not None and dataset is not None:  # rows only exist with a dataset
         rng = np.random.default_rng(seed)
         axes = np.atleast_2d(grid_fig.subplots(rows, cols, squeeze=False))
         grid_fig.suptitle("left: slow-learnable (upsampled)    right: fast-learnable")

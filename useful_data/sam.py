@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -411,7 +411,7 @@ class _Bucket:
 
     def add(self, p: Tensor, old_p: Tensor, e_w: Tensor, t_w: Tensor | None = None) -> None:
         self.params.append(p)
-        self.grads.append(p.grad)
+        self.grads.append(cast(Tensor, p.grad))  # buckets hold parameters with a .grad
         self.old_p.append(old_p)
         self.e_w.append(e_w)
         if t_w is not None:
@@ -444,7 +444,7 @@ def _check_rho(rho: Any, name: str = "rho") -> None:
             f"{name} should be a real number >= 0, but got {name}={rho!r} of type "
             f"{type(rho).__name__}"
         )
-    if not rho >= 0 or rho == float("inf"):
+    if not float(rho) >= 0 or float(rho) == float("inf"):
         raise ValueError(f"{name} should be a finite number >= 0, but got {name}={rho}")
 
 

@@ -323,7 +323,7 @@ def create_eval_dataset(
             split=split,
             is_training=False,
             download=download,
-            class_map=class_map,
+            class_map=class_map,  # type: ignore[arg-type]  # timm takes a file name too
         )
     except (RuntimeError, AssertionError, FileNotFoundError) as err:
         raise ValueError(
