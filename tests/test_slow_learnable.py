@@ -361,6 +361,8 @@ def test_device_other_than_the_models_is_an_error():
     model = torch.nn.Linear(logits.shape[1], logits.shape[1])  # weights on the CPU
     with pytest.raises(ValueError, match=r"device should be where the model is \(cpu\)"):
         find_slow_learnable(model, data, device="meta", progress=False)
+    for same in ("cpu", "cpu:0", torch.device("cpu")):
+        find_slow_learnable(model, data, device=same, progress=False)
 
 
 def test_the_slow_cluster_is_the_one_with_the_higher_mean_loss_not_median(monkeypatch):

@@ -39,7 +39,8 @@ def _check_model_on(model: nn.Module, device: torch.device) -> None:
     if next(itertools.chain(model.parameters(), model.buffers()), None) is None:
         return  # no weights: it runs wherever its inputs are
     actual = model_device(model)
-    if actual.type != device.type or (device.index is not None and actual.index != device.index):
+    other_index = device.type != "cpu" and device.index not in (None, actual.index)
+    if actual.type != device.type or other_index:  # "cuda" means the current CUDA device
         raise ValueError(
             f"device should be where the model is ({actual}), but got device={device}; "
             f"move the model first (model.to({str(device)!r})) or leave device=None"
