@@ -208,3 +208,14 @@ def test_copy_copies_the_wrapped_dataset_so_a_copy_gets_its_own_transform():
     view.transform = "EVAL"
     assert train.transform == "AUG" and view.transform == "EVAL"
     assert view.index_map is train.index_map and len(view) == len(train)
+
+
+def test_remapped_lists_are_built_once_and_follow_a_replaced_list():
+    ds = USEFULDataset(FolderLike(6), [1, 4])
+    first = ds.samples
+    assert ds.samples is first  # a loop over ds.samples[i] does not rebuild it every time
+    ds.dataset.samples = [(f"new{i}.png", 0) for i in range(6)]  # replaced: remapped again
+    assert ds.samples[6] == ("new1.png", 0) and ds.samples is not first
+    import pickle
+
+    assert "_remap_cache" not in pickle.loads(pickle.dumps(ds)).__dict__  # not shipped

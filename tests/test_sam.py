@@ -707,3 +707,11 @@ def test_eta_is_checked_like_rho():
         SAM(params, torch.optim.SGD, adaptive=True, eta=-0.01, lr=0.1)
     with pytest.raises(TypeError, match="eta should be a real number"):
         SAM(_mlp().parameters(), torch.optim.SGD, adaptive=True, eta="0.01", lr=0.1)
+
+
+def test_a_group_added_to_the_base_optimizer_directly_steps_with_eta_0():
+    model = _mlp()
+    first, second = list(model[0].parameters()), list(model[2].parameters())
+    optimizer = SAM(first, torch.optim.SGD, rho=0.1, lr=0.1)
+    optimizer.base_optimizer.add_param_group({"params": second, "rho": 0.1, "adaptive": True})
+    _manual_step(model, optimizer, *_batch())  # no KeyError for the group's missing eta

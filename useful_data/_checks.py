@@ -6,6 +6,7 @@ user can fix the call without reading the source.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ __all__ = [
     "check_bool",
     "check_destination",
     "check_finite",
+    "check_int",
     "check_outputs",
     "check_positive_int",
     "check_seed",
@@ -53,13 +55,28 @@ def check_seed(name: str, value: Any, *, maximum: int = SEED_MAX) -> int:
 
 
 def check_bool(name: str, value: Any) -> bool:
-    """Return ``value`` if it is a ``bool`` (numpy's too), else raise: ``"False"`` is truthy."""
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(
-            f"{name} should be True or False, but got {name}={value!r} of type "
-            f"{type(value).__name__}"
-        )
-    return bool(value)
+    """Return ``value`` as a ``bool`` if it is one (numpy's too) or the integer 0 or 1, else
+    raise: a string such as ``"False"`` is truthy and would silently mean ``True``."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer) and value in (0, 1):
+        return bool(value)
+    raise TypeError(
+        f"{name} should be True or False, but got {name}={value!r} of type {type(value).__name__}"
+    )
+
+
+def check_int(name: str, value: Any) -> int:
+    """Return ``value`` as an ``int`` if it is an integer (numpy's, a 0-d integer tensor: what
+    ``operator.index`` takes; not a bool, float or string), else raise."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(
+        f"{name} should be an integer, but got {name}={value!r} of type {type(value).__name__}"
+    )
 
 
 def check_destination(name: str, path: str | os.PathLike[str]) -> Path:

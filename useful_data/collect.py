@@ -241,7 +241,9 @@ def collect_outputs(
         num_workers=num_workers,
         collate_fn=collate_fn,
         pin_memory=device.type == "cuda",
-        generator=torch.Generator(),  # its base seed (for workers) is not drawn from torch's
+        # its base seed (for workers) is drawn from this one, not torch's global generator;
+        # on the default device, where the DataLoader draws it (torch.set_default_device)
+        generator=torch.Generator(device=torch.get_default_device()),
     )
     autocast = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype)

@@ -27,7 +27,15 @@ T_co = TypeVar("T_co", covariant=True)
 # Attributes that belong to the wrapper itself; every other attribute is read from and
 # written to the wrapped dataset, so timm's ``loader.dataset.transform = ...`` reaches it.
 _OWN = frozenset(
-    {"dataset", "upsample_factor", "index_map", "slow_learnable_mask", "selection", "_positions"}
+    {
+        "dataset",
+        "upsample_factor",
+        "index_map",
+        "slow_learnable_mask",
+        "selection",
+        "_positions",
+        "_remap_cache",
+    }
 )
 # Per-example sequences of torchvision datasets (besides ``targets``, a property below): read
 # through the wrapper they are remapped to the upsampled view, like the items.
@@ -159,15 +167,23 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         if base is None:
             labels = dataset_targets(self.dataset)
             return None if labels is None else labels[self.index_map]
-        return self._remapped(base)
+        return self._remapped("targets", base)
 
-    def _remapped(self, base: Any) -> Any:
-        """A per-example sequence of the wrapped dataset, in the upsampled order."""
+    def _remapped(self, name: str, base: Any) -> Any:
+        """A per-example sequence of the wrapped dataset, in the upsampled order; a list is
+        remapped once and cached while the wrapped one is the same object of the same
+        length (``ds.samples[i]`` in a loop must not rebuild 1.28M entries every time)."""
         if isinstance(base, torch.Tensor):
             return base[torch.from_numpy(np.array(self.index_map))]
         if isinstance(base, np.ndarray):
             return base[self.index_map]
-        return [base[i] for i in self.index_map.tolist()]
+        cache: dict[str, tuple[Any, int, list[Any]]] = self.__dict__.setdefault("_remap_cache", {})
+        hit = cache.get(name)
+        if hit is not None and hit[0] is base and hit[1] == len(base):
+            return hit[2]
+        remapped = [base[i] for i in self.index_map.tolist()]
+        cache[name] = (base, len(base), remapped)
+        return remapped
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: delegate to the wrapped dataset. Guard the
@@ -176,14 +192,14 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
             raise AttributeError(name)
         value = getattr(self.dataset, name)
         if name in _PER_EXAMPLE and _has_length(value, len(self.slow_learnable_mask)):
-            return self._remapped(value)
+            return self._remapped(name, value)
         return value
 
     def __copy__(self) -> USEFULDataset[T_co]:
         # Attributes are set on the wrapped dataset, so a copy that shared it would change
         # the original's transform too (the "copy the train set for an eval view" idiom).
         clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
+        clone.__dict__.update(self.__getstate__())
         object.__setattr__(clone, "dataset", copy.copy(self.dataset))
         return clone
 
@@ -193,7 +209,9 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         setattr(self.dataset, name, value)
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        state = dict(self.__dict__)
+        state.pop("_remap_cache", None)  # rebuilt on demand; not shipped to workers
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

@@ -92,8 +92,8 @@ class SAM(Optimizer):
         **base_kwargs: Passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay``...).
 
     Raises:
-        TypeError: If ``base_optimizer`` is not a ``torch.optim.Optimizer`` subclass, ``rho`` is
-            not a real number or ``adaptive`` is not a bool.
+        TypeError: If ``base_optimizer`` is not a ``torch.optim.Optimizer`` subclass, ``rho``
+            or ``eta`` is not a real number, or ``adaptive`` is not a bool.
         ValueError: If ``rho`` or ``eta`` is negative or not finite.
 
     Example:
@@ -163,7 +163,8 @@ class SAM(Optimizer):
                 ``adaptive`` and ``eta`` default to the values given to the constructor.
 
         Raises:
-            TypeError: If the group's ``rho`` is not a real number or ``adaptive`` not a bool.
+            TypeError: If the group's ``rho`` or ``eta`` is not a real number or ``adaptive``
+                not a bool.
             ValueError: If the group's ``rho`` is negative or not finite.
         """
         param_group.setdefault("rho", self.defaults["rho"])
@@ -331,8 +332,8 @@ class SAM(Optimizer):
 
         Args:
             state_dict: A dict returned by :meth:`state_dict` (or the base optimizer's own,
-                e.g. to resume SGD as SAM: its groups then get this optimizer's ``rho`` and
-                ``adaptive``).
+                e.g. to resume SGD as SAM: its groups then get this optimizer's ``rho``,
+                ``adaptive`` and ``eta``).
 
         Raises:
             RuntimeError: If called between :meth:`first_step` and :meth:`second_step`.
@@ -360,6 +361,8 @@ class SAM(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        for group in self.param_groups:  # pickled before eta existed
+            group.setdefault("eta", self.defaults.setdefault("eta", 0.0))
         # optimizer hooks are not pickled: hook the (unpickled) base optimizer again
         self.base_optimizer.register_step_post_hook(self._base_stepped)
 
@@ -378,7 +381,8 @@ class SAM(Optimizer):
                     )
                 key = (index, p.device, p.dtype)
                 if key not in buckets:
-                    buckets[key] = _Bucket(group["rho"], group["adaptive"], group["eta"], p.dtype)
+                    eta = group.get("eta", 0.0)  # a group added to base_optimizer directly
+                    buckets[key] = _Bucket(group["rho"], group["adaptive"], eta, p.dtype)
                 state = self.state[p]
                 t_w = _buffer(state, "t_w", p) if buckets[key].offset else None
                 buckets[key].add(p, _buffer(state, "old_p", p), _buffer(state, "e_w", p), t_w)

@@ -16,13 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from useful_data._checks import check_bool, check_positive_int, check_seed, check_upsample_factor
+from useful_data._checks import check_bool, check_int, check_positive_int, check_upsample_factor
 from useful_data.distributed import get_rank, get_world_size
 from useful_data.selection import SelectionLike, resolve_selection
 
 __all__ = ["UpsampleSampler"]
-
-_SEED_MAX = 2**62  # seed + epoch stays a valid torch.Generator seed
 
 
 class UpsampleSampler(Sampler[int]):
@@ -39,8 +37,8 @@ class UpsampleSampler(Sampler[int]):
         upsample_factor: ``k >= 1``; defaults to the Selection's factor, or 2.
         shuffle: Shuffle every epoch (``False`` yields a stable order: base indices, then the
             repeats).
-        seed: Seed of the shuffle, an integer in ``[0, 2**62]``; the order of epoch ``e``
-            depends only on ``seed + e``.
+        seed: Seed of the shuffle (any integer); the order of epoch ``e`` depends only on
+            ``seed + e``.
         num_replicas: Number of distributed processes; defaults to the world size of the
             initialised process group, or 1.
         rank: This process's rank; defaults to the process group's rank, or 0.
@@ -49,7 +47,7 @@ class UpsampleSampler(Sampler[int]):
 
     Raises:
         TypeError: if ``seed`` or ``num_replicas``/``rank`` is not an integer, ``shuffle``
-            or ``drop_last`` not a bool, or the selection is not `SelectionLike`.
+            or ``drop_last`` not a bool (or 0/1), or the selection is not `SelectionLike`.
         ValueError: if a number is out of range, ``rank >= num_replicas``, or the
             selection does not match ``num_examples``.
 
@@ -93,7 +91,7 @@ class UpsampleSampler(Sampler[int]):
             )
         self.rank = rank
         self.shuffle = check_bool("shuffle", shuffle)
-        self.seed = check_seed("seed", seed, maximum=_SEED_MAX)
+        self.seed = check_int("seed", seed)
         self.drop_last = check_bool("drop_last", drop_last)
         self.epoch = 0
         slow = np.flatnonzero(mask).astype(np.int64)
@@ -118,15 +116,14 @@ class UpsampleSampler(Sampler[int]):
 
         Raises:
             TypeError: if ``epoch`` is not an integer.
-            ValueError: if it is negative or above ``2**62``.
         """
-        self.epoch = check_seed("epoch", epoch, maximum=_SEED_MAX)
+        self.epoch = check_int("epoch", epoch)
 
     def __iter__(self) -> Iterator[int]:
         indices = self._multiset
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
+            g.manual_seed((self.seed + self.epoch) % 2**64)  # any integers, as torch takes
             indices = indices[torch.randperm(len(indices), generator=g)]
         if not self.drop_last:
             padding = self.total_size - len(indices)

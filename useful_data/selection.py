@@ -449,6 +449,12 @@ def resolve_selection(
 
     Returns:
         ``(mask, selection_or_none)``: the mask and the `Selection` it came from, if any.
+
+    Raises:
+        TypeError: if ``selection`` is none of the accepted kinds.
+        ValueError: if it does not fit ``num_examples`` (a mask's length, a Selection's size,
+            an index out of range or repeated, a 0/1 integer array given for a bool mask),
+            or indices come without ``num_examples``.
     """
     sel: Selection | None = None
     if isinstance(selection, str | os.PathLike):
@@ -479,7 +485,7 @@ def resolve_selection(
     if array.size == 0:
         array = array.astype(np.int64)
     if array.size > 2 and np.isin(array, (0, 1)).all():  # as indices, 0 and 1 would repeat
-        raise TypeError(
+        raise ValueError(
             f"{name} holds only 0s and 1s, which as indices would repeat: for a mask, pass "
             f"booleans ({name}.astype(bool) or tensor.bool()); for indices, distinct ones"
         )

@@ -342,9 +342,10 @@ def create_eval_dataset(
         args["input_size"] = size
     if crop_pct is not None:
         args["crop_pct"] = crop_pct
+    channels = (args.get("input_size") or resolve_data_config({}, model=model)["input_size"])[0]
     for key, value in (("mean", mean), ("std", std)):
         if value is not None:
-            if len(value) != args.get("input_size", (3,))[0]:
+            if len(value) != channels:
                 raise ValueError(
                     f"{key} should have one value per input channel, but got {key}={value}"
                 )
