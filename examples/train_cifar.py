@@ -69,6 +69,11 @@ def build_data(args: argparse.Namespace):
             return datasets.FakeData(size, (3, 32, 32), num_classes, tf, random_offset=offset)
 
         sets = fake(args.fake_data, train_tf, 0), fake(args.fake_data, eval_tf, 0)
+        # FakeData exposes no .targets (CIFAR10 does): set them, so that find_slow_learnable
+        # can check that the eval view holds the training set's examples in the same order
+        labels = [int(label) for _, label in fake(args.fake_data, None, 0)]
+        for fake_set in sets:
+            fake_set.targets = labels
         return (*sets, fake(max(args.fake_data // 4, 1), eval_tf, 10**6), num_classes)
     cls = datasets.CIFAR10 if args.dataset == "cifar10" else datasets.CIFAR100
 
