@@ -36,9 +36,10 @@ def model_device(model: nn.Module) -> torch.device:
 
 def _check_model_on(model: nn.Module, device: torch.device) -> None:
     """Raise if ``device`` is not where the model's weights are: the model is never moved."""
-    if next(itertools.chain(model.parameters(), model.buffers()), None) is None:
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if first is None:
         return  # no weights: it runs wherever its inputs are
-    actual = model_device(model)
+    actual = first.device  # what model_device returns: the first parameter, else buffer
     other_index = device.type != "cpu" and device.index not in (None, actual.index)
     if actual.type != device.type or other_index:  # "cuda" means the current CUDA device
         raise ValueError(
