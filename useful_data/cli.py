@@ -222,7 +222,6 @@ def _device(name: str | None) -> str:
 
 
 def _select(args: argparse.Namespace) -> Selection:
-
     from useful_data.slow_learnable import find_slow_learnable
     from useful_data.timm import checkpoint_data_config, create_eval_dataset, create_timm_model
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +44,9 @@ EMA_KEYS: tuple[str, ...] = ("state_dict_ema", "model_ema")
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 
 
-def _read_checkpoint(path: str | os.PathLike[str]) -> Any:
+def _read_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
+    """``torch.load`` of a timm checkpoint (or ``safetensors``), on the CPU; ``mmap=True``
+    maps the tensors of a zip-format file instead of reading them (for its metadata)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint={str(path)!r} is not a file")
     if str(path).endswith(".safetensors"):
@@ -53,7 +56,8 @@ def _read_checkpoint(path: str | os.PathLike[str]) -> Any:
     # timm's CheckpointSaver stores its argparse.Namespace next to the weights.
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            mapped = mmap and zipfile.is_zipfile(path)  # torch's default format since 1.6
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
         except Exception as err:
             raise ValueError(
                 f"checkpoint={str(path)!r} could not be read as a PyTorch checkpoint "
@@ -251,7 +255,7 @@ def checkpoint_data_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         FileNotFoundError: if ``path`` is not a file.
         ValueError: if it cannot be read as a checkpoint.
     """
-    checkpoint = _read_checkpoint(path)
+    checkpoint = _read_checkpoint(path, mmap=True)  # the weights are not needed here
     args = checkpoint.get("args") if isinstance(checkpoint, dict) else None
     if isinstance(args, argparse.Namespace):
         args = vars(args)
