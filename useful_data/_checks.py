@@ -27,6 +27,7 @@ __all__ = [
     "check_seed",
     "check_upsample_factor",
     "indices_to_mask",
+    "is_integer_valued",
 ]
 
 #: The largest seed accepted: ``numpy.random.RandomState`` (scikit-learn's k-means) takes
@@ -133,6 +134,14 @@ def check_finite(name: str, array: np.ndarray) -> None:
     )
 
 
+def is_integer_valued(array: np.ndarray) -> bool:
+    """Whether ``array`` holds class labels: an integer dtype, or floats that are all whole
+    numbers (labels saved as floats); an empty array of any dtype qualifies."""
+    if array.size == 0 or np.issubdtype(array.dtype, np.integer):
+        return True
+    return bool(np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array)))
+
+
 def check_outputs(logits: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate model outputs and their labels; return them as C-contiguous float32 ``(N, C)``
     and int64 ``(N,)`` arrays.
@@ -159,13 +168,10 @@ def check_outputs(logits: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
         )
     if num_examples == 0:
         raise ValueError("logits should hold at least one example, but got N=0")
-    if not np.issubdtype(targets_np.dtype, np.integer):
-        if not np.issubdtype(targets_np.dtype, np.floating) or not np.all(
-            targets_np == np.round(targets_np)
-        ):
-            raise ValueError(
-                f"targets should be integer class labels, but got dtype {targets_np.dtype}"
-            )
+    if not is_integer_valued(targets_np):
+        raise ValueError(
+            f"targets should be integer class labels, but got dtype {targets_np.dtype}"
+        )
     targets_np = targets_np.astype(np.int64)
     low, high = int(targets_np.min()), int(targets_np.max())
     if low < 0 or high >= num_classes:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
+from useful_data._checks import is_integer_valued
+
 __all__ = ["INPUT_KEYS", "TARGET_KEYS", "dataset_targets", "split_batch"]
 
 #: Keys tried, in order, for the model input of a dict-shaped dataset item.
@@ -60,10 +62,7 @@ def _labels(values: Any, size: int | None) -> np.ndarray | None:
         return None
     if array.ndim != 1 or array.dtype == object or (size is not None and len(array) != size):
         return None
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        if not np.issubdtype(array.dtype, np.floating) or not np.all(array == np.round(array)):
-            return None
-    return array.astype(np.int64, copy=False)
+    return array.astype(np.int64, copy=False) if is_integer_valued(array) else None
 
 
 def _reader_targets(dataset: Dataset[Any]) -> np.ndarray | None:
