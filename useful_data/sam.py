@@ -149,6 +149,11 @@ class SAM(Optimizer):
         # the fp16 recipe) is SAM's real update.
         self._opt_called = True
 
+    def _fill_defaults(self, group: dict[str, Any]) -> None:
+        """Give ``group`` the constructor's ``rho``, ``adaptive`` and ``eta`` where it has none."""
+        for key in ("rho", "adaptive", "eta"):
+            group.setdefault(key, self.defaults[key])
+
     @property
     def perturbed(self) -> bool:
         """Whether the parameters are at ``w + e(w)`` (after :meth:`first_step`, before the
@@ -167,9 +172,7 @@ class SAM(Optimizer):
                 not a bool.
             ValueError: If the group's ``rho`` is negative or not finite.
         """
-        param_group.setdefault("rho", self.defaults["rho"])
-        param_group.setdefault("adaptive", self.defaults["adaptive"])
-        param_group.setdefault("eta", self.defaults["eta"])
+        self._fill_defaults(param_group)
         _check_rho(param_group["rho"])
         _check_adaptive(param_group["adaptive"])
         _check_rho(param_group["eta"], "eta")
@@ -347,9 +350,7 @@ class SAM(Optimizer):
         # Optimizer.load_state_dict replaces param_groups with a new list: share it again.
         self.param_groups = self.base_optimizer.param_groups
         for group in self.param_groups:  # a base optimizer's own state_dict has no rho
-            group.setdefault("rho", self.defaults["rho"])
-            group.setdefault("adaptive", self.defaults["adaptive"])
-            group.setdefault("eta", self.defaults["eta"])
+            self._fill_defaults(group)
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer.__getstate__ keeps only defaults/state/param_groups; copy.deepcopy and
@@ -361,8 +362,9 @@ class SAM(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:  # pickled before eta existed
-            group.setdefault("eta", self.defaults.setdefault("eta", 0.0))
+        self.defaults.setdefault("eta", 0.0)  # pickled before eta existed
+        for group in self.param_groups:
+            self._fill_defaults(group)
         # optimizer hooks are not pickled: hook the (unpickled) base optimizer again
         self.base_optimizer.register_step_post_hook(self._base_stepped)
 
@@ -381,8 +383,8 @@ class SAM(Optimizer):
                     )
                 key = (index, p.device, p.dtype)
                 if key not in buckets:
-                    eta = group.get("eta", 0.0)  # a group added to base_optimizer directly
-                    buckets[key] = _Bucket(group["rho"], group["adaptive"], eta, p.dtype)
+                    self._fill_defaults(group)  # a group added to base_optimizer directly
+                    buckets[key] = _Bucket(group["rho"], group["adaptive"], group["eta"], p.dtype)
                 state = self.state[p]
                 t_w = _buffer(state, "t_w", p) if buckets[key].offset else None
                 buckets[key].add(p, _buffer(state, "old_p", p), _buffer(state, "e_w", p), t_w)
