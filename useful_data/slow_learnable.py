@@ -110,13 +110,17 @@ def find_slow_learnable(
             not).
         features: Cluster on raw ``"logits"`` (the paper) or softmax ``"probs"``.
         n_init: k-means++ restarts per class (best inertia kept).
-        seed: Seed of the k-means restarts; the result is deterministic given it.
+        seed: Seed of the k-means restarts; the result is deterministic given it (with
+            ``"sklearn"``, given the thread count too: scikit-learn's float32 sums, and so
+            its choice between two near-tied partitions, depend on it).
         backend: ``"auto"`` (cuML where a GPU is usable, else ``"torch"``), ``"cuml"``,
             ``"sklearn"`` (one scikit-learn ``KMeans`` per class), or ``"torch"``:
             scikit-learn's k-means reproduced in torch (same seeds, stopping rule and
-            restart choice, so the same labels), every restart of many classes batched,
-            on ``device``; 3-6x faster than ``"sklearn"`` on a 2-core CPU at ImageNet scale
-            and 3-3.5 s for ImageNet-1k on one H100 (see the benchmarks page).
+            restart choice, so the same labels, except where two partitions' inertias agree
+            to float32 rounding, ~1e-6 relative, and either may win), every restart of
+            many classes batched, on ``device``; 3-6x faster than ``"sklearn"`` on a
+            2-core CPU at ImageNet scale and 3-3.5 s for ImageNet-1k on one H100 (see the
+            benchmarks page).
         upsample_factor: Stored on the result as the factor to upsample with (paper: 2).
         batch_size: Batch size for collecting outputs; ``None``: 128 on a CPU, 256 on a GPU
             (`useful_data.collect.default_batch_size`).
