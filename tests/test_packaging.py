@@ -1,0 +1,73 @@
+"""The distributions hold what they should: the wheel the package, the sdist its test suite."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Build the sdist and the wheel with setuptools' PEP 517 hooks (no network, no isolation)."""
+    # from a copy without *.egg-info: setuptools would add the files its old SOURCES.txt lists
+    src, out = tmp_path_factory.mktemp("src") / "useful-data", tmp_path_factory.mktemp("dist")
+    skip = ("*.egg-info", ".git", ".venv", "build", "dist", "site", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*skip))
+    # (the path is read once: setuptools' hooks rewrite sys.argv)
+    code = "import sys; from setuptools import build_meta as b; out = sys.argv[1]; "
+    code += "b.build_sdist(out); b.build_wheel(out)"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out)], cwd=src, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (sdist,), (wheel,) = out.glob("*.tar.gz"), out.glob("*.whl")
+    return sdist, wheel
+
+
+def test_sdist_carries_what_its_tests_read(dists: tuple[Path, Path]) -> None:
+    with tarfile.open(dists[0]) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    # conftest.py: 9 test files import from it; docs/ and mkdocs.yml: test_docs reads them;
+    # examples/ and benchmarks/: test_examples and test_benchmarks run them.
+    for needed in (
+        "LICENSE",
+        "README.md",
+        "mkdocs.yml",
+        "tests/conftest.py",
+        "tests/test_docs.py",
+        "docs/api.md",
+        "docs/assets/alignment.png",
+        "examples/quickstart.py",
+        "benchmarks/bench_selection.py",
+        "useful_data/py.typed",
+    ):
+        assert needed in names, f"{needed} missing from the sdist"
+    tracked = subprocess.run(
+        ["git", "ls-files", "tests", "examples", "benchmarks", "docs", "useful_data"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if tracked.returncode == 0:  # in a git checkout: every tracked file of these folders
+        assert set(tracked.stdout.split()) <= names
+
+
+def test_wheel_is_the_package_only(dists: tuple[Path, Path]) -> None:
+    with zipfile.ZipFile(dists[1]) as whl:
+        names = set(whl.namelist())
+        info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = whl.read(f"{info}/METADATA").decode()
+        entry_points = whl.read(f"{info}/entry_points.txt").decode()
+    assert {name.split("/", 1)[0] for name in names} == {"useful_data", info}
+    assert {"useful_data/py.typed", "useful_data/cli.py", "useful_data/sam.py"} <= names
+    assert "License-Expression: MIT" in metadata
+    assert "Framework :: Pytest" not in metadata
+    assert "useful-data = useful_data.cli:main" in entry_points
