@@ -406,3 +406,57 @@ def test_defaults_are_the_papers():
         Selection(mask=np.ones(2, bool), loss=np.ones(2), targets=np.zeros(2, int)).upsample_factor
         == 2
     )
+
+
+def test_default_features_are_raw_logits_not_probs():
+    """The paper clusters raw logits. Softmax drops an offset common to all of a row's logits,
+    so two groups that differ only by such an offset (+10 / -10) split on logits, not on probs."""
+    margin = np.array([3.0] * 8 + [-1.0] * 2 + [3.0] * 2 + [-1.0] * 8, dtype=np.float32)
+    offset = np.array([10.0] * 10 + [-10.0] * 10, dtype=np.float32)
+    logits = np.stack([offset + margin, offset], axis=1)
+    targets = np.zeros(20, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the offset split is weak by loss
+        on_logits = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+        on_probs = find_slow_learnable(
+            logits=logits, targets=targets, backend="sklearn", features="probs"
+        )
+    assert on_logits.indices.tolist() == list(range(10, 20))  # the -10 group: higher mean loss
+    assert on_probs.indices.tolist() == [8, 9, *range(12, 20)]  # margin -1: the high-loss rows
+
+
+def test_each_class_is_clustered_in_dataset_order():
+    """Each class is clustered as KMeans(...).fit_predict(logits[targets == c]) clusters it:
+    rows in dataset order (an unstable sort of the labels would permute them, and k-means++
+    draws its seeds by row index), the higher-loss cluster selected."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(1500, 6)).astype(np.float32)
+    targets = rng.integers(0, 6, 1500)
+    with warnings.catch_warnings(), threadpool_limits(1):  # one thread: no float32 near-ties
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn", seed=3)
+        expected = np.zeros(1500, dtype=bool)
+        for c in range(6):
+            rows = np.flatnonzero(targets == c)
+            km = KMeans(2, n_init=10, random_state=3, algorithm="lloyd")
+            one = km.fit_predict(logits[rows]) == 1
+            loss = sel.loss[rows]
+            expected[rows[one if loss[one].mean() > loss[~one].mean() else ~one]] = True
+    np.testing.assert_array_equal(sel.mask, expected)
+
+
+def test_a_class_k_means_leaves_in_one_cluster_is_unsplit_and_warned(monkeypatch):
+    """A backend answering one cluster (all 0 or all 1) upsamples none of the class."""
+    from useful_data._cluster import KMeans2
+
+    logits = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
+    targets = np.zeros(10, dtype=np.int64)
+    for answer in (np.zeros(10, dtype=np.int64), np.ones(10, dtype=np.int64)):
+        monkeypatch.setattr(KMeans2, "fit_predict_many", lambda self, x, g, a=answer: [a])
+        with pytest.warns(RuntimeWarning, match="k-means put all their examples in one cluster"):
+            sel = find_slow_learnable(logits=logits, targets=targets)
+        assert sel.num_slow_learnable == 0
+        assert sel.unsplit == {0: "k-means found a single cluster"}

@@ -53,6 +53,20 @@ logger = logging.getLogger(__name__)
 
 #: `Selection.unsplit` reason of a class whose two clusters have the same mean loss.
 EQUAL_LOSS = "equal mean loss in both clusters"
+SINGLE_CLUSTER = "k-means found a single cluster"
+IDENTICAL = "identical outputs"
+# the unsplit reasons that warn (a single-example class is expected): what happened, and a hint
+_UNSPLIT_WARNINGS = {
+    IDENTICAL: (
+        "all their outputs are identical",
+        "; is the model trained, or is the separating epoch too early?",
+    ),
+    SINGLE_CLUSTER: ("k-means put all their examples in one cluster", ""),
+    EQUAL_LOSS: (
+        "their two clusters have the same mean loss",
+        ", so neither is the slow-learnable one",
+    ),
+}
 
 FEATURES = ("logits", "probs")
 
@@ -92,9 +106,10 @@ def find_slow_learnable(
 
     For every class separately, k-means with two clusters runs on the outputs; the cluster with
     the higher mean cross-entropy is slow-learnable. A class with a single example, whose
-    outputs are all identical, or whose two clusters have exactly the same mean loss, is not
-    split (none of it is upsampled) and is reported in `Selection.unsplit` and
-    `Selection.class_summary`.
+    outputs are all identical, that k-means leaves in one cluster, or whose two clusters have
+    exactly the same mean loss, is not split (none of it is upsampled) and is reported in
+    `Selection.unsplit` and `Selection.class_summary` (with a warning, except for a single
+    example).
 
     Args:
         model: The model after ``t`` epochs. Requires ``dataset``.
@@ -355,7 +370,7 @@ def select_from_logits(
         if members.size < 2:
             unsplit[label] = "single example"
         elif (feats[members] == feats[members[0]]).all():
-            unsplit[label] = "identical outputs"
+            unsplit[label] = IDENTICAL
         else:
             to_split.append((label, members))
     assignments = kmeans.fit_predict_many(feats, [members for _, members in to_split])
@@ -363,7 +378,7 @@ def select_from_logits(
         member_loss = loss[members]
         in_one = assignment == 1
         if in_one.all() or not in_one.any():
-            unsplit[label] = "k-means found a single cluster"
+            unsplit[label] = SINGLE_CLUSTER
             continue
         # Algorithm 1: the cluster with the higher average loss is slow-learnable.
         mean_one, mean_zero = member_loss[in_one].mean(), member_loss[~in_one].mean()
@@ -373,24 +388,15 @@ def select_from_logits(
         slow = in_one if mean_one > mean_zero else ~in_one
         mask[members[slow]] = True
 
-    identical = [c for c, why in unsplit.items() if why not in ("single example", EQUAL_LOSS)]
-    if identical:
-        warnings.warn(
-            f"{len(identical)} class(es) were not split because all their outputs are "
-            f"identical (labels {identical[:10]}{'...' if len(identical) > 10 else ''}); "
-            "is the model trained, or is the separating epoch too early?",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    tied = [c for c, why in unsplit.items() if why == EQUAL_LOSS]
-    if tied:
-        warnings.warn(
-            f"{len(tied)} class(es) were not split because their two clusters have the same "
-            f"mean loss (labels {tied[:10]}{'...' if len(tied) > 10 else ''}), so neither is "
-            "the slow-learnable one",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    for why, (message, hint) in _UNSPLIT_WARNINGS.items():
+        which = [c for c, reason in unsplit.items() if reason == why]
+        if which:
+            warnings.warn(
+                f"{len(which)} class(es) were not split because {message} (labels "
+                f"{which[:10]}{'...' if len(which) > 10 else ''}){hint}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     if unsplit:
         logger.info("classes not split: %s", unsplit)
     if strategy == "random":  # k-means' count per class, drawn uniformly (Figure 6 baseline)
