@@ -238,3 +238,41 @@ def test_model_output_forms():
     model = _Returns(lambda f, z: {"features": f})
     with pytest.raises(TypeError, match="the model should return logits"):
         collect_outputs(model, data, progress=False)
+
+
+def test_outputs_are_eval_mode_outputs_and_batchnorm_statistics_are_untouched():
+    """Dropout off and BatchNorm on its running statistics while collecting; the model is
+    left in training mode with the statistics it had."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    model.train()
+    x = torch.randn(32, 4)
+    stats = model[1].running_mean.clone()
+    outputs, _ = collect_outputs(
+        model, TensorDataset(x, torch.zeros(32, dtype=torch.long)), batch_size=8, progress=False
+    )
+    assert model.training
+    assert torch.equal(model[1].running_mean, stats)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    torch.testing.assert_close(outputs, expected)
+
+
+def test_a_model_whose_output_width_depends_on_the_layout_falls_back():
+    """A channels_last output of another shape is caught (warning, inputs as they come)."""
+
+    class LayoutDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x).mean((2, 3))
+            if not x.is_contiguous():  # channels_last input
+                y = torch.cat([y, y[:, :1]], dim=1)
+            return y
+
+    data = TensorDataset(torch.randn(6, 3, 4, 4), torch.zeros(6, dtype=torch.long))
+    with pytest.warns(UserWarning, match="memory layout"):
+        outputs, _ = collect_outputs(LayoutDependent(), data, progress=False)
+    assert outputs.shape == (6, 3)

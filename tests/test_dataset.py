@@ -219,3 +219,14 @@ def test_remapped_lists_are_built_once_and_follow_a_replaced_list():
     import pickle
 
     assert "_remap_cache" not in pickle.loads(pickle.dumps(ds)).__dict__  # not shipped
+
+
+def test_a_labels_attribute_that_is_not_per_example_is_passed_through():
+    """`.labels` holding class names (not one entry per example) is not remapped."""
+
+    class Named(TensorDataset):
+        labels = ("cat", "dog")
+
+    base = Named(torch.arange(5.0), torch.tensor([0, 0, 1, 1, 1]))
+    ds = USEFULDataset(base, np.array([True, False, False, False, True]))
+    assert ds.labels == ("cat", "dog")

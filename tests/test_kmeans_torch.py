@@ -228,3 +228,20 @@ def test_dense_loop_equals_sklearn_and_the_compacting_loop(max_iter):
     a, _ = _kmeans2_padded(torch.from_numpy(padded), sizes, dense=True, **kwargs)
     b, _ = _kmeans2_padded(torch.from_numpy(padded), sizes, dense=False, **kwargs)
     assert torch.equal(a, b)
+
+
+def test_padded_classes_far_from_the_origin_equal_one_at_a_time():
+    """Each class in a padded chunk is centered on its own mean (over its rows, not the
+    padding): with data far from the origin a wrong mean inflates the tolerance and Lloyd
+    stops early. (The other batching tests use data centered near 0.)"""
+    rng = np.random.default_rng(2)
+    sizes = [34, 14, 8, 15, 19, 300]  # padded to 300 in one chunk
+    blocks = [  # uniform (no clear split: Lloyd needs several steps), far from the origin
+        (rng.uniform(size=(n, 6)) + 100.0 * rng.normal(size=6)).astype(np.float32) for n in sizes
+    ]
+    alone = [kmeans2(torch.from_numpy(b), n_init=5, seed=3)[0].numpy() for b in blocks]
+    bounds = np.cumsum([0, *sizes])
+    groups = [np.arange(a, b) for a, b in itertools.pairwise(bounds)]
+    batched = kmeans2_many(np.concatenate(blocks), groups, n_init=5, seed=3)
+    for a, b in zip(alone, batched, strict=True):
+        np.testing.assert_array_equal(a, b)

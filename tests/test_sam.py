@@ -715,3 +715,15 @@ def test_a_group_added_to_the_base_optimizer_directly_steps_with_eta_0():
     optimizer = SAM(first, torch.optim.SGD, rho=0.1, lr=0.1)
     optimizer.base_optimizer.add_param_group({"params": second, "rho": 0.1, "adaptive": True})
     _manual_step(model, optimizer, *_batch())  # no KeyError for the group's missing eta
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_an_all_zero_gradient_gives_no_perturbation(adaptive: bool) -> None:
+    """e(w) = rho T^2 g / (||T g|| + eps) is 0, not NaN, when g = 0."""
+    w = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = SAM([w], torch.optim.SGD, rho=0.1, adaptive=adaptive, lr=0.1)
+    w.grad = torch.zeros(2)
+    opt.first_step()
+    assert torch.equal(w.detach(), torch.tensor([1.0, -2.0]))
+    opt.second_step()
+    assert torch.equal(w.detach(), torch.tensor([1.0, -2.0]))

@@ -206,3 +206,21 @@ def test_epoch_order_is_the_multiset_permuted_by_a_generator_seeded_seed_plus_ep
         sampler.set_epoch(epoch)
         order = torch.randperm(8, generator=torch.Generator().manual_seed(11 + epoch))
         assert list(sampler) == multiset[order].tolist()
+
+
+def test_len_is_one_rank_s_length_as_distributed_sampler_s():
+    for drop_last in (False, True):
+        for rank in range(3):  # 6 examples, 2 upsampled: 8 indices over 3 ranks
+            sampler = UpsampleSampler(
+                [1, 3], num_examples=6, num_replicas=3, rank=rank, drop_last=drop_last
+            )
+            ref = DistributedSampler(range(8), num_replicas=3, rank=rank, drop_last=drop_last)
+            assert len(sampler) == len(list(sampler)) == len(ref)
+
+
+def test_more_replicas_than_indices_pads_by_repeating_as_distributed_sampler_does():
+    for rank in range(5):
+        sampler = UpsampleSampler(np.zeros(2, dtype=bool), num_replicas=5, rank=rank, shuffle=False)
+        ref = DistributedSampler(range(2), num_replicas=5, rank=rank, shuffle=False)
+        assert list(sampler) == list(ref)
+        assert len(list(sampler)) == len(sampler) == 1

@@ -160,3 +160,22 @@ def test_save_names_a_missing_folder_or_a_folder_given_as_the_file(tmp_path, sel
     with pytest.raises(IsADirectoryError, match=r"path should be a file path, but .* is a folder"):
         selection.save(tmp_path)
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
+
+
+def test_save_load_keeps_a_non_default_upsample_factor(tmp_path):
+    sel = Selection(
+        mask=np.array([True, False]), loss=np.ones(2), targets=np.zeros(2, int), upsample_factor=3
+    )
+    assert Selection.load(sel.save(tmp_path / "s.npz")).upsample_factor == 3
+
+
+def test_separation_weights_classes_by_their_examples():
+    """Class 0 (8 examples): AUC 1, gap 1; class 1 (2 examples): AUC 0, gap -1."""
+    sel = Selection(
+        mask=np.array([True] * 4 + [False] * 4 + [True, False]),
+        loss=np.array([2.0] * 4 + [1.0] * 4 + [0.0, 1.0], dtype=np.float32),
+        targets=np.array([0] * 8 + [1] * 2),
+    )
+    sep = sel.separation
+    assert sep.auc == pytest.approx((8 * 1.0 + 2 * 0.0) / 10)
+    assert sep.loss_gap == pytest.approx((8 * 1.0 + 2 * -1.0) / 10)
