@@ -698,7 +698,8 @@ def test_kwon_asam_recipe_eta_and_non_adaptive_biases():
     for p, e in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-12)
     assert set(optimizer.state[weights[0]]) == {"old_p", "e_w", "t_w"}
-    assert optimizer.param_groups[1]["eta"] == 0.01  # unused there: not adaptive
+    assert optimizer.param_groups[1]["eta"] == 0.01  # unused there: not adaptive, no T_w
+    assert set(optimizer.state[biases[0]]) == {"old_p", "e_w"}
 
 
 def test_eta_is_checked_like_rho():
