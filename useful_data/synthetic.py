@@ -79,7 +79,8 @@ def make_simplicity_bias_data(
         dim: Patch dimension ``d`` (>= 3: two features and room for noise).
         num_patches: ``P >= 3`` patches per example.
         beta_e: Strength of the fast-learnable feature.
-        beta_d: Strength of the slow-learnable feature (``0 <= beta_d < beta_e``).
+        beta_d: Strength of the slow-learnable feature (``0 <= beta_d <= beta_e``; the
+            paper's Definition 3.1 has ``beta_d < beta_e``; its Figure 8 uses equal ones).
         alpha: Probability that an example has the fast-learnable feature.
         noise_std: Per-coordinate std of the noise patches, ``sigma_p / sqrt(d)``.
         shuffle_patches: Put the patches in a random order per example (Section 5.1).
