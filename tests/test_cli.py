@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import two_blob_logits
+from torch.utils.data import TensorDataset
 
 from useful_data import Selection, __version__, find_slow_learnable
 from useful_data.cli import main
@@ -262,3 +263,88 @@ def test_select_takes_the_eval_config_from_the_training_run(monkeypatch, tmp_pat
     assert "from the checkpoint's training arguments: input_size=(3, 40, 40)" in (
         capsys.readouterr().out
     )
+
+
+@pytest.fixture
+def stub_select(monkeypatch):
+    """Stubs for everything `useful-data select` calls; records their arguments."""
+    import useful_data.slow_learnable as slow_learnable
+
+    seen = {"targets": torch.tensor([0, 1, 2, 1])}
+
+    def model(*args, **kwargs):
+        seen["model"] = kwargs
+        return torch.nn.Linear(1, 1)
+
+    def dataset(*args, **kwargs):
+        seen["dataset"] = (args, kwargs)
+        return TensorDataset(torch.zeros(len(seen["targets"]), 1), seen["targets"])
+
+    def find(*args, **kwargs):
+        seen["find"] = kwargs
+        raise SystemExit(0)
+
+    monkeypatch.setattr("useful_data.timm.create_timm_model", model)
+    monkeypatch.setattr("useful_data.timm.create_eval_dataset", dataset)
+    monkeypatch.setattr("useful_data.timm.checkpoint_data_config", lambda path: {})
+    monkeypatch.setattr(slow_learnable, "find_slow_learnable", find)
+    return seen
+
+
+def _argv(tmp_path, *extra):
+    return ["select", "--model", "m", "--checkpoint", "c", "--num-classes", "3",
+            "--data-dir", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "s.npz"),
+            *extra]  # fmt: skip
+
+
+def test_select_passes_its_defaults_on(stub_select, tmp_path):
+    """Defaults: split train, 4 workers, seed 0, auto backend, factor 2, progress on."""
+    with pytest.raises(SystemExit):
+        main(_argv(tmp_path))
+    find, (_, ds_kwargs) = stub_select["find"], stub_select["dataset"]
+    assert ds_kwargs["split"] == "train" and ds_kwargs["download"] is False
+    assert stub_select["model"]["use_ema"] is False
+    assert (find["num_workers"], find["seed"], find["backend"]) == (4, 0, "auto")
+    assert (find["upsample_factor"], find["batch_size"], find["progress"]) == (2, None, True)
+
+
+def test_select_passes_every_flag_on(stub_select, tmp_path):
+    """Every flag reaches the function that uses it."""
+    extra = ["--split", "val", "--class-map", "map.txt", "--download", "--use-ema",
+             "--workers", "0", "--seed", "5", "--backend", "sklearn", "--upsample-factor", "3",
+             "--batch-size", "16", "--no-progress"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(_argv(tmp_path, *extra))
+    find, (_, ds_kwargs) = stub_select["find"], stub_select["dataset"]
+    assert ds_kwargs["split"] == "val" and ds_kwargs["class_map"] == "map.txt"
+    assert ds_kwargs["download"] is True and stub_select["model"]["use_ema"] is True
+    assert (find["num_workers"], find["seed"], find["backend"]) == (0, 5, "sklearn")
+    assert (find["upsample_factor"], find["batch_size"], find["progress"]) == (3, 16, False)
+
+
+def test_select_rejects_a_label_equal_to_num_classes(stub_select, tmp_path, capsys):
+    """Labels 0..3 do not fit --num-classes 3."""
+    stub_select["targets"] = torch.tensor([0, 1, 2, 3])
+    assert main(_argv(tmp_path)) == 1
+    assert "labels up to 3 but --num-classes is 3" in capsys.readouterr().err
+
+
+def test_select_reports_a_type_error_cleanly(stub_select, monkeypatch, tmp_path, capsys):
+    """A TypeError while selecting is an error message and exit code 1, not a traceback."""
+
+    def bad(*args, **kwargs):
+        raise TypeError("dataset items should be tensors")
+
+    monkeypatch.setattr("useful_data.timm.create_eval_dataset", bad)
+    assert main(_argv(tmp_path)) == 1
+    assert capsys.readouterr().err.startswith("useful-data select: error:")
+
+
+def test_select_checks_the_cuda_device_index(monkeypatch, tmp_path, capsys):
+    """cuda:1 on a machine with one CUDA device is an error."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    argv = _argv(tmp_path)
+    argv[argv.index("cpu")] = "cuda:1"
+    assert main(argv) == 1
+    assert "1 CUDA device(s)" in capsys.readouterr().err

@@ -12,6 +12,19 @@ from conftest import two_blob_logits
 from useful_data import _cluster, find_slow_learnable
 
 
+def _install_cuml(monkeypatch, kmeans_cls):
+    """Make ``cuml.cluster.KMeans`` importable as ``kmeans_cls``, with a CUDA device."""
+    cuml = types.ModuleType("cuml")
+    cluster = types.ModuleType("cuml.cluster")
+    cluster.KMeans = kmeans_cls
+    cuml.cluster = cluster
+    cuml.__spec__ = types.SimpleNamespace(name="cuml")  # find_spec looks at sys.modules first
+    monkeypatch.setitem(sys.modules, "cuml", cuml)
+    monkeypatch.setitem(sys.modules, "cuml.cluster", cluster)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    _cluster._cuml_probe.cache_clear()
+
+
 @pytest.fixture
 def fake_cuml(monkeypatch):
     """A cuML that imports fine and fails at fit, as on a machine without a usable GPU."""
@@ -28,15 +41,7 @@ def fake_cuml(monkeypatch):
         def fit_predict(self, x):
             self.fit(x)
 
-    cuml = types.ModuleType("cuml")
-    cluster = types.ModuleType("cuml.cluster")
-    cluster.KMeans = KMeans
-    cuml.cluster = cluster
-    cuml.__spec__ = types.SimpleNamespace(name="cuml")  # find_spec looks at sys.modules first
-    monkeypatch.setitem(sys.modules, "cuml", cuml)
-    monkeypatch.setitem(sys.modules, "cuml.cluster", cluster)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    _cluster._cuml_probe.cache_clear()
+    _install_cuml(monkeypatch, KMeans)
     yield calls
     _cluster._cuml_probe.cache_clear()
 
@@ -108,3 +113,47 @@ def test_cuml_and_sklearn_give_the_same_partition():
     b = find_slow_learnable(logits=logits, targets=targets, backend="cuml")
     assert b.params["backend"] == "cuml"
     np.testing.assert_array_equal(a.mask, b.mask)  # slow = higher loss: label swap irrelevant
+
+
+@pytest.fixture
+def usable_cuml(monkeypatch):
+    """A cuML whose k-means works (records its arguments)."""
+    made = []
+
+    class KMeans:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+
+        def fit(self, x):
+            return self
+
+        def fit_predict(self, x):
+            return (np.asarray(x)[:, 0] > np.asarray(x)[:, 0].mean()).astype(np.int32)
+
+    _install_cuml(monkeypatch, KMeans)
+    yield made
+    _cluster._cuml_probe.cache_clear()
+
+
+def test_usable_cuml_is_picked_by_auto_only(usable_cuml):
+    """auto -> cuml where usable; explicit torch/sklearn are kept; cuML gets n_init and seed."""
+    assert _cluster.resolve_backend("auto") == "cuml"
+    assert _cluster.resolve_backend("torch") == "torch"
+    assert _cluster.resolve_backend("sklearn") == "sklearn"
+    km = _cluster.KMeans2("auto", n_init=7, seed=3)
+    labels = km.fit_predict(np.array([[0.0], [0.1], [5.0], [5.1]], dtype=np.float32))
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]
+    assert usable_cuml[-1]["n_init"] == 7 and usable_cuml[-1]["random_state"] == 3
+
+
+def test_cuml_without_a_cuda_device_is_not_used(usable_cuml, monkeypatch):
+    """An importable cuML that could fit is still not used without a CUDA device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _cluster._cuml_probe.cache_clear()
+    with pytest.warns(RuntimeWarning, match="no CUDA device"):
+        assert _cluster.resolve_backend("auto") == "torch"
+
+
+def test_kmeans2_keeps_its_device():
+    """The torch backend computes where it is told."""
+    assert _cluster.KMeans2("torch", device="cuda:1").device == torch.device("cuda:1")

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from conftest import two_blob_logits
 
 from useful_data import Selection, find_slow_learnable
@@ -150,3 +151,29 @@ def test_plot_selection_checks_its_arguments():
     with pytest.raises(TypeError, match="selection should be a Selection"):
         plot_selection(sel.mask)
     assert len(plot_selection(sel, class_names=["a", "b", "c"]).axes) == 1
+
+
+def test_to_image_array_rescales_and_handles_rgba_tensors():
+    """Min-max to [0, 1]; a (4, H, W) tensor is channels-first."""
+    from useful_data.plot import to_image_array
+
+    out = to_image_array(torch.arange(12.0).reshape(3, 2, 2) * 10 + 5)
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert to_image_array(torch.rand(4, 8, 8)).shape == (8, 8, 3)
+
+
+def test_plot_grid_puts_slow_examples_left_and_caps_classes():
+    """Left half of a grid row shows slow-learnable images; max_classes caps the rows."""
+    pytest.importorskip("matplotlib")
+    from useful_data.plot import plot_selection
+
+    targets = np.array([0, 0, 1, 1])
+    mask = np.array([True, False, True, False])
+    sel = Selection(mask=mask, loss=mask.astype(float), targets=targets)
+    slow, fast = np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]])
+    data = [(slow if m else fast, int(t)) for m, t in zip(mask, targets, strict=True)]
+    fig = plot_selection(sel, data, num_per_class=1, max_classes=1)
+    grid = [ax for ax in fig.axes if ax.get_images()]
+    assert len(grid) == 2  # one class, one slow and one fast image
+    left = min(grid, key=lambda ax: ax.get_position().x0)
+    np.testing.assert_allclose(left.get_images()[0].get_array()[0, :, 0], [0.0, 1.0])

@@ -157,3 +157,60 @@ def test_bad_curves():
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         SeparatingEpoch(**kwargs)
+
+
+def test_separating_epoch_argument_boundaries():
+    """max_fraction=1 and min_epochs == total_epochs are allowed; the cap is floored."""
+    assert SeparatingEpoch(total_epochs=10, max_fraction=1.0).max_epoch == 10
+    assert SeparatingEpoch(total_epochs=3, min_epochs=3).max_epoch == 3
+    assert SeparatingEpoch(total_epochs=101, max_fraction=0.1).max_epoch == 10  # floor(10.1)
+    assert SeparatingEpoch(total_epochs=200).max_epoch == 40  # default max_fraction=0.2
+    linear = np.linspace(90.0, 10.0, 100)  # the rule never fires: the default cap decides
+    assert find_separating_epoch(linear) == 20
+
+
+def test_find_separating_epoch_defaults_match_the_online_detector():
+    """On a short schedule the cap is max(min_epochs=3, ...), online and offline."""
+    curve = [10.0, 9.0, 8.0, 7.0, 6.0]  # constant decrease: only the cap can fire
+    detector = SeparatingEpoch(total_epochs=len(curve))
+    online = next(i for i, v in enumerate(curve, start=1) if detector.update(v))
+    assert online == find_separating_epoch(curve) == 3
+
+
+def test_smoothing_window_grows_from_one_to_smoothing():
+    """``w = min(smoothing, i - 1)``: at epoch 3 the mean decrease is over 2 epochs."""
+    curve = [10.0, 9.0] + [9.0] * 20
+    # d2 = 1 (peak); d3 = (10 - 9) / 2 = 0.5 and d4 = 1/3 are not < 0.25; d5 = 0 is
+    assert find_separating_epoch(curve, patience=1, total_epochs=100) == 5
+
+
+def test_a_curve_that_never_decreased_never_fires_by_the_rule():
+    """Flat, then rising: peak stays 0, so the cap (with its warning) decides, not the rule."""
+    curve = np.array([5.0, 5.0, 5.0] + [6.0 + i for i in range(47)])
+    detector = SeparatingEpoch(total_epochs=50)
+    with pytest.warns(RuntimeWarning, match="never decreased"):
+        epoch = next(i for i, v in enumerate(curve, start=1) if detector.update(v))
+    assert (epoch, detector.reason) == (10, "max_epoch")
+
+
+def test_the_condition_is_strictly_below_the_fraction_of_the_peak():
+    """A decrease exactly at ``fraction * peak`` does not count."""
+    curve = [100.0, 96.0] + [96.0 - i for i in range(1, 30)]  # d2 = 4, then exactly 1 = 0.25 * 4
+    detector = SeparatingEpoch(total_epochs=100, smoothing=1)
+    epoch = next(i for i, v in enumerate(curve, start=1) if detector.update(v))
+    assert (epoch, detector.reason) == (20, "max_epoch")
+
+
+def test_patience_needs_consecutive_epochs():
+    """The streak resets when the condition stops holding."""
+    curve = [100.0, 60.0, 55.0, 30.0, 25.0, 20.0] + [20.0] * 20  # below, above, below, below
+    assert find_separating_epoch(curve, smoothing=1, total_epochs=100) == 6
+
+
+def test_separating_epoch_rejects_empty_and_2d_tensors():
+    """An empty tensor is not one number; a 2-D tensor curve is reported as not 1-D."""
+    detector = SeparatingEpoch(total_epochs=10)
+    with pytest.raises(TypeError, match="one number"):
+        detector.update(torch.tensor([]))
+    with pytest.raises(TypeError, match="1-D"):
+        find_separating_epoch(torch.ones(3, 3))

@@ -169,3 +169,44 @@ def test_rule_helpers_reject_mismatched_lengths():
         select_random_like(np.ones(5, dtype=bool), np.zeros(6, dtype=int))
     with pytest.raises(ValueError, match=r"logits should have shape \(N, C\) and targets"):
         select_misclassified(np.ones((5, 2)), np.zeros(4, dtype=int))
+
+
+def test_random_like_matches_per_class_counts_not_the_global_share():
+    """Class 0 has 2 of 4 selected, class 1 none: the draw keeps those counts."""
+    ref = np.array([True, True, False, False, False, False, False, False])
+    targets = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    draw = select_random_like(ref, targets, seed=0)
+    assert (int(draw[:4].sum()), int(draw[4:].sum())) == (2, 0)
+
+
+def test_random_like_seeding_is_as_documented():
+    """One generator per class, seeded with ``(seed, label)``; the default seed is 0."""
+    ref = np.tile([True, False, False, False], 50)
+    targets = np.repeat([0, 1], 100)
+    draw = select_random_like(ref, targets, seed=7)
+    for label in (0, 1):
+        members = np.flatnonzero(targets == label)
+        rng = np.random.default_rng([7, label])
+        expected = np.zeros_like(draw)
+        expected[rng.choice(members, size=25, replace=False)] = True
+        np.testing.assert_array_equal(draw[members], expected[members])
+    np.testing.assert_array_equal(
+        select_random_like(ref, targets), select_random_like(ref, targets, seed=0)
+    )
+
+
+def test_loss_quantile_is_computed_in_float64():
+    """A float32 loss must not have its threshold rounded onto the top value."""
+    top = np.nextafter(np.float32(1.0), np.float32(2.0))
+    loss = np.array([1.0, top], dtype=np.float32)
+    assert select_loss_quantile(loss, np.zeros(2, int), quantile=0.9).tolist() == [False, True]
+
+
+def test_strategy_helpers_reject_non_1d_inputs():
+    """2-D loss/reference/targets with a matching first dimension are still errors."""
+    with pytest.raises(ValueError, match=r"reference and targets should both have shape"):
+        select_random_like(np.ones((4, 2), bool), np.zeros(4, int))
+    with pytest.raises(ValueError, match=r"loss and targets should both have shape"):
+        select_loss_quantile(np.ones(4), np.zeros((4, 1), int))
+    with pytest.raises(ValueError, match=r"logits should have shape \(N, C\)"):
+        select_misclassified(np.ones((4, 2)), np.zeros((4, 1), int))

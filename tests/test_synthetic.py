@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from useful_data.synthetic import make_simplicity_bias_data
+from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
 
 
 def _patches(data, v):
@@ -48,3 +48,60 @@ def test_synthetic_data_rejects_non_finite_parameters():
     for kwargs in ({"noise_std": float("nan")}, {"noise_std": -0.1}, {"beta_e": float("inf")}):
         with pytest.raises(ValueError, match=r"should be finite|>= 0"):
             make_simplicity_bias_data(10, **kwargs)
+
+
+def test_synthetic_defaults_are_the_papers():
+    """Section 5.1: d=50, P=3, beta_e=1, beta_d=0.2, J=40 filters."""
+    data = make_simplicity_bias_data(400, seed=0)
+    y = (2 * data.targets - 1).float()
+    assert tuple(data.inputs.shape) == (400, 3, 50)
+    on_d = torch.einsum("npd,d->np", data.inputs, data.v_d)
+    on_e = torch.einsum("npd,d->np", data.inputs, data.v_e)
+    assert torch.allclose(on_d.sum(1), 0.2 * y)
+    assert torch.allclose(on_e.sum(1), 1.0 * y * data.has_fast_feature)
+    model = ToyCNN()
+    assert tuple(model.weight.shape) == (40, 50)
+    assert 0.008 < model.weight.std().item() < 0.012  # init_std=0.01
+
+
+def test_synthetic_data_and_model_follow_the_seed():
+    """Same seed, same data and weights; another seed, other labels, inputs and weights."""
+    a, b = make_simplicity_bias_data(200, seed=0), make_simplicity_bias_data(200, seed=0)
+    c = make_simplicity_bias_data(200, seed=1)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    assert not torch.equal(a.targets, c.targets)
+    assert not torch.equal(a.has_fast_feature, c.has_fast_feature)
+    assert torch.equal(ToyCNN(seed=0).weight, ToyCNN(seed=0).weight)
+    assert not torch.equal(ToyCNN(seed=0).weight, ToyCNN(seed=1).weight)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"alpha": 1.5}, {"alpha": -0.1}, {"beta_d": 1.5, "beta_e": 1.0}, {"beta_d": -0.1},
+     {"dim": 2}, {"num_patches": 2}],
+)  # fmt: skip
+def test_synthetic_data_rejects_out_of_range_parameters(kwargs):
+    """alpha is a probability, 0 <= beta_d <= beta_e, d >= 3 and P >= 3."""
+    with pytest.raises(ValueError):
+        make_simplicity_bias_data(10, **kwargs)
+
+
+def test_toy_cnn_cross_entropy_is_the_logistic_loss():
+    """``CE(model(x), label) == log(1 + exp(-y f(x)))`` with ``y = 2 * label - 1``."""
+    data = make_simplicity_bias_data(64, seed=0)
+    model = ToyCNN(init_std=0.3, seed=0)
+    with torch.no_grad():
+        f = model.score(data.inputs)
+        ce = torch.nn.functional.cross_entropy(model(data.inputs), data.targets, reduction="none")
+    y = (2 * data.targets - 1).float()
+    assert f.abs().max() > 0.1  # not trivially zero
+    torch.testing.assert_close(ce, torch.nn.functional.softplus(-y * f))
+
+
+def test_feature_alignment_is_the_signed_max():
+    """``max_j <w_j, v>``, not the largest absolute value."""
+    model = ToyCNN(dim=3, num_filters=2)
+    v = torch.tensor([1.0, 0.0, 0.0])
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-2.0, 0.0, 0.0], [0.5, 0.0, 0.0]]))
+    assert model.feature_alignment(v) == pytest.approx(0.5)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import types
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_image_folder
+from torch.utils.data import TensorDataset
+
+from useful_data._targets import dataset_targets
 
 timm = pytest.importorskip("timm")
 from timm.data import create_dataset, create_loader  # noqa: E402
 
 from useful_data import Selection, USEFULDataset  # noqa: E402
-from useful_data._targets import dataset_targets  # noqa: E402
 from useful_data.timm import (  # noqa: E402
     checkpoint_data_config,
     create_eval_dataset,
@@ -204,3 +207,96 @@ def test_checkpoint_data_config_and_eval_normalization(image_root, model, tmp_pa
     assert checkpoint_data_config(tmp_path / "bare.pth") == {}
     with pytest.raises(ValueError, match="one value per input channel"):
         create_eval_dataset("", image_root, model=model, mean=(0.5, 0.5))
+
+
+def test_inspect_plot_passes_class_names_and_defaults(monkeypatch, tmp_path):
+    """--plot with --data-dir: class names from the dataset, 6 per class, 10 classes, seed 0."""
+    import timm.data
+
+    from useful_data.cli import main
+
+    seen = {}
+    fake = types.SimpleNamespace(reader=types.SimpleNamespace(class_to_idx={"cat": 0, "dog": 1}))
+    monkeypatch.setattr(timm.data, "create_dataset", lambda *a, **k: fake)
+    monkeypatch.setattr("useful_data.plot.plot_selection", lambda *a, **k: seen.update(k))
+    sel = Selection(mask=np.array([True, False]), loss=np.ones(2), targets=np.array([0, 1]))
+    path = str(sel.save(tmp_path / "s.npz"))
+    argv = ["inspect", path, "--plot", str(tmp_path / "p.png"), "--data-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert seen["class_names"] == ["cat", "dog"]
+    assert (seen["num_per_class"], seen["max_classes"], seen["seed"]) == (6, 10, 0)
+
+
+def test_create_timm_model_returns_eval_mode(model):
+    """As documented: the model comes back in eval mode (BatchNorm uses running stats)."""
+    assert not model.training
+
+
+def test_extract_state_dict_reads_every_documented_key():
+    """``model``/``model_ema`` too; ``state_dict`` wins over ``model``."""
+    from useful_data.timm import extract_state_dict
+
+    a, b = torch.zeros(1), torch.ones(1)
+    assert list(extract_state_dict({"model": {"module.w": a}, "epoch": 1})) == ["w"]
+    assert list(extract_state_dict({"model_ema": {"w": a}}, use_ema=True)) == ["w"]
+    both = extract_state_dict({"state_dict": {"w": a}, "model": {"w": b}})
+    assert torch.equal(both["w"], a)
+
+
+def test_checkpoint_that_does_not_fit_is_a_value_error(model, tmp_path):
+    """Only unexpected keys, or a missing classifier, are ValueErrors naming the keys."""
+    from useful_data.timm import load_timm_checkpoint
+
+    extra = dict(model.state_dict(), **{"extra.weight": torch.zeros(1)})
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match="unexpected key"):
+        load_timm_checkpoint(model, tmp_path / "extra.pth")
+    missing = {k: v for k, v in model.state_dict().items() if k != "fc.weight"}
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="missing key"):
+        load_timm_checkpoint(model, tmp_path / "missing.pth")
+
+
+def test_checkpoint_data_config_sizes_and_unset_values(model, tmp_path):
+    """in_chans is used with img_size; input_size wins over img_size; unset args are left out."""
+    from useful_data.timm import checkpoint_data_config
+
+    path = tmp_path / "a.pth.tar"
+    args = argparse.Namespace(img_size=24, in_chans=1, input_size=None, crop_pct=None,
+                              mean=None, std=None, interpolation="")  # fmt: skip
+    torch.save({"state_dict": {}, "args": args}, path)
+    assert checkpoint_data_config(path) == {"input_size": (1, 24, 24)}
+    args = argparse.Namespace(img_size=32, input_size=[3, 20, 20])
+    torch.save({"state_dict": {}, "args": args}, path)
+    assert checkpoint_data_config(path) == {"input_size": (3, 20, 20)}
+
+
+def test_eval_dataset_uses_crop_pct_interpolation_and_checks_input_size(model, image_root):
+    """crop_pct and interpolation reach the eval transform; input_size must be (C, H, W)."""
+    from useful_data.timm import create_eval_dataset
+
+    ds = create_eval_dataset("", image_root, model=model, input_size=32, crop_pct=0.5,
+                             interpolation="bilinear")  # fmt: skip
+    text = repr(ds.transform)
+    assert "size=64" in text and "bilinear" in text and "bicubic" not in text
+    with pytest.raises(ValueError, match=r"input_size should be \(C, H, W\)"):
+        create_eval_dataset("", image_root, model=model, input_size=(32, 32))
+
+
+def test_eval_dataset_builds_torch_datasets_for_download_without_the_folder(
+    model, tmp_path, monkeypatch
+):
+    """torch/ names with download=True may start from a missing folder; is_training=False."""
+    import timm.data
+
+    from useful_data.timm import create_eval_dataset
+
+    seen = {}
+
+    def fake(name, **kwargs):
+        seen.update(kwargs)
+        return TensorDataset(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
+
+    monkeypatch.setattr(timm.data, "create_dataset", fake)
+    create_eval_dataset("torch/cifar10", tmp_path / "new", model=model, download=True)
+    assert seen["is_training"] is False and seen["download"] is True
