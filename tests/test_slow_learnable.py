@@ -435,7 +435,7 @@ def test_each_class_is_clustered_in_dataset_order():
     rng = np.random.default_rng(6)
     logits = rng.normal(size=(1500, 6)).astype(np.float32)
     targets = rng.integers(0, 6, 1500)
-    with warnings.catch_warnings(), threadpool_limits(1):  # one thread: no float32 near-ties
+    with warnings.catch_warnings(), threadpool_limits(1):  # both sides with the same threads
         warnings.simplefilter("ignore", RuntimeWarning)
         sel = find_slow_learnable(logits=logits, targets=targets, backend="sklearn", seed=3)
         expected = np.zeros(1500, dtype=bool)

@@ -76,14 +76,24 @@ def test_synthetic_data_and_model_follow_the_seed():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"alpha": 1.5}, {"alpha": -0.1}, {"beta_d": 1.5, "beta_e": 1.0}, {"beta_d": -0.1},
-     {"dim": 2}, {"num_patches": 2}],
+    ("kwargs", "message"),
+    [({"alpha": 1.5}, "alpha should be a probability"),
+     ({"alpha": -0.1}, "alpha should be a probability"),
+     ({"beta_d": 1.5, "beta_e": 1.0}, "0 <= beta_d <= beta_e"),
+     ({"beta_d": -0.1}, "0 <= beta_d <= beta_e"),
+     ({"dim": 2}, "dim"),
+     ({"num_patches": 2}, "num_patches")],
 )  # fmt: skip
-def test_synthetic_data_rejects_out_of_range_parameters(kwargs):
+def test_synthetic_data_rejects_out_of_range_parameters(kwargs, message):
     """alpha is a probability, 0 <= beta_d <= beta_e, d >= 3 and P >= 3."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         make_simplicity_bias_data(10, **kwargs)
+
+
+def test_equal_feature_strengths_are_accepted():
+    """beta_d == beta_e (== alpha == 1) is the setting of the paper's Figure 8."""
+    data = make_simplicity_bias_data(10, beta_d=1.0, beta_e=1.0, alpha=1.0)
+    assert tuple(data.inputs.shape) == (10, 3, 50)
 
 
 def test_toy_cnn_cross_entropy_is_the_logistic_loss():

@@ -419,7 +419,8 @@ def select_from_logits(
     )
     if strategy == "kmeans":
         separation = selection.separation
-        # Nothing split at all is reported above (identical outputs) or is a single-example set.
+        # Nothing split at all is warned about above (identical outputs, one cluster, equal
+        # mean loss) or is a set of single-example classes.
         if separation.weak and separation.num_classes_split:
             warnings.warn(
                 f"the slow-learnable clusters are weakly separated by loss (ROC-AUC "
