@@ -25,21 +25,23 @@ from useful_data._targets import split_batch
 __all__ = ["collect_outputs", "default_batch_size", "model_device"]
 
 
+def _first_weight(model: nn.Module) -> torch.Tensor | None:
+    """The model's first parameter, else its first buffer, else ``None``."""
+    return next(itertools.chain(model.parameters(), model.buffers()), None)
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a parameter-free model)."""
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
+    first = _first_weight(model)
+    return torch.device("cpu") if first is None else first.device
 
 
 def _check_model_on(model: nn.Module, device: torch.device) -> None:
     """Raise if ``device`` is not where the model's weights are: the model is never moved."""
-    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    first = _first_weight(model)
     if first is None:
         return  # no weights: it runs wherever its inputs are
-    actual = first.device  # what model_device returns: the first parameter, else buffer
+    actual = first.device
     other_index = device.type != "cpu" and device.index not in (None, actual.index)
     if actual.type != device.type or other_index:  # "cuda" means the current CUDA device
         raise ValueError(
@@ -230,8 +232,11 @@ def collect_outputs(
     num_examples = len(dataset)  # type: ignore[arg-type]
     if num_examples == 0:
         raise ValueError("dataset should hold at least one example, but got an empty dataset")
-    device = torch.device(device) if device is not None else model_device(model)
-    _check_model_on(model, device)
+    if device is None:
+        device = model_device(model)
+    else:
+        device = torch.device(device)
+        _check_model_on(model, device)
     if batch_size is None:
         batch_size = default_batch_size(device)
     batch_size = check_positive_int("batch_size", batch_size)
