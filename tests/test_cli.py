@@ -166,24 +166,46 @@ def test_inspect_plot(timm_run, tmp_path, capsys):
     assert "selection was computed on" in capsys.readouterr().err
 
 
-def test_select_channels_last_flag_is_three_way(monkeypatch, tmp_path):
+@pytest.fixture
+def stub_select(monkeypatch, tmp_path):
+    """Stubs for everything `useful-data select` calls but the checkpoint's data config (read
+    from a weightless checkpoint, ``tmp_path / "c.pth.tar"``); records their arguments."""
     import useful_data.slow_learnable as slow_learnable
 
-    seen = []
+    torch.save({"state_dict": {}}, tmp_path / "c.pth.tar")
+    seen = {"targets": torch.tensor([0, 1, 2, 1])}
 
-    def fake_find(*args, **kwargs):  # stop right after the arguments are resolved
-        seen.append(kwargs["channels_last"])
+    def model(*args, **kwargs):
+        seen["model"] = kwargs
+        return torch.nn.Linear(1, 1)
+
+    def dataset(*args, **kwargs):
+        seen["dataset"] = (args, kwargs)
+        return TensorDataset(torch.zeros(len(seen["targets"]), 1), seen["targets"])
+
+    def find(*args, **kwargs):
+        seen["find"] = kwargs
         raise SystemExit(0)
 
-    monkeypatch.setattr(slow_learnable, "find_slow_learnable", fake_find)
-    monkeypatch.setattr("useful_data.timm.create_timm_model", lambda *a, **k: torch.nn.Linear(1, 1))
-    monkeypatch.setattr("useful_data.timm.create_eval_dataset", lambda *a, **k: [])
-    monkeypatch.setattr("useful_data.timm.checkpoint_data_config", lambda path: {})
+    monkeypatch.setattr("useful_data.timm.create_timm_model", model)
+    monkeypatch.setattr("useful_data.timm.create_eval_dataset", dataset)
+    monkeypatch.setattr(slow_learnable, "find_slow_learnable", find)
+    return seen
+
+
+def _argv(tmp_path, *extra, checkpoint=None):
+    checkpoint = str(checkpoint or tmp_path / "c.pth.tar")
+    return ["select", "--model", "m", "--checkpoint", checkpoint, "--num-classes", "3",
+            "--data-dir", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "s.npz"),
+            *extra]  # fmt: skip
+
+
+def test_select_channels_last_flag_is_three_way(stub_select, tmp_path):
+    seen = []
     for flag in ([], ["--channels-last"], ["--no-channels-last"]):
-        argv = ["select", "--model", "m", "--checkpoint", "c", "--num-classes", "3"]
-        argv += ["--data-dir", str(tmp_path), "--device", "cpu", "-o", "out.npz", *flag]
-        with pytest.raises(SystemExit):
-            main(argv)
+        with pytest.raises(SystemExit):  # the stub stops right after the arguments are resolved
+            main(_argv(tmp_path, *flag))
+        seen.append(stub_select["find"]["channels_last"])
     assert seen == [None, True, False]
 
 
@@ -232,30 +254,20 @@ def test_inspect_checks_plot_path_and_data_dir(tmp_path, capsys):
     assert "--data-dir should be a folder, but 'no-such-dir'" in capsys.readouterr().err
 
 
-def test_select_takes_the_eval_config_from_the_training_run(monkeypatch, tmp_path, capsys):
+def test_select_takes_the_eval_config_from_the_training_run(stub_select, tmp_path, capsys):
     """timm's checkpoints hold the run's arguments: --mean/--std/--img-size come from there
     unless given on the command line."""
     import argparse as _argparse
-
-    import useful_data.slow_learnable as slow_learnable
 
     checkpoint = tmp_path / "checkpoint-2.pth.tar"
     run = _argparse.Namespace(img_size=40, in_chans=3, mean=[0.5, 0.5, 0.5], std=[0.25] * 3,
                               crop_pct=None, input_size=None, interpolation="")  # fmt: skip
     torch.save({"state_dict": {}, "args": run}, checkpoint)
     built = []
-    monkeypatch.setattr("useful_data.timm.create_timm_model", lambda *a, **k: torch.nn.Linear(1, 1))
-    monkeypatch.setattr("useful_data.timm.create_eval_dataset", lambda *a, **k: built.append(k))
-
-    def stop(*args, **kwargs):
-        raise SystemExit(0)
-
-    monkeypatch.setattr(slow_learnable, "find_slow_learnable", stop)
-    argv = ["select", "--model", "m", "--checkpoint", str(checkpoint), "--num-classes", "3"]
-    argv += ["--data-dir", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "s.npz")]
     for extra in ([], ["--std", "0.2", "0.2", "0.2", "--img-size", "32"]):
         with pytest.raises(SystemExit):
-            main([*argv, *extra])
+            main(_argv(tmp_path, *extra, checkpoint=checkpoint))
+        built.append(stub_select["dataset"][1])
     assert built[0]["input_size"] == (3, 40, 40) and built[0]["mean"] == (0.5, 0.5, 0.5)
     assert built[0]["std"] == (0.25, 0.25, 0.25) and built[0]["crop_pct"] is None
     assert built[1]["input_size"] == 32 and built[1]["std"] == [0.2, 0.2, 0.2]
@@ -263,38 +275,6 @@ def test_select_takes_the_eval_config_from_the_training_run(monkeypatch, tmp_pat
     assert "from the checkpoint's training arguments: input_size=(3, 40, 40)" in (
         capsys.readouterr().out
     )
-
-
-@pytest.fixture
-def stub_select(monkeypatch):
-    """Stubs for everything `useful-data select` calls; records their arguments."""
-    import useful_data.slow_learnable as slow_learnable
-
-    seen = {"targets": torch.tensor([0, 1, 2, 1])}
-
-    def model(*args, **kwargs):
-        seen["model"] = kwargs
-        return torch.nn.Linear(1, 1)
-
-    def dataset(*args, **kwargs):
-        seen["dataset"] = (args, kwargs)
-        return TensorDataset(torch.zeros(len(seen["targets"]), 1), seen["targets"])
-
-    def find(*args, **kwargs):
-        seen["find"] = kwargs
-        raise SystemExit(0)
-
-    monkeypatch.setattr("useful_data.timm.create_timm_model", model)
-    monkeypatch.setattr("useful_data.timm.create_eval_dataset", dataset)
-    monkeypatch.setattr("useful_data.timm.checkpoint_data_config", lambda path: {})
-    monkeypatch.setattr(slow_learnable, "find_slow_learnable", find)
-    return seen
-
-
-def _argv(tmp_path, *extra):
-    return ["select", "--model", "m", "--checkpoint", "c", "--num-classes", "3",
-            "--data-dir", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "s.npz"),
-            *extra]  # fmt: skip
 
 
 def test_select_passes_its_defaults_on(stub_select, tmp_path):
