@@ -18,6 +18,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import matplotlib
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         sizes = {"num_examples": 2000, "separating_step": 250, "steps": 600}
     numbers = make_figure(args.out, seed=args.seed, **sizes)
     summary = "  ".join(f"{k}={v:.3f}" for k, v in numbers.items())
-    print(f"wrote {args.out}  {summary}")
+    print(f"wrote {os.path.relpath(args.out)}  {summary}")  # no machine-specific path
 
 
 if __name__ == "__main__":
