@@ -49,6 +49,17 @@ def test_no_command_prints_help(capsys):
     assert "inspect" in capsys.readouterr().out
 
 
+def test_select_help_says_the_checkpoint_data_config_wins(capsys):
+    # _select fills every eval-transform flag left out from the checkpoint's saved training
+    # arguments before the model's defaults; the help must not promise the model's first.
+    with pytest.raises(SystemExit):
+        main(["select", "--help"])
+    options = " ".join(capsys.readouterr().out.split("options:", 1)[1].split())
+    for flag in ("--img-size", "--input-size", "--crop-pct", "--mean", "--std", "--interpolation"):
+        described = options.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert "saved in the checkpoint, else the model's" in described, (flag, described)
+
+
 def test_console_script_entry_point(tmp_path):
     sel = Selection(
         mask=np.array([True, False]), loss=np.array([1.0, 0.1]), targets=np.array([0, 0])

@@ -159,22 +159,37 @@ def _add_select(sub: Any) -> None:
     select.add_argument("--split", default="train", help="the training split (default: train)")
     select.add_argument("--class-map", default="", help="timm's --class-map file, if used")
     select.add_argument("--download", action="store_true", help="download torch/ datasets")
+    # Each eval-transform flag defaults to the training run's value saved in the checkpoint,
+    # then to the model's (see _select); the help says so once per flag.
+    run = "(default: the training run's, saved in the checkpoint, else the model's)"
     size = select.add_mutually_exclusive_group()
-    size.add_argument("--img-size", type=_POSITIVE, help="input image size (default: the model's)")
+    size.add_argument("--img-size", type=_POSITIVE, help=f"input image size {run}")
     size.add_argument(
-        "--input-size", type=_POSITIVE, nargs=3, metavar=("C", "H", "W"), help="input size C H W"
+        "--input-size",
+        type=_POSITIVE,
+        nargs=3,
+        metavar=("C", "H", "W"),
+        help=f"input size C H W {run}",
     )
-    select.add_argument("--crop-pct", type=float, help="eval center-crop fraction")
-    select.add_argument("--mean", type=float, nargs="+", metavar="MEAN", help="normalization mean")
-    select.add_argument("--std", type=float, nargs="+", metavar="STD", help="normalization std")
-    select.add_argument("--interpolation", help="resize interpolation, e.g. bilinear, bicubic")
+    select.add_argument("--crop-pct", type=float, help=f"eval center-crop fraction {run}")
+    select.add_argument(
+        "--mean", type=float, nargs="+", metavar="MEAN", help=f"normalization mean {run}"
+    )
+    select.add_argument(
+        "--std", type=float, nargs="+", metavar="STD", help=f"normalization std {run}"
+    )
+    select.add_argument(
+        "--interpolation", help=f"resize interpolation, e.g. bilinear, bicubic {run}"
+    )
     select.add_argument("--use-ema", action="store_true", help="cluster the EMA weights")
     select.add_argument(
         "--batch-size",
         type=_POSITIVE,
         help="forward batch size (default: 128 on a CPU, 256 on a GPU)",
     )
-    select.add_argument("--workers", type=_NON_NEGATIVE, default=4, help="data loader workers")
+    select.add_argument(
+        "--workers", type=_NON_NEGATIVE, default=4, help="data loader workers (default: 4)"
+    )
     select.add_argument("--device", help="default: cuda if available, else cpu")
     select.add_argument(
         "--channels-last",
@@ -189,7 +204,7 @@ def _add_select(sub: Any) -> None:
         default="auto",
         help="k-means backend (auto: cuML where usable, else torch)",
     )
-    select.add_argument("--seed", type=_NON_NEGATIVE, default=0, help="k-means seed")
+    select.add_argument("--seed", type=_NON_NEGATIVE, default=0, help="k-means seed (default: 0)")
     select.add_argument(
         "--upsample-factor",
         type=_POSITIVE,
