@@ -82,8 +82,10 @@ class SAM(Optimizer):
             own ``rho``, ``adaptive`` and ``eta``.
         base_optimizer: The optimizer *class* that takes the actual step, e.g.
             ``torch.optim.SGD``.
-        rho: Radius ``ρ >= 0`` of the neighbourhood (SAM: ``0.05`` to ``0.1``; ASAM: ``0.5`` to
-            ``2.0``). ``rho=0`` gives the base optimizer at twice the cost.
+        rho: Radius ``ρ >= 0`` of the neighbourhood. The default ``0.05`` is Foret et al.'s
+            and davda54/sam's; the USEFUL paper's CIFAR recipe uses ``0.1`` (pass
+            ``rho=0.1``), and ASAM typically ``0.5`` to ``2.0`` (the paper: ``1.0``).
+            ``rho=0`` gives the base optimizer at twice the cost.
         adaptive: Use ASAM's scale-invariant perturbation ``ρ · T_w² g / ‖T_w g‖`` with
             ``T_w = |w| + eta``.
         eta: ASAM's offset ``η >= 0`` (used only with ``adaptive=True``): ``0`` as in

@@ -134,8 +134,9 @@ def find_slow_learnable(
             restart choice, so the same labels, except where two partitions' inertias agree
             to float32 rounding, ~1e-6 relative, and either may win), every restart of
             many classes batched, on ``device``; 3-6x faster than ``"sklearn"`` on a
-            2-core CPU at ImageNet scale and 3-3.5 s for ImageNet-1k on one H100 (see the
-            benchmarks page).
+            2-core CPU at ImageNet scale (this version), and 3-3.5 s for ImageNet-1k on one
+            H100 with the k-means of commit 7fc4676 (this version's CUDA path has not been
+            timed; see the benchmarks page).
         upsample_factor: Stored on the result as the factor to upsample with (paper: 2).
         batch_size: Batch size for collecting outputs; ``None``: 128 on a CPU, 256 on a GPU
             (`useful_data.collect.default_batch_size`).
