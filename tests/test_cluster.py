@@ -4,8 +4,8 @@ import re
 import sys
 import tomllib
 import types
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
