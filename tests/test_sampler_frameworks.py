@@ -129,6 +129,21 @@ def test_under_accelerate_num_replicas_1_is_accepted(monkeypatch):
     assert Counter(per_rank[0] + per_rank[1]) == EXPECTED
 
 
+def test_under_accelerates_batch_dispatcher_the_sampler_yields_the_whole_multiset(monkeypatch):
+    """With ``dispatch_batches=True`` process 0 iterates the loader inside a
+    ``DataLoaderDispatcher`` and scatters the batches: it needs the whole multiset."""
+    data_loader = pytest.importorskip("accelerate.data_loader")
+    fake_group(monkeypatch, 2, 0)
+    sampler = UpsampleSampler(SLOW, num_examples=N)
+
+    def fetch(self):  # a method of the dispatcher, as its _fetch_batches is
+        return len(sampler), list(sampler)
+
+    length, items = fetch(object.__new__(data_loader.DataLoaderDispatcher))
+    assert length == len(items) == 50 and Counter(items) == EXPECTED
+    assert len(list(sampler)) == 25  # outside it, the rank's shard
+
+
 def test_the_same_sampler_outside_accelerate_shards_itself_again(monkeypatch):
     pytest.importorskip("accelerate")
     fake_group(monkeypatch, 2, 0)
