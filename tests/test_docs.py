@@ -8,6 +8,7 @@
   in it names real parameters, and every literal keyword value is that parameter's default.
 * The README's usage block is one of the blocks getting-started.md runs, verbatim.
 * Every page is in ``mkdocs.yml``'s nav, and every guide is linked from ``guides/index.md``.
+* Every ``useful-data ...`` line of a bash block parses with the command's own parser.
 * The API reference has a page ``docs/api/<module>.md`` per public module, documents every
   name of every public ``__all__``, and ``docs/api.md`` imports every top-level name.
 * A recorded output, a ```text or bare ``` block, says which command printed it: the ```bash
@@ -446,6 +447,37 @@ def test_signature_blocks_match_the_code(page, block):
                 f"{where}: {keyword.arg}={ast.unparse(keyword.value)}, but its default is "
                 f"{default!r}"
             )
+
+
+def _cli_commands() -> list[tuple[str, str]]:
+    """Every ``useful-data ...`` command line of a bash block (continuations joined)."""
+    found = []
+    for page in [*PAGES, "../README.md"]:
+        for block in fenced_blocks((DOCS / page).read_text(encoding="utf-8")):
+            if block.lang not in ("bash", "console", "sh", "shell"):
+                continue
+            for line in block.source.replace("\\\n", " ").splitlines():
+                command = line.split(" #", 1)[0].strip()
+                if command.startswith("useful-data "):
+                    found.append((page, command))
+    return found
+
+
+@pytest.mark.parametrize(
+    "page,command", [pytest.param(*found, id=found[1][:40]) for found in _cli_commands()]
+)
+def test_cli_commands_in_the_docs_parse(page, command, capsys):
+    import shlex
+
+    from useful_data.cli import build_parser
+
+    try:
+        build_parser().parse_args(shlex.split(command)[1:])
+    except SystemExit as exit_info:  # --version and --help exit 0
+        assert exit_info.code in (0, None), (
+            f"docs/{page}: {command!r} is refused by useful-data's own parser:\n"
+            f"{capsys.readouterr().err}"
+        )
 
 
 # --- recorded outputs ---------------------------------------------------------------------------
