@@ -340,10 +340,10 @@ def test_inspect_prints_the_cost_relative_to_sgd(tmp_path, capsys):
         capsys.readouterr().out
     )
     assert main(["inspect", path, "--separating-epoch", "8", "--epochs", "200"]) == 0
-    assert "cost: 1.19x SGD = t/T = 8/200 + 1.15 (" in capsys.readouterr().out
+    assert "cost: 1.19x SGD = t/T (8/200 = 0.04) + 1.15 (" in capsys.readouterr().out
     argv = ["inspect", path, "--separating-epoch", "8", "--epochs", "200", "--epoch-size", "1000"]
     assert main(argv) == 0
-    assert "cost: 1.04x SGD = t/T = 8/200 + 1.00 (M = 1000 per epoch / N = 1000)" in (
+    assert "cost: 1.04x SGD = t/T (8/200 = 0.04) + 1.00 (M = 1000 per epoch / N = 1000)" in (
         capsys.readouterr().out
     )
     assert main(["inspect", path, "--epochs", "200"]) == 1

@@ -119,8 +119,8 @@ def format_cost(
         separating_epoch=separating_epoch, total_epochs=total_epochs, epoch_size=size
     )
     return (
-        f"cost: {total:.2f}x SGD = t/T = {separating_epoch}/{total_epochs} "
-        f"+ {size / max(n, 1):.2f} ({phase2})"
+        f"cost: {total:.2f}x SGD = t/T ({separating_epoch}/{total_epochs} = "
+        f"{separating_epoch / total_epochs:.2f}) + {size / max(n, 1):.2f} ({phase2})"
     )
 
 
