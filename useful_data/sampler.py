@@ -9,8 +9,8 @@ the same multiset as `USEFULDataset`, shuffled with a local
 With ``epoch_size=M`` the epochs keep a fixed length instead (SGD's, for ``M = N``): the
 shuffled multisets of successive cycles are laid end to end, cycle ``c`` shuffled with
 ``seed + c``, and epoch ``e`` takes positions ``[e M, (e + 1) M)`` of that stream. Every epoch
-draws without replacement from the multiset, starting where the previous one stopped, so
-each full cycle covers it exactly; the epoch is then sharded as above.
+draws without replacement from the multiset (within a cycle), starting where the previous one
+stopped, so each full cycle covers it exactly; the epoch is then sharded as above.
 
 Where training frameworks are concerned, the rule is that exactly one party shards:
 
@@ -79,8 +79,8 @@ class UpsampleSampler(DistributedSampler[int]):
         drop_last: Drop the tail to make the multiset divisible by ``num_replicas`` instead of
             padding it with repeated indices.
         epoch_size: ``M``, indices per epoch across all replicas (before padding), drawn
-            without replacement from the upsampled multiset and continuing where the previous
-            epoch stopped. ``M = N`` trains at SGD's step count (see
+            without replacement from the upsampled multiset (a fresh shuffle of it once it is
+            used up) and continuing where the previous epoch stopped. ``M = N`` trains at SGD's step count (see
             `Selection.relative_cost`); ``None`` (default) makes every epoch the whole
             multiset, ``N + (k - 1) |S|``.
 
