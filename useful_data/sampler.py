@@ -80,9 +80,9 @@ class UpsampleSampler(DistributedSampler[int]):
             padding it with repeated indices.
         epoch_size: ``M``, indices per epoch across all replicas (before padding), drawn
             without replacement from the upsampled multiset (a fresh shuffle of it once it is
-            used up) and continuing where the previous epoch stopped. ``M = N`` trains at SGD's step count (see
-            `Selection.relative_cost`); ``None`` (default) makes every epoch the whole
-            multiset, ``N + (k - 1) |S|``.
+            used up) and continuing where the previous epoch stopped. ``M = N`` trains at
+            SGD's step count (see `Selection.relative_cost`); ``None`` (default) makes every
+            epoch the whole multiset, ``N + (k - 1) |S|``.
 
     Raises:
         TypeError: if ``seed``, ``num_replicas``/``rank`` or ``epoch_size`` is not an
