@@ -30,7 +30,7 @@ seeds with the number of seeds where the method was better / worse.
 SAM is implemented inline here (``_sam_step``: ``e = rho g / ||g||``, gradient at ``w + e``,
 base step at ``w``), since the library's optimizer lives on another branch.
 
-Run: ``python benchmarks/bench_accuracy.py`` (about 20 min on 2 shared CPU cores),
+Run: ``python benchmarks/bench_accuracy.py`` (about 25 min on 2 shared CPU cores),
 ``--equal-length-only`` (the last comparison alone, a few minutes) or ``--quick`` (a smoke run
 of a few seconds; its numbers mean nothing).
 """
