@@ -58,7 +58,8 @@ PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
 NO_EXEC = "<!-- no-exec -->"
 SIGNATURES = "<!-- signatures -->"
 PSEUDO_CODE = "<!-- pseudo-code -->"
-OUTPUT_TAG = re.compile(r"^<!-- output: (?P<command>.+?) -->$")
+OUTPUT_TAG = re.compile(r"^<!-- output: (?P<command>.+?)(?: @ (?P<commit>[0-9a-f]{7,40}))? -->$")
+PROMPT = "$ "  # a transcript's command lines, in a ```text or ```console block
 PYTHON_LANGS = {"python", "py"}
 CHROMIUM_FLAGS = [
     "--headless",
@@ -454,10 +455,12 @@ def _cli_commands() -> list[tuple[str, str]]:
     found = []
     for page in [*PAGES, "../README.md"]:
         for block in fenced_blocks((DOCS / page).read_text(encoding="utf-8")):
-            if block.lang not in ("bash", "console", "sh", "shell"):
+            if block.lang not in ("bash", "console", "sh", "shell", "text"):
                 continue
             for line in block.source.replace("\\\n", " ").splitlines():
-                command = line.split(" #", 1)[0].strip()
+                if block.lang == "text" and not line.startswith(PROMPT):
+                    continue  # in a recorded output, only a transcript's commands
+                command = line.removeprefix(PROMPT).split(" #", 1)[0].strip()
                 if command.startswith("useful-data "):
                     found.append((page, command))
     return found
@@ -481,16 +484,29 @@ def test_cli_commands_in_the_docs_parse(page, command, capsys):
 
 
 # --- recorded outputs ---------------------------------------------------------------------------
-def _strings_of(path: Path, seen: set[Path]) -> list[str]:
+def _source(path: Path, commit: str | None) -> str | None:
+    """A file of the repository, as it is or as it was at ``commit`` (``None``: absent)."""
+    if commit is None:
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+    relative = path.relative_to(REPO).as_posix()
+    proc = subprocess.run(
+        ["git", "show", f"{commit}:{relative}"], cwd=REPO, capture_output=True, text=True
+    )
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _strings_of(path: Path, seen: set[Path], commit: str | None = None) -> list[str]:
     """Regexes of every line a script can print, from its strings and f-strings.
 
-    Modules it imports from its own folder (``benchmarks/_common.py``) are read too.
-    Docstrings are left out; an f-string's replacement fields match anything.
+    Modules it imports from its own folder (``benchmarks/_common.py``) are read too, all as of
+    ``commit`` when one is given. Docstrings are left out; an f-string's replacement fields
+    match anything.
     """
-    if path in seen or not path.is_file():
+    source = None if path in seen else _source(path, commit)
+    if source is None:
         return []
     seen.add(path)
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = ast.parse(source)
     docstrings = {
         id(node.body[0].value)
         for node in ast.walk(tree)
@@ -518,10 +534,10 @@ def _strings_of(path: Path, seen: set[Path]) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             local = path.parent / (node.module.replace(".", "/") + ".py")
-            patterns += _strings_of(local, seen)
+            patterns += _strings_of(local, seen, commit)
         if isinstance(node, ast.Import):
             for alias in node.names:
-                patterns += _strings_of(path.parent / (alias.name + ".py"), seen)
+                patterns += _strings_of(path.parent / (alias.name + ".py"), seen, commit)
         if id(node) in docstrings or not isinstance(node, (ast.Constant, ast.JoinedStr, ast.BinOp)):
             continue
         parts = pieces(node)
@@ -551,45 +567,66 @@ def _scripts_of(command: str) -> list[Path]:
     return scripts
 
 
-def _recorded_outputs() -> list[tuple[str, Fenced, str]]:
+def _recorded_outputs() -> list[tuple[str, Fenced, str, str | None]]:
+    """Every recorded output block: (page, block, its command, the commit it was run at)."""
     found = []
     for page in [*PAGES, "../README.md"]:
         for block in fenced_blocks((DOCS / page).read_text(encoding="utf-8")):
-            if block.lang not in ("", "text") or block.marker == PSEUDO_CODE:
+            if block.lang not in ("", "text", "console") or block.marker == PSEUDO_CODE:
                 continue
             tag = OUTPUT_TAG.match(block.marker)
+            command, commit = "", None
             if tag is not None:
-                command = tag["command"]
+                command, commit = tag["command"], tag["commit"]
             elif block.after_fence in ("bash", "console", "sh", "shell"):
                 command = block.previous_command
-            else:
-                command = ""
-            found.append((page, block, command))
+            found.append((page, block, command, commit))
     return found
 
 
+def _transcript(block: Fenced, command: str) -> list[tuple[str, list[str]]]:
+    """(command, output lines) pairs: one per ``$ `` line of a transcript, else just one."""
+    lines = [line for line in block.source.splitlines() if line.strip()]
+    if not any(line.startswith(PROMPT) for line in lines):
+        return [(command, lines)]
+    pairs: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line.startswith(PROMPT):
+            pairs.append((line[len(PROMPT) :], []))
+        elif pairs:
+            pairs[-1][1].append(line)
+    return pairs
+
+
 @pytest.mark.parametrize(
-    "page,block,command",
+    "page,block,command,commit",
     [pytest.param(*found, id=f"{found[0]}:{found[1].line}") for found in _recorded_outputs()],
 )
-def test_recorded_output_is_the_command_output(page, block, command):
+def test_recorded_output_is_the_command_output(page, block, command, commit):
     where = f"docs/{page}, the text block at line {block.line}"
-    assert command, (
-        f"{where}: a recorded output needs its command: a ```bash block right before it, or "
-        f"'<!-- output: COMMAND -->' on the line before; pseudo-code: '{PSEUDO_CODE}'"
+    pairs = _transcript(block, command)
+    assert all(command for command, _ in pairs), (
+        f"{where}: a recorded output needs its command: a ```bash block right before it, "
+        f"'<!-- output: COMMAND -->' (or '<!-- output: COMMAND @ COMMIT -->' for an output of "
+        f"an earlier version) on the line before, or '$ COMMAND' lines in it; pseudo-code: "
+        f"'{PSEUDO_CODE}'"
     )
-    scripts = _scripts_of(command)
-    assert scripts, f"{where}: no script of this repository in its command {command!r}"
-    patterns = [re.compile(p) for script in scripts for p in _strings_of(script, set())]
-    lines = [line for line in block.source.splitlines() if line.strip()]
-    headers = [line for line in lines if line.startswith("#")]
-    if lines and not lines[0].startswith(("|", "#")):
-        headers.insert(0, lines[0])
-    unknown = [h for h in headers if not any(p.fullmatch(h) for p in patterns)]
-    assert not unknown, (
-        f"{where}: these lines are not lines {', '.join(s.name for s in scripts)} prints, so "
-        f"this is not the output of {command.strip()!r}: {unknown}"
-    )
+    if commit is not None and _source(REPO / "README.md", commit) is None:
+        pytest.skip(f"{where}: recorded at {commit}, which this checkout's git history lacks")
+    for command, output in pairs:
+        scripts = _scripts_of(command)
+        assert scripts, f"{where}: no script of this repository in its command {command!r}"
+        patterns = [re.compile(p) for script in scripts for p in _strings_of(script, set(), commit)]
+        shown = [line for line in output if line.strip() not in ("...", "…")]
+        headers = [line for line in shown if line.startswith("#")]
+        if shown and not shown[0].startswith(("|", "#")):
+            headers.insert(0, shown[0])
+        unknown = [h for h in headers if not any(p.fullmatch(h) for p in patterns)]
+        version = f" as of {commit}" if commit else ""
+        assert not unknown, (
+            f"{where}: these lines are not lines {', '.join(x.name for x in scripts)}{version} "
+            f"prints, so this is not the output of {command.strip()!r}: {unknown}"
+        )
 
 
 def test_figure_script_runs_quick(tmp_path):
