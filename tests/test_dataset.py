@@ -232,6 +232,7 @@ def test_targets_follow_the_wrapped_labels_edited_in_place():
     assert ds.targets == [0, 1, 2, 0, 1, 1, 2]
     base.targets[1] = 2  # e.g. relabelling noisy examples
     assert ds.targets == [ds[i][1] for i in range(len(ds))] == [0, 2, 2, 0, 1, 2, 2]
+    assert np.bincount(ds.targets).tolist() == [2, 1, 4]  # np.asarray reads it current too
     folder = USEFULDataset(FolderLike(4), [3])
     folder.dataset.samples[3] = ("fixed.png", 0)
     assert folder.samples == [folder[i] for i in range(5)] and folder.imgs[4] == ("fixed.png", 0)

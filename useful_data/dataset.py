@@ -264,6 +264,10 @@ class _UpsampledView(Sequence[Any]):
 
     __hash__ = None  # type: ignore[assignment]  # like a list
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """``np.asarray(view)`` in one vectorised step (not one ``__getitem__`` per entry)."""
+        return np.asarray(self._base(), dtype=dtype)[self._wrapper.index_map]
+
     def __repr__(self) -> str:
         return repr(list(self))
 

@@ -625,7 +625,7 @@ def _create_beside(target: Path) -> tuple[int, Path]:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:  # pragma: no cover - 64 random bits
             continue
-        if keep is not None:
+        if keep is not None and hasattr(os, "fchmod"):  # (POSIX)
             os.fchmod(fd, keep)
         return fd, tmp
 
