@@ -31,6 +31,9 @@ from useful_data.collect import collect_outputs
 from useful_data.distributed import save_on_rank0
 from useful_data.selection import dataset_fingerprint
 
+# the models here are untrained: how well their selections separate is beside the point
+pytestmark = pytest.mark.filterwarnings("ignore:the slow-learnable clusters are weakly separated")
+
 
 def _selection(n: int = 6, **kwargs) -> Selection:
     return Selection(
@@ -97,6 +100,20 @@ def test_the_targets_workflow_the_error_recommends_works_end_to_end(tmp_path):
     plot_selection(sel, ds, num_per_class=1, max_classes=1)
 
 
+def test_the_targets_workflow_works_with_an_eval_view_too():
+    """The eval view exposes the same raw .targets as the training set: it is checked against
+    those, not against the transformed labels passed as targets=."""
+    ds = _relabelled()
+    labels = np.array([ds[i][1] for i in range(len(ds))])
+    view = copy.copy(ds)
+    sel = find_slow_learnable(_model(), ds, eval_dataset=view, targets=labels, backend="sklearn",
+                              progress=False)  # fmt: skip
+    assert len(USEFULDataset(ds, sel)) == sel.upsampled_size
+    view.targets = view.targets[::-1]  # another order is still caught
+    with pytest.raises(ValueError, match=r"eval_dataset\.targets should equal"):
+        find_slow_learnable(_model(), ds, eval_dataset=view, targets=labels, progress=False)
+
+
 def test_the_fingerprint_still_refuses_another_order_or_split():
     from useful_data.selection import check_selection_fits
 
@@ -115,7 +132,6 @@ def test_the_fingerprint_still_refuses_another_order_or_split():
             check_selection_fits(sel, other)
 
 
-@pytest.mark.filterwarnings("ignore:the slow-learnable clusters are weakly separated")
 def test_logits_with_targets_and_dataset_record_the_datasets_labels():
     ds = _relabelled()
     labels = np.array([ds[i][1] for i in range(len(ds))])

@@ -297,9 +297,13 @@ def _outputs_from_model(
             f"eval_dataset should be a view of dataset with the same examples, but it has "
             f"{len(eval_dataset)} examples and dataset has {n}"  # type: ignore[arg-type]
         )
-    known = as_numpy("targets", targets) if targets is not None else dataset_targets(dataset)
-    if known is not None and eval_dataset is not None:
-        _check_same_targets(known, dataset_targets(eval_dataset), "eval_dataset.targets")
+    exposed = dataset_targets(dataset)
+    known = as_numpy("targets", targets) if targets is not None else exposed
+    # the eval view exposes what the training set exposes (its raw labels, where targets=
+    # holds transformed ones): compare like with like
+    reference = exposed if exposed is not None else known
+    if reference is not None and eval_dataset is not None:
+        _check_same_targets(reference, dataset_targets(eval_dataset), "eval_dataset.targets")
     elif eval_dataset is not None:
         warnings.warn(
             "cannot check that eval_dataset holds dataset's examples in the same order: "
