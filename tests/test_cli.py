@@ -195,7 +195,7 @@ def stub_select(monkeypatch, tmp_path):
 
 def _argv(tmp_path, *extra, checkpoint=None):
     checkpoint = str(checkpoint or tmp_path / "c.pth.tar")
-    return ["select", "--model", "m", "--checkpoint", checkpoint, "--num-classes", "3",
+    return ["select", "--model", "resnet10t", "--checkpoint", checkpoint, "--num-classes", "3",
             "--data-dir", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "s.npz"),
             *extra]  # fmt: skip
 

@@ -36,9 +36,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:the slow-learnable clusters are 
 
 
 def _selection(n: int = 6, **kwargs) -> Selection:
-    return Selection(
-        mask=np.arange(n) % 3 == 0, loss=np.ones(n), targets=np.arange(n) % 2, **kwargs
-    )
+    arrays = {"mask": np.arange(n) % 3 == 0, "loss": np.ones(n), "targets": np.arange(n) % 2}
+    return Selection(**{**arrays, **kwargs})
 
 
 def _one_line_error(capsys, command: str) -> str:
@@ -204,7 +203,7 @@ def test_useful_data_select_writes_with_the_umasks_permissions(
     )
     monkeypatch.setattr(slow_learnable, "find_slow_learnable", lambda *a, **k: _selection())
     out = tmp_path / "s.npz"
-    argv = ["select", "--model", "m", "--checkpoint", str(tmp_path / "c.pth.tar"),
+    argv = ["select", "--model", "resnet10t", "--checkpoint", str(tmp_path / "c.pth.tar"),
             "--num-classes", "2", "--data-dir", str(tmp_path), "--device", "cpu",
             "-o", str(out)]  # fmt: skip
     assert main(argv) == 0
@@ -243,7 +242,7 @@ def test_saving_to_a_fifo_or_a_read_only_file_is_refused(tmp_path, capsys):
     with pytest.raises(PermissionError, match="is read-only"):
         _selection(n=9).save(read_only)
     assert Selection.load(read_only).num_examples == 6  # untouched
-    argv = ["select", "--model", "m", "--checkpoint", "c", "--num-classes", "2",
+    argv = ["select", "--model", "resnet10t", "--checkpoint", "c", "--num-classes", "2",
             "--data-dir", str(tmp_path), "--device", "cpu", "-o", str(fifo)]  # fmt: skip
     assert main(argv) == 1
     assert "is a FIFO" in _one_line_error(capsys, "select")
@@ -357,7 +356,7 @@ def test_a_factor_that_cannot_be_materialised_is_refused_before_allocating(tmp_p
 
 
 def _select_argv(tmp_path, *extra):
-    return ["select", "--model", "m", "--checkpoint", str(tmp_path / "c.pth.tar"),
+    return ["select", "--model", "resnet10t", "--checkpoint", str(tmp_path / "c.pth.tar"),
             "--num-classes", "3", "--data-dir", str(tmp_path), "--device", "cpu",
             "-o", str(tmp_path / "s.npz"), *extra]  # fmt: skip
 
@@ -403,6 +402,7 @@ def test_select_flags_are_refused_at_parse_time(tmp_path, capsys, nothing_loaded
         (["--mean", "0.5", "0.5"], r"--mean should have one value per input channel \(3\)"),
         (["--std", "0.5"], "--std should have one value per input channel"),
         (["--class-map", "no-such-file.txt"], "--class-map should be a file"),
+        (["--model", "resnet_bogus"], "--model: model='resnet_bogus' is not a timm model name"),
     ],
 )
 def test_select_flags_are_checked_before_loading(tmp_path, capsys, nothing_loaded, extra, message):
@@ -609,6 +609,14 @@ class _Stream(IterableDataset):
         yield from ((torch.zeros(2), 0) for _ in range(4))
 
 
+def test_indices_beyond_int64_are_reported_as_given():
+    huge = np.array([2**64 - 1], dtype=np.uint64)
+    for make in (lambda: USEFULDataset(TensorDataset(torch.zeros(4)), huge),
+                 lambda: UpsampleSampler(huge, 4, num_replicas=1, rank=0)):  # fmt: skip
+        with pytest.raises(ValueError, match="but got index 18446744073709551615"):
+            make()
+
+
 def test_a_dataset_without_length_is_named():
     for call in (
         lambda: find_slow_learnable(nn.Linear(2, 2), _Stream(), progress=False),
@@ -629,6 +637,12 @@ def test_a_dataset_without_length_is_named():
         ({"params": {1: "x"}}, TypeError, "params should have string keys .* key 1"),
         ({"params": {"f": object()}}, TypeError, r"params\['f'\] should be JSON data"),
         ({"params": ["seed", 0]}, TypeError, "params should be a mapping"),
+        ({"loss": np.array(["a"] * 6)}, ValueError, "loss should hold real numbers"),
+        (
+            {"targets": np.array([0, 1, 2**64 - 1, 0, 1, 0], dtype=np.uint64)},
+            ValueError,
+            "targets should be integer class labels within int64, but got label 18446744073709551615",
+        ),
     ],
 )
 def test_bad_selection_metadata_in_the_constructor_is_named(kwargs, error, message):

@@ -331,8 +331,7 @@ def indices_to_mask(indices: np.ndarray, num_examples: int, *, name: str = "indi
         raise ValueError(f"{name} should be 1-D, but got shape {tuple(indices.shape)}")
     if indices.size and not np.issubdtype(indices.dtype, np.integer):
         raise TypeError(f"{name} should hold integers, but got dtype {indices.dtype}")
-    indices = indices.astype(np.int64, copy=False)
-    if indices.size:
+    if indices.size:  # the range is checked before the cast: a uint64 2**64-1 is not -1
         low, high = int(indices.min()), int(indices.max())
         if low < 0 or high >= num_examples:
             bad = low if low < 0 else high
@@ -340,6 +339,7 @@ def indices_to_mask(indices: np.ndarray, num_examples: int, *, name: str = "indi
                 f"{name} should lie in [0, {num_examples}) for a dataset of {num_examples} "
                 f"examples, but got index {bad}"
             )
+    indices = indices.astype(np.int64, copy=False)
     mask = np.zeros(num_examples, dtype=bool)
     mask[indices] = True
     if int(mask.sum()) != indices.size:

@@ -268,10 +268,15 @@ def _device(name: str | None) -> str:
 def _check_select_args(args: argparse.Namespace) -> None:
     """Every ``select`` argument that can be checked without reading a file."""
     from useful_data._cluster import check_backend
+    from useful_data.timm import check_model_name
 
     _device(args.device)
     check_destination("--output", args.output)
     check_backend(args.backend)  # an unusable cuML fails here, not after the forward pass
+    try:
+        check_model_name(args.model)
+    except ValueError as err:
+        raise ValueError(f"--model: {err}") from None
     if args.class_map and not os.path.isfile(args.class_map):
         raise FileNotFoundError(f"--class-map should be a file, but {args.class_map!r} is not one")
     _check_data_dir(args, remote=args.download and args.dataset.lower().startswith("torch/"))

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from useful_data._checks import (
+    as_labels,
     as_numpy,
     check_destination,
     check_sized,
@@ -352,7 +353,10 @@ class Selection:
                 f"and shape {mask.shape}"
             )
         n = mask.shape[0]
-        loss = np.asarray(self.loss, dtype=np.float32)
+        loss = np.asarray(self.loss)
+        if loss.dtype.kind not in "iuf":
+            raise ValueError(f"loss should hold real numbers, but got dtype {loss.dtype}")
+        loss = loss.astype(np.float32)
         targets = np.asarray(self.targets)
         for name, array in (("loss", loss), ("targets", targets)):
             if array.shape != (n,):
@@ -364,7 +368,7 @@ class Selection:
         check_upsample_factor(self.upsample_factor)
         object.__setattr__(self, "mask", _readonly(mask))
         object.__setattr__(self, "loss", _readonly(loss))
-        object.__setattr__(self, "targets", _readonly(targets.astype(np.int64)))
+        object.__setattr__(self, "targets", _readonly(as_labels("targets", targets)))
         object.__setattr__(self, "upsample_factor", int(self.upsample_factor))
         if not isinstance(self.params, Mapping):
             raise TypeError(

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "INTERPOLATIONS",
+    "check_model_name",
     "check_split",
     "checkpoint_data_config",
     "create_eval_dataset",
@@ -202,6 +203,19 @@ def _classifier_weight_key(model: nn.Module) -> str | None:
     return None
 
 
+def check_model_name(name: str) -> None:
+    """Raise a `ValueError` (with similar names) if ``name`` is not a timm model name."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise ValueError(
+            f"model={name!r} is not a timm model name; similar names: {close}"
+            if close
+            else f"model={name!r} is not a timm model name (see timm.list_models())"
+        )
+
+
 def create_timm_model(
     name: str,
     *,
@@ -232,13 +246,7 @@ def create_timm_model(
     """
     import timm
 
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        raise ValueError(
-            f"model={name!r} is not a timm model name; similar names: {close}"
-            if close
-            else f"model={name!r} is not a timm model name (see timm.list_models())"
-        )
+    check_model_name(name)
     model = timm.create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
     if checkpoint is not None:
         load_timm_checkpoint(model, checkpoint, use_ema=use_ema)
