@@ -410,6 +410,28 @@ def test_select_flags_are_checked_before_loading(tmp_path, capsys, nothing_loade
     assert re.search(message, _one_line_error(capsys, "select"))
 
 
+def test_input_channels_come_from_the_training_run(tmp_path, capsys, monkeypatch):
+    """A run trained with --in-chans 1: --input-size must say C=1 and the model gets 1 channel
+    (it was built with timm's default 3, so its checkpoint could not load)."""
+    import argparse
+
+    run = argparse.Namespace(img_size=32, in_chans=1, input_size=None, mean=None, std=None,
+                             crop_pct=None, interpolation="")  # fmt: skip
+    torch.save({"state_dict": {}, "args": run}, tmp_path / "c.pth.tar")
+    built = {}
+
+    def model(*args, **kwargs):
+        built.update(kwargs)
+        raise SystemExit(0)  # stop once the model would be built
+
+    monkeypatch.setattr("useful_data.timm.create_timm_model", model)
+    assert main(_select_argv(tmp_path, "--input-size", "3", "32", "32")) == 1
+    assert "--input-size C H W should have C=1" in _one_line_error(capsys, "select")
+    with pytest.raises(SystemExit):
+        main(_select_argv(tmp_path, "--mean", "0.5"))
+    assert built["in_chans"] == 1
+
+
 def test_a_training_split_falls_back_to_the_folder_and_an_existing_split_is_used(tmp_path):
     from useful_data.timm import check_split
 
@@ -641,7 +663,7 @@ def test_a_dataset_without_length_is_named():
         (
             {"targets": np.array([0, 1, 2**64 - 1, 0, 1, 0], dtype=np.uint64)},
             ValueError,
-            "targets should be integer class labels within int64, but got label 18446744073709551615",
+            "within int64, but got label 18446744073709551615",
         ),
     ],
 )
