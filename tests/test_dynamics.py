@@ -455,4 +455,4 @@ def test_bench_dynamics_quick_runs_and_prints_its_tables():
     for strategy in ("kmeans", *DYNAMICS_STRATEGIES):
         assert f"| {strategy} " in out
     assert "Digits with a planted shortcut" in out
-    assert "SGD+random(learned_epoch)" in out
+    assert "| random(learned_epoch)@2 |" in out and "| oracle |" in out
