@@ -205,7 +205,9 @@ class TrainingDynamics:
         self.num_examples = int(num_examples)
         self.distributed = distributed
         self.num_classes: int | None = None
-        self._pending: list[torch.Tensor] = []
+        # per batch of the open epoch: the indices where they came (usually the CPU) and
+        # (label, correct, loss) on the outputs' device; no copy, no synchronisation
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._init_state()
 
     def _init_state(self) -> None:
@@ -232,8 +234,9 @@ class TrainingDynamics:
     ) -> None:
         """Record one batch: its ``(B, C)`` outputs, ``(B,)`` labels and dataset indices.
 
-        Cheap: three per-example numbers are computed on the outputs' device and kept there
-        until `end_epoch` (no device synchronisation per batch). Call it with the outputs of
+        Cheap: three per-example numbers are computed on the outputs' device and kept there,
+        and the indices where they are, until `end_epoch` (no copy between devices and no
+        synchronisation per batch). Call it with the outputs of
         the training forward pass (they are detached here).
 
         Args:
@@ -250,7 +253,7 @@ class TrainingDynamics:
         batch, num_classes = logits.shape
         device = logits.device
         targets = torch.as_tensor(targets, device=device)
-        indices = torch.as_tensor(indices, device=device)
+        indices = torch.as_tensor(indices)
         for name, value in (("targets", targets), ("indices", indices)):
             if value.shape != (batch,):
                 raise ValueError(
@@ -272,11 +275,8 @@ class TrainingDynamics:
         safe = targets.clamp(0, num_classes - 1)
         loss = -log_probs.gather(1, safe[:, None])[:, 0]
         correct = logits.detach().argmax(dim=1) == targets
-        self._pending.append(
-            torch.stack(
-                [indices.double(), targets.double(), correct.double(), loss.double()], dim=1
-            )
-        )
+        stats = torch.stack([targets.double(), correct.double(), loss.double()], dim=1)
+        self._pending.append((indices.detach().double(), stats))
 
     def end_epoch(self) -> None:
         """Close the epoch: fold its observations into the running statistics.
@@ -289,10 +289,12 @@ class TrainingDynamics:
                 non-finite output, or an example whose label changed between batches (on
                 every rank alike under ``torch.distributed``).
         """
+        local = torch.zeros((0, _COLUMNS), dtype=torch.float64)
         if self._pending:
-            local = torch.cat(self._pending)
-        else:
-            local = torch.zeros((0, _COLUMNS), dtype=torch.float64)
+            where = self._pending[0][0].device
+            index = torch.cat([i.to(where) for i, _ in self._pending]).cpu()
+            stats = torch.cat([s for _, s in self._pending]).cpu()  # one copy per epoch
+            local = torch.cat([index[:, None], stats], dim=1)
         self._pending = []
         if resolve_distributed(self.distributed):
             local = _gather_rows(local)
