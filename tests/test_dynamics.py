@@ -208,6 +208,17 @@ def test_recorder_errors_name_the_problem():
         dynamics.end_epoch()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_outputs_with_cpu_indices_match_the_cpu_record():
+    n = 50
+    history = random_history(n, 4, num_classes=3, seed=3)
+    on_gpu = TrainingDynamics(n)
+    for index, logits, targets in history:
+        on_gpu.update(torch.from_numpy(logits).cuda(), torch.from_numpy(targets).cuda(), index)
+        on_gpu.end_epoch()
+    assert_matches_reference(on_gpu, reference_record(history, n))
+
+
 # --- the index wrapper -------------------------------------------------------------------------
 class DictItems(Dataset):
     def __len__(self) -> int:
