@@ -1,0 +1,283 @@
+"""The Hugging Face Trainer integration: exact upsampled epochs on 2 processes, the workflow,
+checkpoints, and clear errors.
+
+One ``torchrun --nproc_per_node 2`` run (tests/_hf_worker.py, CPU, gloo) carries every
+multi-process check; the errors and the single-process workflow run in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import IterableDataset
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import Trainer, TrainingArguments
+
+from useful_data import Selection
+from useful_data.huggingface import (
+    SELECTION_FILE,
+    SeparatingEpochCallback,
+    USEFULTrainer,
+    select_with_trainer,
+)
+from useful_data.separating_epoch import SeparatingEpoch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from _hf_worker import SLOW, Items, N, fixed_selection, tiny_model_classes  # noqa: E402
+
+TinyConfig, TinyModel = tiny_model_classes()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_processes(script: Path, out: Path) -> dict:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return json.loads(out.read_text())
+
+
+def assert_upsampled_epoch(items: list[int]) -> None:
+    """50 items, the 40 examples each once and the 10 slow-learnable ones once more."""
+    counts = Counter(items)
+    expected = Counter(range(N)) + Counter(SLOW.tolist())
+    assert len(items) == 50, f"{len(items)} items, {len(counts)} distinct"
+    assert counts == expected
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("hf") / "result.json"
+    return run_two_processes(ROOT / "tests" / "_hf_worker.py", out)
+
+
+@pytest.mark.parametrize(
+    "case", ["dataset", "useful_trainer", "sampler_after_group", "sampler_before_group"]
+)
+def test_every_epoch_trains_on_the_upsampled_multiset(two_ranks, case):
+    """Counted on what both ranks' models saw: USEFULDataset with a plain Trainer,
+    USEFULTrainer, and an UpsampleSampler returned from a user's ``_get_train_sampler``,
+    built after or before the process group exists."""
+    assert two_ranks["world"] == 2 and two_ranks["group_before"] is False
+    epochs = two_ranks["counts"][case]
+    assert len(epochs) == 2
+    for items in epochs:
+        assert_upsampled_epoch(items)
+    if case != "dataset":
+        assert epochs[0] != epochs[1]  # set_epoch reached the sampler: a new order
+
+
+def test_workflow_on_two_ranks(two_ranks):
+    # phase 1 stopped after epoch 2 of the 4-epoch schedule
+    assert two_ranks["phase1_epoch"] == [2.0, 2, 2]
+    # every rank got the same selection, equal to one computed from local logits
+    masks = two_ranks["selection_masks"]
+    assert masks[0] == masks[1] == two_ranks["selection_alone"]
+    assert 0 < sum(masks[0]) < N
+    # phase 3 started from W0 on both ranks, and trained 3 exact upsampled epochs
+    assert two_ranks["phase3_from_w0"] == [True, True]
+    multiset = Counter(range(N)) + Counter(np.flatnonzero(masks[0]).tolist())
+    size = sum(multiset.values())
+    steps_per_epoch = -(-size // (2 * 5))  # Accelerate completes the last round of batches
+    assert two_ranks["steps_per_epoch"] == steps_per_epoch
+    assert two_ranks["phase3_optimizer_steps"] == 3 * steps_per_epoch
+    for items in two_ranks["phase3_epochs"]:
+        assert len(items) == steps_per_epoch * 2 * 5
+        assert not multiset - Counter(items)  # every item of the multiset, as often
+        assert sum((Counter(items) - multiset).values()) == len(items) - size  # + the padding
+
+
+def test_resume_mid_epoch_trains_the_batches_not_yet_seen(two_ranks):
+    """The checkpoint is 2 steps into epoch 1: the resumed run (built with selection=None)
+    takes the checkpoint's selection and trains, on every rank, exactly the batches the
+    original run trained after it, in the same order."""
+    assert two_ranks["checkpoint_has_selection"]
+    assert two_ranks["resume_adopted"]
+    done_in_epoch = two_ranks["save_step"] - two_ranks["steps_per_epoch"]
+    assert done_in_epoch == 2
+    for original, resumed in zip(
+        two_ranks["original_batches"], two_ranks["resumed_batches"], strict=True
+    ):
+        assert resumed == [original[1][done_in_epoch:], original[2]]
+
+
+# --- one process ---------------------------------------------------------------------------
+def arguments(tmp_path, **overrides) -> TrainingArguments:
+    kwargs = dict(
+        output_dir=str(tmp_path / "run"), use_cpu=True, per_device_train_batch_size=5,
+        num_train_epochs=2, learning_rate=0.1, report_to="none", disable_tqdm=True,
+        save_strategy="no", logging_strategy="no", seed=0,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        yield from Items()
+
+
+def test_useful_trainer_single_process_and_checkpoint(tmp_path):
+    data = Items()
+    selection = fixed_selection(data)
+    args = arguments(tmp_path, save_strategy="epoch")
+    model = TinyModel(TinyConfig())
+    trainer = USEFULTrainer(model, args, train_dataset=data, selection=selection)
+    trainer.train()
+    assert trainer.state.global_step == 2 * 10  # 50 items per epoch, batch 5
+    for step in (10, 20):
+        saved = Selection.load(tmp_path / "run" / f"checkpoint-{step}" / SELECTION_FILE)
+        assert np.array_equal(saved.mask, selection.mask)
+    # resuming with another selection is refused, before any training
+    other_mask = ~selection.mask
+    other = Selection(mask=other_mask, loss=selection.loss, targets=selection.targets)
+    again = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=other)
+    with pytest.raises(ValueError, match="another selection"):
+        again.train(resume_from_checkpoint=True)
+    # a checkpoint of a plain Trainer (phase 1) has no selection to resume
+    plain = Trainer(
+        TinyModel(TinyConfig()),
+        arguments(tmp_path / "p1", save_strategy="epoch"),
+        train_dataset=data,
+    )
+    plain.train()
+    resume = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=selection)
+    with pytest.raises(ValueError, match="not saved by a USEFULTrainer"):
+        resume.train(resume_from_checkpoint=str(tmp_path / "p1" / "run" / "checkpoint-16"))
+
+
+def test_selection_that_does_not_fit_the_training_set(tmp_path):
+    data = Items()
+    selection = fixed_selection(data)
+    args = arguments(tmp_path)
+    shorter = torch.utils.data.Subset(data, range(N - 1))
+    with pytest.raises(ValueError, match="40 examples, but train_dataset has 39"):
+        USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=shorter, selection=selection)
+    flipped = Selection(mask=selection.mask, loss=selection.loss, targets=1 - selection.targets)
+    with pytest.raises(ValueError, match="fingerprint mismatch"):
+        USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=flipped)
+    with pytest.raises(TypeError, match="should be a Selection"):
+        USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=selection.mask)
+    with pytest.raises(ValueError, match="has no selection"):
+        USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=None).train()
+
+
+def test_iterable_datasets_are_refused(tmp_path):
+    args = arguments(tmp_path)
+    selection = fixed_selection(Items())
+    with pytest.raises(TypeError, match=r"map-style.*Stream"):
+        USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=Stream(), selection=selection)
+    trainer = Trainer(TinyModel(TinyConfig()), args, train_dataset=Items())
+    with pytest.raises(TypeError, match=r"eval_dataset should be a map-style.*Stream"):
+        select_with_trainer(trainer, Stream())
+
+
+def test_separating_epoch_callback(tmp_path):
+    with pytest.raises(ValueError, match="separating_epoch=0"):
+        SeparatingEpochCallback(0)
+    with pytest.raises(TypeError, match="separating_epoch='3'"):
+        SeparatingEpochCallback("3")
+    data = Items()
+    late = Trainer(
+        TinyModel(TinyConfig()),
+        arguments(tmp_path, num_train_epochs=2),
+        train_dataset=data,
+        callbacks=[SeparatingEpochCallback(3)],
+    )
+    with pytest.raises(ValueError, match="separating_epoch=3 is past the schedule's"):
+        late.train()
+    assert late.state.global_step == 0
+    too_long = Trainer(
+        TinyModel(TinyConfig()),
+        arguments(tmp_path, num_train_epochs=10),
+        train_dataset=data,
+        callbacks=[SeparatingEpochCallback(SeparatingEpoch(total_epochs=100))],
+    )
+    with pytest.raises(ValueError, match="as late as epoch 20, past the schedule's"):
+        too_long.train()
+    unlogged = Trainer(
+        TinyModel(TinyConfig()),
+        arguments(tmp_path, num_train_epochs=20),
+        train_dataset=data,
+        callbacks=[SeparatingEpochCallback(SeparatingEpoch(total_epochs=20))],
+    )
+    with pytest.raises(ValueError, match="logging_strategy='epoch'"):
+        unlogged.train()
+
+
+def test_separating_epoch_detector_stops_phase_one(tmp_path):
+    """A SeparatingEpoch fed the per-epoch loss the Trainer logs: training stops where the
+    detector, fed the same logged losses, says to, and not before."""
+    callback = SeparatingEpochCallback(SeparatingEpoch(total_epochs=20))
+    args = arguments(tmp_path, num_train_epochs=20, logging_strategy="epoch", learning_rate=0.05)
+    trainer = Trainer(TinyModel(TinyConfig()), args, train_dataset=Items(), callbacks=[callback])
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert callback.epoch is not None and 3 <= callback.epoch <= 4
+    assert trainer.state.epoch == callback.epoch == len(losses)
+    replay = SeparatingEpoch(total_epochs=20)
+    assert [replay.update(loss) for loss in losses] == [False] * (len(losses) - 1) + [True]
+
+
+def test_select_with_trainer_matches_find_slow_learnable(tmp_path):
+    from useful_data import find_slow_learnable
+
+    data = Items()
+    trainer = Trainer(
+        TinyModel(TinyConfig()),
+        arguments(tmp_path, per_device_eval_batch_size=7),
+        train_dataset=data,
+    )
+    trainer.train()
+    found = select_with_trainer(trainer, data, backend="sklearn", progress=False)
+    with torch.no_grad():
+        logits = trainer.model.eval()(data.x)["logits"]
+    direct = find_slow_learnable(logits=logits, targets=data.targets, backend="sklearn")
+    assert np.array_equal(found.mask, direct.mask)
+    assert np.allclose(found.loss, direct.loss, atol=1e-6)
+    with pytest.raises(TypeError, match="no model="):
+        select_with_trainer(trainer, data, model=trainer.model)
+
+
+def test_missing_extra_is_one_clear_import_error():
+    """Without transformers, importing the integration names the extra; ``import
+    useful_data`` itself never imports transformers or accelerate."""
+    code = (
+        "import sys\n"
+        "import useful_data\n"
+        "assert 'transformers' not in sys.modules and 'accelerate' not in sys.modules\n"
+        "sys.modules['transformers'] = None\n"
+        "try:\n"
+        "    import useful_data.huggingface\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "useful_data.huggingface needs transformers and accelerate: "
+        "pip install 'useful-data[huggingface]'"
+    )
