@@ -10,7 +10,6 @@ and a resume from a mid-epoch checkpoint.
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -20,12 +19,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
-from useful_data import Selection, UpsampleSampler, USEFULDataset, find_slow_learnable
+from useful_data import UpsampleSampler, USEFULDataset, find_slow_learnable
 
-N, NUM_SLOW, BATCH = 40, 10, 5
-SLOW = np.arange(0, N, N // NUM_SLOW)  # every 4th example: 0, 4, ..., 36
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _two_processes import BATCH, Items, N, fixed_selection, flat, gathered
 
 # A sampler built here, before TrainingArguments creates the process group.
 SAMPLER_BEFORE_GROUP: UpsampleSampler | None = None
@@ -61,37 +59,6 @@ def tiny_model_classes() -> tuple[type, type]:
             return {"loss": loss, "logits": logits}
 
     return TinyConfig, TinyModel
-
-
-class Items(Dataset):
-    """Map-style: dict items with the input, the label and the item's own index."""
-
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.targets = torch.arange(N) % 2
-        self.x = torch.randn(N, 4, generator=g) + 2.0 * self.targets[:, None]
-
-    def __len__(self) -> int:
-        return N
-
-    def __getitem__(self, i: int) -> dict:
-        return {"x": self.x[i], "labels": int(self.targets[i]), "index": i}
-
-
-def fixed_selection(data: Items) -> Selection:
-    mask = np.zeros(N, dtype=bool)
-    mask[SLOW] = True
-    return Selection(mask=mask, loss=np.zeros(N, np.float32), targets=data.targets.numpy())
-
-
-def flat(lists) -> list:
-    return list(itertools.chain.from_iterable(lists))
-
-
-def gathered(value):
-    values = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
 
 
 def main(out: str) -> None:

@@ -7,9 +7,7 @@ multi-process check; the errors and the single-process workflow run in this proc
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -37,34 +35,16 @@ from useful_data.separating_epoch import SeparatingEpoch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from _hf_worker import SLOW, Items, N, fixed_selection, tiny_model_classes  # noqa: E402
+from _hf_worker import tiny_model_classes  # noqa: E402
+from _two_processes import (  # noqa: E402
+    Items,
+    N,
+    assert_upsampled_epoch,
+    fixed_selection,
+    run_two_processes,
+)
 
 TinyConfig, TinyModel = tiny_model_classes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_two_processes(script: Path, out: Path) -> dict:
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(out),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return json.loads(out.read_text())
-
-
-def assert_upsampled_epoch(items: list[int]) -> None:
-    """50 items, the 40 examples each once and the 10 slow-learnable ones once more."""
-    counts = Counter(items)
-    expected = Counter(range(N)) + Counter(SLOW.tolist())
-    assert len(items) == 50, f"{len(items)} items, {len(counts)} distinct"
-    assert counts == expected
 
 
 @pytest.fixture(scope="module")
