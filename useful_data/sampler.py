@@ -5,30 +5,57 @@ the same multiset as `USEFULDataset`, shuffled with a local
 `torch.Generator` seeded ``seed + epoch``. Sharding for distributed training follows
 `torch.utils.data.DistributedSampler` exactly: pad (or drop) to a multiple of
 ``num_replicas``, then take ``indices[rank:total_size:num_replicas]``.
+
+Where training frameworks are concerned, the rule is that exactly one party shards:
+
+* The sampler *is* a ``DistributedSampler`` (a subclass), so PyTorch Lightning and Fabric
+  (``use_distributed_sampler=True``) and Ray Train's ``prepare_data_loader`` keep it as it is
+  instead of replacing or re-wrapping it; the sampler shards.
+* ``num_replicas`` and ``rank`` left unset are read from the process group at every epoch,
+  not when the sampler is built, so building it before ``init_process_group`` (or before a
+  framework launches its processes) shards correctly too.
+* Accelerate's ``prepare`` (and so the Hugging Face ``Trainer``) shards the *batches* of the
+  sampler it is given: under it, the sampler yields the whole multiset, the same on every
+  process, and Accelerate deals it out (`useful_data._frameworks`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import operator
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from useful_data._checks import check_bool, check_int, check_positive_int, check_upsample_factor
+from useful_data._frameworks import sharding_framework
 from useful_data.distributed import get_rank, get_world_size
 from useful_data.selection import SelectionLike, resolve_selection
 
 __all__ = ["UpsampleSampler"]
 
+_STATE_KEYS = ("epoch", "yielded", "seed", "multiset_size")
 
-class UpsampleSampler(Sampler[int]):
+
+class UpsampleSampler(DistributedSampler[int]):
     """Sample base-dataset indices with the slow-learnable ones ``upsample_factor`` times.
 
     Use it with the *original* dataset instead of wrapping it in
     `USEFULDataset`: ``DataLoader(train_set, sampler=sampler, ...)``. Call
-    `set_epoch` at the start of every epoch, as with ``DistributedSampler``.
+    `set_epoch` at the start of every epoch, as with ``DistributedSampler`` (Lightning,
+    Accelerate and the Hugging Face ``Trainer`` call it for you).
+
+    Safe in every common set-up, each epoch giving exactly the upsampled multiset across all
+    processes: a single process; DDP under ``torchrun``, built before or after
+    ``init_process_group``; PyTorch Lightning and Fabric (their default
+    ``use_distributed_sampler=True`` keeps it, as a ``DistributedSampler``); Ray Train;
+    Accelerate's ``prepare`` and the Hugging Face ``Trainer`` (which shard the batches
+    themselves: the sampler then yields the whole multiset on every process and Accelerate
+    deals it out).
 
     Args:
         selection: A `Selection`, a path to a saved one, a boolean mask of
@@ -39,9 +66,9 @@ class UpsampleSampler(Sampler[int]):
             repeats).
         seed: Seed of the shuffle (any integer); the order of epoch ``e`` depends only on
             ``seed + e``.
-        num_replicas: Number of distributed processes; defaults to the world size of the
-            initialised process group, or 1.
-        rank: This process's rank; defaults to the process group's rank, or 0.
+        num_replicas: Number of distributed processes. Left unset, it is the world size of
+            the process group *when an epoch starts* (1 outside one).
+        rank: This process's rank; left unset, the process group's rank when an epoch starts.
         drop_last: Drop the tail to make the multiset divisible by ``num_replicas`` instead of
             padding it with repeated indices.
 
@@ -73,23 +100,22 @@ class UpsampleSampler(Sampler[int]):
         rank: int | None = None,
         drop_last: bool = False,
     ) -> None:
+        # DistributedSampler.__init__ is not called: it needs a dataset and, for unset
+        # num_replicas/rank, an initialised process group, which is read here per epoch.
         if num_examples is not None:
             num_examples = check_positive_int("num_examples", num_examples, minimum=0)
         mask, sel = resolve_selection(selection, num_examples)
         if upsample_factor is None:
             upsample_factor = sel.upsample_factor if sel is not None else 2
         self.upsample_factor = check_upsample_factor(upsample_factor)
-        if num_replicas is None:
-            num_replicas = get_world_size()
-        if rank is None:
-            rank = get_rank()
-        self.num_replicas = check_positive_int("num_replicas", num_replicas)
-        rank = check_positive_int("rank", rank, minimum=0)
-        if rank >= self.num_replicas:
-            raise ValueError(
-                f"Invalid rank {rank}, rank should be in the interval [0, {self.num_replicas - 1}]"
-            )
-        self.rank = rank
+        self._num_replicas: int | None = None
+        self._rank: int | None = None
+        if num_replicas is not None:
+            self._num_replicas = check_positive_int("num_replicas", num_replicas)
+        if rank is not None:
+            self._rank = check_positive_int("rank", rank, minimum=0)
+        if self._num_replicas is not None and self._rank is not None:
+            _check_rank(self._rank, self._num_replicas)
         self.shuffle = check_bool("shuffle", shuffle)
         self.seed = check_int("seed", seed)
         self.drop_last = check_bool("drop_last", drop_last)
@@ -99,40 +125,196 @@ class UpsampleSampler(Sampler[int]):
             [np.arange(len(mask), dtype=np.int64), *[slow] * (self.upsample_factor - 1)]
         )
         self._multiset = torch.from_numpy(multiset)
-        total = len(multiset)
-        if self.drop_last and total % self.num_replicas != 0:
-            self.num_samples = math.ceil((total - self.num_replicas) / self.num_replicas)
+        # Resumption: (epoch, position) to start the next iteration of that epoch from, and
+        # the running epoch's (epoch, start, length, iterator) to tell how far it has got.
+        self._resume: tuple[int, int] | None = None
+        self._running: tuple[int, int, int, Iterator[int]] | None = None
+
+    # --- sharding ---------------------------------------------------------------------------
+    @property
+    def num_replicas(self) -> int:
+        """The number of processes the multiset is sharded over: the value given, else the
+        process group's world size now (1 outside one)."""
+        return self._num_replicas if self._num_replicas is not None else get_world_size()
+
+    @num_replicas.setter
+    def num_replicas(self, value: int) -> None:
+        self._num_replicas = check_positive_int("num_replicas", value)
+
+    @property
+    def rank(self) -> int:
+        """This process's shard: the value given, else the process group's rank now."""
+        return self._rank if self._rank is not None else get_rank()
+
+    @rank.setter
+    def rank(self, value: int) -> None:
+        self._rank = check_positive_int("rank", value, minimum=0)
+
+    def _shard(self, caller: Any) -> tuple[int, int]:
+        """``(num_replicas, rank)`` for the epoch about to run; ``(1, 0)`` where a framework
+        shards the batches itself (``caller``: the frame that asked)."""
+        framework = sharding_framework(caller)
+        if framework is not None:
+            if self._num_replicas is not None and self._num_replicas > 1:
+                raise RuntimeError(
+                    f"UpsampleSampler was built with num_replicas={self._num_replicas}, but "
+                    f"{framework} shards the batches of this DataLoader itself, so every "
+                    "process would see only 1/num_replicas of its own shard; build it "
+                    "without num_replicas and rank (it then yields the whole multiset "
+                    f"and {framework} deals it out)"
+                )
+            return 1, 0
+        replicas, rank = self.num_replicas, self.rank
+        _check_rank(rank, replicas)
+        return replicas, rank
+
+    def _sizes(self, replicas: int) -> tuple[int, int]:
+        """``(num_samples, total_size)`` per ``DistributedSampler``'s arithmetic."""
+        total = self.multiset_size
+        if self.drop_last and total % replicas != 0:
+            num_samples = math.ceil((total - replicas) / replicas)
         else:
-            self.num_samples = math.ceil(total / self.num_replicas)
-        self.total_size = self.num_samples * self.num_replicas
+            num_samples = math.ceil(total / replicas)
+        return num_samples, num_samples * replicas
+
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        """Indices this rank yields per epoch (``DistributedSampler``'s ``num_samples``)."""
+        return self._sizes(self.num_replicas)[0]
+
+    @property
+    def total_size(self) -> int:  # type: ignore[override]
+        """``num_samples * num_replicas``: the multiset padded (or cut) to shard evenly."""
+        return self._sizes(self.num_replicas)[1]
 
     @property
     def multiset_size(self) -> int:
         """``N + (k - 1) |S|``: the size of the upsampled dataset across all replicas."""
         return int(self._multiset.numel())
 
+    # --- epochs -----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch; with ``shuffle=True`` it changes the order, identically on every rank.
+
+        A position restored by `load_state_dict` applies to the epoch it was saved in only:
+        setting another epoch discards it.
 
         Raises:
             TypeError: if ``epoch`` is not an integer.
         """
         self.epoch = check_int("epoch", epoch)
+        if self._resume is not None and self._resume[0] != self.epoch:
+            self._resume = None
 
-    def __iter__(self) -> Iterator[int]:
+    def _epoch_order(self) -> torch.Tensor:
         indices = self._multiset
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed((self.seed + self.epoch) % 2**64)  # any integers, as torch takes
             indices = indices[torch.randperm(len(indices), generator=g)]
+        return indices
+
+    def __iter__(self) -> Iterator[int]:
+        replicas, rank = self._shard(sys._getframe(1))
+        num_samples, total_size = self._sizes(replicas)
+        indices = self._epoch_order()
         if not self.drop_last:
-            padding = self.total_size - len(indices)
+            padding = total_size - len(indices)
             if padding > 0 and len(indices) > 0:
                 repeats = math.ceil(padding / len(indices))
                 indices = torch.cat([indices, indices.repeat(repeats)[:padding]])
         else:
-            indices = indices[: self.total_size]
-        yield from indices[self.rank : self.total_size : self.num_replicas].tolist()
+            indices = indices[:total_size]
+        start = 0
+        if self._resume is not None:
+            epoch, start = self._resume
+            self._resume = None
+            if epoch != self.epoch:  # cannot happen through set_epoch; kept as a guard
+                start = 0
+            start = min(start, num_samples)
+        shard = indices[rank:total_size:replicas][start:].tolist()
+        it = iter(shard)  # a list iterator knows how much it has left (see _position)
+        self._running = (self.epoch, start, len(shard), it)
+        return it
 
     def __len__(self) -> int:
-        return self.num_samples
+        replicas, _ = self._shard(sys._getframe(1))
+        return self._sizes(replicas)[0]
+
+    # --- resumption -------------------------------------------------------------------------
+    def _position(self) -> int:
+        """How many indices of the current epoch this process has been handed."""
+        if self._resume is not None:
+            return self._resume[1]
+        if self._running is None or self._running[0] != self.epoch:
+            return 0
+        _, start, length, it = self._running
+        return start + length - operator.length_hint(it)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this process is in the current epoch, to resume from mid-epoch.
+
+        ``yielded`` counts the indices this process's iterator has handed out this epoch
+        (torchdata's ``StatefulDataLoader`` saves and restores it with the loader, prefetching
+        accounted for). With a plain ``DataLoader`` and ``num_workers > 0`` the loader asks for
+        indices ahead of training: resuming by hand, set ``yielded`` to the number of samples
+        trained on instead (batches done x batch size).
+
+        Example:
+            >>> sampler = UpsampleSampler([1, 3], num_examples=5, seed=0)
+            >>> it = iter(sampler)
+            >>> first = [next(it), next(it), next(it)]
+            >>> state = sampler.state_dict()
+            >>> state["yielded"]
+            3
+            >>> resumed = UpsampleSampler([1, 3], num_examples=5, seed=0)
+            >>> resumed.load_state_dict(state)
+            >>> first + list(resumed) == list(UpsampleSampler([1, 3], num_examples=5, seed=0))
+            True
+        """
+        return {
+            "epoch": self.epoch,
+            "yielded": self._position(),
+            "seed": self.seed,
+            "multiset_size": self.multiset_size,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume mid-epoch: the next iteration of the saved epoch skips the ``yielded`` indices
+        this process was already handed, then the epochs after it run in full.
+
+        Raises:
+            TypeError: if ``state_dict`` is not a mapping of integers.
+            ValueError: if a key is missing, ``yielded`` is negative, or the state comes from a
+                sampler with another seed or multiset size (another selection or factor).
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                "state_dict should be a mapping from UpsampleSampler.state_dict(), "
+                f"but got {type(state_dict).__name__}"
+            )
+        missing = [key for key in _STATE_KEYS if key not in state_dict]
+        if missing:
+            raise ValueError(
+                f"state_dict is missing {missing}; it should come from "
+                f"UpsampleSampler.state_dict() (keys {list(_STATE_KEYS)})"
+            )
+        state = {key: check_int(f"state_dict[{key!r}]", state_dict[key]) for key in _STATE_KEYS}
+        if state["yielded"] < 0:
+            raise ValueError(f"state_dict['yielded'] should be >= 0, but got {state['yielded']}")
+        for key, own in (("seed", self.seed), ("multiset_size", self.multiset_size)):
+            if state[key] != own:
+                raise ValueError(
+                    f"state_dict comes from another sampler: its {key} is {state[key]}, this "
+                    f"sampler's is {own} (same selection, upsample_factor and seed needed)"
+                )
+        self.epoch = state["epoch"]
+        self._resume = (state["epoch"], state["yielded"])
+        self._running = None
+
+
+def _check_rank(rank: int, num_replicas: int) -> None:
+    if rank >= num_replicas:
+        raise ValueError(
+            f"Invalid rank {rank}, rank should be in the interval [0, {num_replicas - 1}]"
+        )
