@@ -3,6 +3,7 @@ the launcher and the count check (tests/test_huggingface.py, tests/test_accelera
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -53,6 +54,15 @@ def gathered(value):
     values = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
     return values
+
+
+def load_example(name: str):
+    """``examples/<name>.py`` as a module (its ``main(argv)`` runs it)."""
+    path = ROOT / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

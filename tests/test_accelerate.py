@@ -15,7 +15,7 @@ pytest.importorskip("accelerate")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from _two_processes import assert_upsampled_epoch, run_two_processes  # noqa: E402
+from _two_processes import assert_upsampled_epoch, load_example, run_two_processes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,12 @@ def test_resumed_epoch_skips_exactly_the_batches_done(two_ranks):
     for trained, resumed in two_ranks["resume"]:
         assert len(trained) == 25
         assert resumed == trained[2 * 5 :]
+
+
+def test_example_script_runs(capsys):
+    example = load_example("train_accelerate")
+    accuracy = example.main(["--tiny"])
+    out = capsys.readouterr().out
+    assert 0.0 <= accuracy <= 1.0
+    assert "precision" in out and "recall" in out
+    assert "phase 3: 610 examples per epoch" in out  # 400 + 210 slow-learnable

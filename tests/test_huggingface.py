@@ -41,6 +41,7 @@ from _two_processes import (  # noqa: E402
     N,
     assert_upsampled_epoch,
     fixed_selection,
+    load_example,
     run_two_processes,
 )
 
@@ -261,3 +262,20 @@ def test_missing_extra_is_one_clear_import_error():
         "useful_data.huggingface needs transformers and accelerate: "
         "pip install 'useful-data[huggingface]'"
     )
+
+
+def test_example_script_runs_and_resumes(tmp_path, capsys):
+    """examples/train_huggingface.py --tiny: the three phases; then --resume continues phase
+    3 from its last checkpoint (already at the end: no step more) with its selection."""
+    example = load_example("train_huggingface")
+    argv = ["--tiny", "--separating-epoch", "2", "--out", str(tmp_path / "run")]
+    accuracy = example.main(argv)
+    out = capsys.readouterr().out
+    assert "phase 1 stopped after epoch 2 of 6" in out
+    assert "precision" in out and "recall" in out
+    steps = int(out.split("phase 3: ")[1].split(" steps")[0])
+    assert steps == 6 * 13  # ceil((400 + 210) / 50) steps per epoch
+    checkpoint = tmp_path / "run" / "phase3" / f"checkpoint-{steps}"
+    assert (checkpoint / SELECTION_FILE).is_file()
+    assert example.main([*argv, "--resume"]) == pytest.approx(accuracy)
+    assert f"phase 3: {steps} steps" in capsys.readouterr().out
