@@ -147,6 +147,32 @@ def test_useful_trainer_single_process_and_checkpoint(tmp_path):
     resume = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=selection)
     with pytest.raises(ValueError, match="not saved by a USEFULTrainer"):
         resume.train(resume_from_checkpoint=str(tmp_path / "p1" / "run" / "checkpoint-16"))
+    # a checkpoint's selection is checked against the data it would now train on
+    shorter = torch.utils.data.Subset(data, range(N - 1))
+    adopt = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=shorter, selection=None)
+    with pytest.raises(ValueError, match="40 examples, but train_dataset has 39"):
+        adopt.train(resume_from_checkpoint=True)
+
+
+def test_a_datasets_dataset_trains_and_is_checked(tmp_path):
+    """A ``datasets.Dataset`` (torch format): its ``labels`` column is checked against the
+    selection, select_with_trainer predicts on it, USEFULTrainer trains on it."""
+    datasets = pytest.importorskip("datasets")
+    items = Items()
+    table = datasets.Dataset.from_dict(
+        {"x": items.x.tolist(), "labels": items.targets.tolist(), "index": list(range(N))}
+    ).with_format("torch")
+    selection = fixed_selection(items)
+    flipped = Selection(mask=selection.mask, loss=selection.loss, targets=1 - selection.targets)
+    with pytest.raises(ValueError, match="fingerprint mismatch"):
+        USEFULTrainer(TinyModel(TinyConfig()), arguments(tmp_path), train_dataset=table,
+                      selection=flipped)  # fmt: skip
+    trainer = USEFULTrainer(TinyModel(TinyConfig()), arguments(tmp_path), train_dataset=table,
+                            selection=selection)  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 2 * 10
+    found = select_with_trainer(trainer, table, backend="sklearn", progress=False)
+    assert found.num_examples == N and np.array_equal(found.targets, items.targets.numpy())
 
 
 def test_selection_that_does_not_fit_the_training_set(tmp_path):
@@ -279,3 +305,16 @@ def test_example_script_runs_and_resumes(tmp_path, capsys):
     assert (checkpoint / SELECTION_FILE).is_file()
     assert example.main([*argv, "--resume"]) == pytest.approx(accuracy)
     assert f"phase 3: {steps} steps" in capsys.readouterr().out
+
+
+def test_benchmark_quick_run_prints_ratio_tables():
+    """benchmarks/bench_huggingface.py --quick: both tables print, with ratios that parse
+    (never a time: these machines are shared)."""
+    from test_benchmarks import _run, _tables
+
+    tables = _tables(_run("bench_huggingface.py"))
+    assert [len(rows) for _, rows in tables] == [2, 1]
+    for header, rows in tables:
+        assert header[-2:] == ["ratio", "ratio of best"]
+        for row in rows:
+            assert float(row[-2]) > 0 and float(row[-1]) > 0
