@@ -12,7 +12,7 @@ selection is scored against the planted truth.
 
 Run:
     python examples/train_accelerate.py --tiny                        # seconds on a CPU
-    torchrun --nproc_per_node=2 examples/train_accelerate.py --tiny   # or: accelerate launch
+    torchrun --nproc_per_node=2 examples/train_accelerate.py --tiny   # 2 CPU processes
 """
 
 from __future__ import annotations
