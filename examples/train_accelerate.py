@@ -1,9 +1,9 @@
-"""USEFUL in a hand-written loop under Hugging Face Accelerate: phase 1, selection, phase 3.
+"""USEFUL in a hand-written loop under Hugging Face Accelerate: phase 1, selection, phase 2.
 
 1. Phase 1: the first ``t`` epochs, everything through ``accelerator.prepare``.
 2. ``find_slow_learnable(accelerator.unwrap_model(model), train_set)`` on every process:
    each runs its share of the forward passes and all get the same Selection.
-3. Phase 3: the initial weights W0 again, a fresh optimizer and schedule, and an
+3. Phase 2: the initial weights W0 again, a fresh optimizer and schedule, and an
    ``UpsampleSampler`` in the training loader, prepared like any other: Accelerate deals its
    batches out to the processes, and ``loader.set_epoch(epoch)`` reaches it.
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> float:
         f"{hits / max(int(truth.sum()), 1):.3f} (vs. the planted truth)"
     )
 
-    # 3. phase 3: W0, a fresh optimizer and schedule, the upsampled multiset
+    # 3. phase 2: W0, a fresh optimizer and schedule, the upsampled multiset
     model = ToyCNN(seed=args.seed)
     model.load_state_dict(w0)
     sampler = UpsampleSampler(selection, len(train_set), seed=args.seed)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> float:
     with torch.no_grad():
         logits = model(test.inputs.to(accelerator.device)).cpu()
     accuracy = float((logits.argmax(1) == test.targets).float().mean())
-    accelerator.print(f"phase 3: {sampler.multiset_size} examples per epoch; "
+    accelerator.print(f"phase 2: {sampler.multiset_size} examples per epoch; "
                       f"test accuracy {accuracy:.4f}")  # fmt: skip
     accelerator.end_training()
     return accuracy

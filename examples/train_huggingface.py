@@ -1,11 +1,11 @@
-"""USEFUL with the Hugging Face ``Trainer``: phase 1, the selection, phase 3 from W0.
+"""USEFUL with the Hugging Face ``Trainer``: phase 1, the selection, phase 2 from W0.
 
 1. Phase 1: a plain ``Trainer`` with the full schedule's arguments and a
    ``SeparatingEpochCallback``, which stops it after the separating epoch (a number, or
    ``auto``: a ``SeparatingEpoch`` fed the training loss the Trainer logs every epoch).
 2. ``select_with_trainer``: ``trainer.predict`` over the training set, then
    ``find_slow_learnable`` on the logits; every process gets the same Selection.
-3. Phase 3: ``USEFULTrainer`` from the same initial weights W0, with a fresh optimizer and
+3. Phase 2: ``USEFULTrainer`` from the same initial weights W0, with a fresh optimizer and
    schedule, on the training set with the slow-learnable examples twice. Its checkpoints
    carry the selection; ``--resume`` continues from the last one.
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("useful_hf_run"))
-    parser.add_argument("--resume", action="store_true", help="resume phase 3's last checkpoint")
+    parser.add_argument("--resume", action="store_true", help="resume phase 2's last checkpoint")
     parser.add_argument("--tiny", action="store_true", help="a few seconds on a CPU")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> float:
     data = make_simplicity_bias_data(args.num_examples, seed=args.seed)
     train_set = DictItems(data)
     model = Classifier(seed=args.seed)
-    w0 = copy.deepcopy(model.state_dict())  # the initial weights, for phase 3
+    w0 = copy.deepcopy(model.state_dict())  # the initial weights, for phase 2
 
     # 1. phase 1: the first epochs of the full schedule
     stop = SeparatingEpochCallback(separating)
@@ -131,18 +131,18 @@ def main(argv: list[str] | None = None) -> float:
         f"{hits / max(selection.num_slow_learnable, 1):.3f} recall "
         f"{hits / max(int(truth.sum()), 1):.3f} (vs. the planted truth)")  # fmt: skip
 
-    # 3. phase 3: W0, a fresh optimizer and schedule, the upsampled training set
+    # 3. phase 2: W0, a fresh optimizer and schedule, the upsampled training set
     model.load_state_dict(w0)
-    phase3_args = arguments(args.out / "phase3", args, save_strategy="epoch",
+    phase2_args = arguments(args.out / "phase2", args, save_strategy="epoch",
                             save_total_limit=2)  # fmt: skip
-    phase3 = USEFULTrainer(model, phase3_args, train_dataset=train_set, selection=selection)
-    phase3.train(resume_from_checkpoint=True if args.resume else None)
+    phase2 = USEFULTrainer(model, phase2_args, train_dataset=train_set, selection=selection)
+    phase2.train(resume_from_checkpoint=True if args.resume else None)
     test = make_simplicity_bias_data(args.num_examples, seed=args.seed + 1000)
     with torch.no_grad():
         device = next(model.parameters()).device
         predictions = model(test.inputs.to(device))["logits"].argmax(1).cpu()
     accuracy = float((predictions == test.targets).float().mean())
-    log(f"phase 3: {phase3.state.global_step} steps; test accuracy {accuracy:.4f}")
+    log(f"phase 2: {phase2.state.global_step} steps; test accuracy {accuracy:.4f}")
     return accuracy
 
 

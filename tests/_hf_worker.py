@@ -134,7 +134,7 @@ def main(out: str) -> None:
     counts["sampler_before_group"] = run(before)
     results["counts"] = counts
 
-    # --- the workflow: phase 1 from W0, selection on both ranks, phase 3 from W0 -------------
+    # --- the workflow: phase 1 from W0, selection on both ranks, phase 2 from W0 -------------
     torch.manual_seed(0)
     model = TinyModel(TinyConfig())
     w0 = {k: v.clone() for k, v in model.state_dict().items()}
@@ -166,25 +166,25 @@ def main(out: str) -> None:
     steps_per_epoch = -(-(N + found.num_slow_learnable) // (2 * BATCH))
     save_step = steps_per_epoch + 2  # two steps into epoch 1
     results["save_step"], results["steps_per_epoch"] = save_step, steps_per_epoch
-    phase3_args = arguments(
-        "phase3", num_train_epochs=3, save_strategy="steps", save_steps=save_step
+    phase2_args = arguments(
+        "phase2", num_train_epochs=3, save_strategy="steps", save_steps=save_step
     )
-    phase3 = USEFULTrainer(
-        model, phase3_args, train_dataset=data, selection=found, callbacks=[NewEpoch(), start]
+    phase2 = USEFULTrainer(
+        model, phase2_args, train_dataset=data, selection=found, callbacks=[NewEpoch(), start]
     )
     model.seen.clear()
-    phase3.train()
+    phase2.train()
     full = gathered(model.seen)  # rank -> epoch -> batches
-    results["phase3_from_w0"] = gathered(start.from_w0)
-    results["phase3_optimizer_steps"] = phase3.state.global_step
+    results["phase2_from_w0"] = gathered(start.from_w0)
+    results["phase2_optimizer_steps"] = phase2.state.global_step
     per_rank = [[flat(batches) for batches in epochs] for epochs in full]
-    results["phase3_epochs"] = [flat(ranks) for ranks in zip(*per_rank, strict=True)]
+    results["phase2_epochs"] = [flat(ranks) for ranks in zip(*per_rank, strict=True)]
     # resume two steps into epoch 1, with the selection the checkpoint holds
-    checkpoint = Path(phase3_args.output_dir) / f"checkpoint-{save_step}"
+    checkpoint = Path(phase2_args.output_dir) / f"checkpoint-{save_step}"
     results["checkpoint_has_selection"] = (checkpoint / "useful_selection.npz").is_file()
     resumed = USEFULTrainer(
         TinyModel(TinyConfig()),
-        phase3_args,
+        phase2_args,
         train_dataset=data,
         selection=None,
         callbacks=[NewEpoch()],

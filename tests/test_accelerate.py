@@ -58,4 +58,4 @@ def test_example_script_runs(capsys):
     out = capsys.readouterr().out
     assert 0.0 <= accuracy <= 1.0
     assert "precision" in out and "recall" in out
-    assert "phase 3: 610 examples per epoch" in out  # 400 + 210 slow-learnable
+    assert "phase 2: 610 examples per epoch" in out  # 400 + 210 slow-learnable

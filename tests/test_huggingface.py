@@ -77,14 +77,14 @@ def test_workflow_on_two_ranks(two_ranks):
     masks = two_ranks["selection_masks"]
     assert masks[0] == masks[1] == two_ranks["selection_alone"]
     assert 0 < sum(masks[0]) < N
-    # phase 3 started from W0 on both ranks, and trained 3 exact upsampled epochs
-    assert two_ranks["phase3_from_w0"] == [True, True]
+    # phase 2 started from W0 on both ranks, and trained 3 exact upsampled epochs
+    assert two_ranks["phase2_from_w0"] == [True, True]
     multiset = Counter(range(N)) + Counter(np.flatnonzero(masks[0]).tolist())
     size = sum(multiset.values())
     steps_per_epoch = -(-size // (2 * 5))  # Accelerate completes the last round of batches
     assert two_ranks["steps_per_epoch"] == steps_per_epoch
-    assert two_ranks["phase3_optimizer_steps"] == 3 * steps_per_epoch
-    for items in two_ranks["phase3_epochs"]:
+    assert two_ranks["phase2_optimizer_steps"] == 3 * steps_per_epoch
+    for items in two_ranks["phase2_epochs"]:
         assert len(items) == steps_per_epoch * 2 * 5
         assert not multiset - Counter(items)  # every item of the multiset, as often
         assert sum((Counter(items) - multiset).values()) == len(items) - size  # + the padding
@@ -187,6 +187,9 @@ def test_selection_that_does_not_fit_the_training_set(tmp_path):
         USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=flipped)
     with pytest.raises(TypeError, match="should be a Selection"):
         USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=selection.mask)
+    grouped = arguments(tmp_path, train_sampling_strategy="group_by_length")
+    with pytest.raises(ValueError, match="train_sampling_strategy='group_by_length'"):
+        USEFULTrainer(TinyModel(TinyConfig()), grouped, train_dataset=data, selection=selection)
     with pytest.raises(ValueError, match="has no selection"):
         USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=None).train()
 
@@ -291,20 +294,21 @@ def test_missing_extra_is_one_clear_import_error():
 
 
 def test_example_script_runs_and_resumes(tmp_path, capsys):
-    """examples/train_huggingface.py --tiny: the three phases; then --resume continues phase
-    3 from its last checkpoint (already at the end: no step more) with its selection."""
+    """examples/train_huggingface.py --tiny: phase 1, the selection, phase 2; then --resume
+    continues phase 2 from its last checkpoint (already at the end: no step more) with its
+    selection."""
     example = load_example("train_huggingface")
     argv = ["--tiny", "--separating-epoch", "2", "--out", str(tmp_path / "run")]
     accuracy = example.main(argv)
     out = capsys.readouterr().out
     assert "phase 1 stopped after epoch 2 of 6" in out
     assert "precision" in out and "recall" in out
-    steps = int(out.split("phase 3: ")[1].split(" steps")[0])
+    steps = int(out.split("phase 2: ")[1].split(" steps")[0])
     assert steps == 6 * 13  # ceil((400 + 210) / 50) steps per epoch
-    checkpoint = tmp_path / "run" / "phase3" / f"checkpoint-{steps}"
+    checkpoint = tmp_path / "run" / "phase2" / f"checkpoint-{steps}"
     assert (checkpoint / SELECTION_FILE).is_file()
     assert example.main([*argv, "--resume"]) == pytest.approx(accuracy)
-    assert f"phase 3: {steps} steps" in capsys.readouterr().out
+    assert f"phase 2: {steps} steps" in capsys.readouterr().out
 
 
 def test_benchmark_quick_run_prints_ratio_tables():

@@ -1,9 +1,9 @@
-"""USEFUL with the Hugging Face ``transformers.Trainer``: the three phases, one Trainer each.
+"""USEFUL with the Hugging Face ``transformers.Trainer``: phase 1, the selection, phase 2.
 
 USEFUL trains from the initial weights ``W0`` for ``t`` early epochs (phase 1), clusters the
-model's outputs on the training set to find the slow-learnable examples (phase 2, the
-selection), then trains from ``W0`` again, with a fresh optimizer and learning-rate schedule,
-for the whole schedule on the training set with those examples twice (phase 3). With the
+model's outputs on the training set to find the slow-learnable examples (the selection),
+then trains from ``W0`` again, with a fresh optimizer and learning-rate schedule,
+for the whole schedule on the training set with those examples twice (phase 2). With the
 ``Trainer`` that is:
 
 1. ``Trainer(..., callbacks=[SeparatingEpochCallback(t)])``: stops training after epoch
@@ -190,7 +190,7 @@ class SeparatingEpochCallback(TrainerCallback):
     """Phase 1: stop the Trainer after the separating epoch ``t``.
 
     Give the phase-1 Trainer the arguments of the full schedule (``num_train_epochs`` of
-    phase 3), so that its first ``t`` epochs follow the same learning-rate schedule, and this
+    phase 2), so that its first ``t`` epochs follow the same learning-rate schedule, and this
     callback; ``trainer.train()`` then returns after epoch ``t``.
 
     Args:
@@ -243,7 +243,7 @@ class SeparatingEpochCallback(TrainerCallback):
                 raise ValueError(
                     f"separating_epoch={self.separating_epoch} is past the schedule's "
                     f"num_train_epochs={total}: phase 1 trains the first epochs of the full "
-                    "schedule, so give the phase-1 Trainer the arguments of phase 3 (or a "
+                    "schedule, so give the phase-1 Trainer the arguments of phase 2 (or a "
                     "smaller separating epoch)"
                 )
             return
@@ -328,7 +328,7 @@ class _SelectionCheckpoint(TrainerCallback):
 
 
 class USEFULTrainer(Trainer):
-    """Phase 3: a ``transformers.Trainer`` that trains on the upsampled training set.
+    """Phase 2: a ``transformers.Trainer`` that trains on the upsampled training set.
 
     Takes every argument of ``Trainer`` plus ``selection``. Its training sampler is a
     `useful_data.UpsampleSampler` over ``train_dataset`` (built with ``num_replicas=1``:
@@ -408,7 +408,7 @@ class USEFULTrainer(Trainer):
         if not path.is_file():
             raise ValueError(
                 f"checkpoint {str(checkpoint)!r} holds no {SELECTION_FILE}: it was not saved "
-                "by a USEFULTrainer (a phase-1 checkpoint?); phase 3 starts from the initial "
+                "by a USEFULTrainer (a phase-1 checkpoint?); phase 2 starts from the initial "
                 "weights, not from a phase-1 checkpoint"
             )
         saved = Selection.load(path)
