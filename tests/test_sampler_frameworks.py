@@ -270,3 +270,14 @@ def test_built_before_init_process_group_it_shards_once_the_group_exists():
         assert Counter(out[0][epoch] + out[1][epoch]) == EXPECTED
     assert out[0][0] != out[0][1]  # set_epoch reshuffles
     assert np.array_equal(sorted(out[0][0] + out[1][0]), sorted(out[0][1] + out[1][1]))
+
+
+def test_under_accelerate_equal_length_epochs_are_dealt_out_whole(monkeypatch):
+    pytest.importorskip("accelerate")
+    per_rank = accelerate_batches(
+        monkeypatch, lambda: UpsampleSampler(SLOW, num_examples=N, seed=1, epoch_size=N)
+    )
+    assert [len(items) for items in per_rank] == [20, 20]  # SGD's 40 per epoch, not 50
+    monkeypatch.undo()
+    epoch = list(UpsampleSampler(SLOW, num_examples=N, seed=1, epoch_size=N))
+    assert Counter(per_rank[0] + per_rank[1]) == Counter(epoch)
