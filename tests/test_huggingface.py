@@ -251,6 +251,21 @@ def test_separating_epoch_detector_stops_phase_one(tmp_path):
     assert [replay.update(loss) for loss in losses] == [False] * (len(losses) - 1) + [True]
 
 
+def test_resumed_phase_one_separates_at_the_same_epoch(tmp_path):
+    """Resuming phase 1 from a checkpoint with a fresh SeparatingEpoch: the callback replays
+    the logged losses of the epochs done, and training stops where it did uninterrupted."""
+    args = arguments(tmp_path, num_train_epochs=20, logging_strategy="epoch",
+                     learning_rate=0.05, save_strategy="epoch")  # fmt: skip
+    first = SeparatingEpochCallback(SeparatingEpoch(total_epochs=20))
+    Trainer(TinyModel(TinyConfig()), args, train_dataset=Items(), callbacks=[first]).train()
+    assert first.epoch is not None and first.epoch >= 3
+    again = SeparatingEpochCallback(SeparatingEpoch(total_epochs=20))
+    resumed = Trainer(TinyModel(TinyConfig()), args, train_dataset=Items(), callbacks=[again])
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-16"))  # epoch 2
+    assert again.epoch == first.epoch == resumed.state.epoch
+    assert again.detector.errors == pytest.approx(first.detector.errors)
+
+
 def test_select_with_trainer_matches_find_slow_learnable(tmp_path):
     from useful_data import find_slow_learnable
 
