@@ -268,7 +268,7 @@ class SeparatingEpochCallback(TrainerCallback):
         if state.global_step > 0 and not self.detector.errors:
             # resumed from a checkpoint: its log history holds the losses of the past epochs
             for entry in state.log_history:
-                if "loss" in entry and self._feed(entry["loss"], entry.get("epoch", 0.0)):
+                if "loss" in entry and self._feed(entry["loss"]):
                     control.should_training_stop = True
 
     def on_epoch_end(
@@ -287,10 +287,10 @@ class SeparatingEpochCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         if self.detector is not None and logs and "loss" in logs and self.epoch is None:
-            if self._feed(logs["loss"], state.epoch):
+            if self._feed(logs["loss"]):
                 control.should_training_stop = True
 
-    def _feed(self, loss: float, epoch: float) -> bool:
+    def _feed(self, loss: float) -> bool:
         """Feed one epoch's training loss to the detector; ``True`` when it separates."""
         detector = self.detector
         if detector is None or detector.epoch is not None:
