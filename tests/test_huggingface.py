@@ -286,14 +286,15 @@ def test_select_with_trainer_matches_find_slow_learnable(tmp_path):
         select_with_trainer(trainer, data, model=trainer.model)
 
 
-def test_missing_extra_is_one_clear_import_error():
-    """Without transformers, importing the integration names the extra; ``import
-    useful_data`` itself never imports transformers or accelerate."""
+@pytest.mark.parametrize("missing", ["transformers", "accelerate"])
+def test_missing_extra_is_one_clear_import_error(missing):
+    """Without transformers or accelerate, importing the integration names the extra;
+    ``import useful_data`` itself never imports either."""
     code = (
         "import sys\n"
         "import useful_data\n"
         "assert 'transformers' not in sys.modules and 'accelerate' not in sys.modules\n"
-        "sys.modules['transformers'] = None\n"
+        f"sys.modules[{missing!r}] = None\n"
         "try:\n"
         "    import useful_data.huggingface\n"
         "except ImportError as err:\n"

@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 try:
+    import accelerate  # noqa: F401  (the Trainer runs on it; its absence fails here, not later)
     from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
     from transformers.training_args import TrainingArguments
