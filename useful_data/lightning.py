@@ -91,7 +91,9 @@ class USEFUL(Callback):
     all; ``trainer.current_epoch`` keeps counting). ``configure_optimizers`` is called again
     at the restart, so a schedule built from ``self.trainer.estimated_stepping_batches`` spans
     phase 2's ``T`` epochs of upsampled data. Works with one device and with DDP
-    (``strategy="ddp"``, ``"ddp_spawn"``), automatic and manual optimization (`SAM` included).
+    (``strategy="ddp"``, launched by Lightning or ``torchrun``), automatic and manual
+    optimization (`SAM` included). With ``"ddp_spawn"`` the fit runs too, but the attributes
+    below are set in the spawned processes only.
 
     With ``selection=`` (computed beforehand, e.g. from logits of ``trainer.predict``), there
     is no phase 1: the whole fit trains on the upsampled data from the module's current
@@ -104,13 +106,14 @@ class USEFUL(Callback):
     Args:
         separating_epoch: ``t``, the number of phase-1 epochs (``1 <= t <= max_epochs``), or a
             `SeparatingEpoch` detector fed the logged ``monitor`` value after every epoch.
-            ``None`` (default): ``SeparatingEpoch(total_epochs=max_epochs)``, the paper's rule.
+            ``None`` (default): ``SeparatingEpoch(total_epochs=max_epochs)`` with its defaults.
         selection: A precomputed selection (a `Selection`, a saved ``.npz`` path, a mask or
             indices) to upsample from the first epoch; excludes ``separating_epoch``.
         eval_dataset: The training set with eval transforms, in the same order (its labels
-            are checked), or a function of no arguments returning it (called at the end of
-            phase 1, after your datamodule's ``setup``). ``None``: the training loader's own
-            dataset, with its training transforms.
+            are checked), or a function of no arguments returning it (called after your
+            datamodule's ``setup``: when training starts, to check it, and at the end of
+            phase 1). ``None``: the training loader's own dataset, with its training
+            transforms.
         monitor: The logged metric the detector reads, a per-epoch training error or loss
             (log it with ``on_epoch=True``, and ``sync_dist=True`` under DDP for the mean over
             ranks; rank 0's value decides on every rank).
@@ -121,13 +124,16 @@ class USEFUL(Callback):
             to ``False``.
 
     Attributes:
-        selection: The `Selection` once computed (or given), else ``None``.
+        selection: The `Selection` once computed (or given as one, or as a file), else
+            ``None``.
         separating_epoch: ``t`` once known (0 with ``selection=``), else ``None``.
 
     Raises:
         TypeError: if both ``separating_epoch`` and ``selection`` are given, or an argument has
             the wrong type.
-        ValueError: if ``find_kwargs`` names an argument the callback fills in.
+        ValueError: if ``separating_epoch < 1`` or ``find_kwargs`` names an argument the
+            callback fills in. Errors about the trainer, the data and checkpoints are raised
+            when the fit starts (see the Lightning guide).
 
     Example:
         >>> from useful_data.lightning import USEFUL
