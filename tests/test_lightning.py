@@ -178,20 +178,25 @@ def fit_with_checkpoints(path, max_epochs, separating_epoch, data=None, ckpt=Non
     return model, useful
 
 
-def test_resuming_phase_two_trains_on_the_same_selection(tmp_path):
+@pytest.mark.parametrize(
+    ("checkpoint", "epochs_left"),
+    [("epoch=0.ckpt", [1, 2, 3]), ("epoch=1.ckpt", [2, 3])],  # restart pending; in phase 2
+)
+def test_resuming_phase_two_trains_on_the_same_selection(tmp_path, checkpoint, epochs_left):
     model, useful = fit_with_checkpoints(tmp_path, 3, 1)
     resumed, useful2 = fit_with_checkpoints(
-        tmp_path / "resumed", 3, 1, ckpt=tmp_path / "epoch=1.ckpt", seed=1
+        tmp_path / "resumed", 3, 1, ckpt=tmp_path / checkpoint, seed=1
     )
     np.testing.assert_array_equal(useful2.selection.mask, useful.selection.mask)
     assert useful2.selection.params == useful.selection.params
-    assert sorted(resumed.seen) == [2, 3]
-    assert [resumed.seen[e] for e in (2, 3)] == [model.seen[e] for e in (2, 3)]
+    assert sorted(resumed.seen) == epochs_left
+    assert [resumed.seen[e] for e in epochs_left] == [model.seen[e] for e in epochs_left]
     for a, b in zip(resumed.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # the checkpoint of phase 2 no longer needs W0
-    state = torch.load(tmp_path / "epoch=1.ckpt", weights_only=True)["callbacks"]["USEFUL"]
-    assert state["initial_state"] is None and state["selection"]["mask"].sum() > 0
+    # W0 travels until the restart, then no longer
+    state = torch.load(tmp_path / checkpoint, weights_only=True)["callbacks"]["USEFUL"]
+    assert (state["initial_state"] is None) == (checkpoint == "epoch=1.ckpt")
+    assert state["selection"]["mask"].sum() > 0
 
 
 def test_resuming_phase_one_restarts_from_the_initial_weights(tmp_path):
@@ -257,7 +262,7 @@ def test_iterable_dataset_is_refused_before_training():
 
 
 def test_datamodule_without_a_training_set():
-    with pytest.raises(Exception, match="train_dataloader"):
+    with pytest.raises(ValueError, match="USEFUL needs a training set, but neither"):
         fit_one(USEFUL(1), NoTrainingSet())
 
 
