@@ -20,7 +20,7 @@ pl = pytest.importorskip("lightning.pytorch")
 from _lightning_helpers import SLOW, Data, IndexedData, Model, N, Stream, trainer  # noqa: E402
 from torch.utils.data import DataLoader, WeightedRandomSampler  # noqa: E402
 
-from useful_data import UpsampleSampler, find_slow_learnable  # noqa: E402
+from useful_data import SAM, UpsampleSampler, find_slow_learnable  # noqa: E402
 from useful_data.lightning import USEFUL  # noqa: E402
 from useful_data.separating_epoch import SeparatingEpoch, find_separating_epoch  # noqa: E402
 
@@ -131,6 +131,24 @@ def test_workflow_is_the_hand_written_one():
     assert model.epoch_start[4]["lr"] == 0.025
 
 
+class AutoSAMModel(Model):
+    """SAM returned to Lightning's automatic optimization: step(closure), two passes a batch."""
+
+    def configure_optimizers(self):
+        return SAM(self.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+
+
+def test_sam_with_automatic_optimization_restarts_with_a_fresh_sam():
+    model, useful = AutoSAMModel(), USEFUL(separating_epoch=2, find_kwargs=SKLEARN)
+    trainer(max_epochs=2, callbacks=[useful]).fit(model, datamodule=Data())
+    assert model.epoch_start[1]["optimizer_state"] > 0  # SAM's buffers of phase 1
+    assert model.epoch_start[2]["optimizer_state"] == 0  # a new SAM at the restart
+    for epoch in (2, 3):  # training_step runs twice per batch, once per SAM pass
+        assert Counter(model.seen[epoch]) == Counter(
+            {i: 2 * n for i, n in expected_counts(useful.selection.indices).items()}
+        )
+
+
 class CurveModel(Model):
     """Logs a prescribed training-error curve, one value per epoch."""
 
@@ -154,6 +172,22 @@ def test_separating_epoch_detected_from_the_logged_error():
     assert detector.errors == list(CurveModel.curve[:3])
     assert fit.current_epoch == 3 + 6
     assert len(model.seen[3]) == N + useful.selection.num_slow_learnable
+
+
+def test_resuming_phase_one_keeps_the_detected_curve(tmp_path):
+    """The default detector is built when the fit starts; a resumed one replays the curve."""
+    every_epoch = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, filename="{epoch}", save_top_k=-1, every_n_epochs=1
+    )
+    useful = USEFUL(monitor="train_error", find_kwargs=SKLEARN)
+    fit = trainer(max_epochs=6, callbacks=[useful, every_epoch], enable_checkpointing=True)
+    fit.fit(CurveModel(), datamodule=Data())
+    resumed = USEFUL(monitor="train_error", find_kwargs=SKLEARN)
+    trainer(max_epochs=6, callbacks=[resumed]).fit(
+        CurveModel(), datamodule=Data(), ckpt_path=tmp_path / "epoch=0.ckpt"
+    )
+    assert resumed.separating_epoch == useful.separating_epoch == 3  # the cap of T=6
+    assert resumed._detector.errors == list(CurveModel.curve[:3])
 
 
 def test_precomputed_selection_upsamples_from_the_first_epoch(tmp_path):

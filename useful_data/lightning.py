@@ -182,6 +182,7 @@ class USEFUL(Callback):
         self._initial_state: dict[str, torch.Tensor] | None = None
         self._restart_pending = False
         self._restored = False
+        self._replay: list[float] = []  # the monitored curve of a resumed phase 1
         self._total_epochs = 0
 
     @property
@@ -349,9 +350,8 @@ class USEFUL(Callback):
             else:
                 selection = mask
             self._set_selection(selection, epoch)
-        elif self._detector is not None and state_dict["monitored"]:
-            for value in state_dict["monitored"]:  # replaying the curve restores the detector
-                self._detector.update(value)
+        else:  # replayed into the detector once it exists (the default one: at fit start)
+            self._replay = list(state_dict["monitored"] or [])
         self._restart_pending = bool(state_dict["restart_pending"])
         self._initial_state = state_dict["initial_state"]
         self._restored = True
@@ -372,6 +372,10 @@ class USEFUL(Callback):
                 f"{self._detector.max_epoch}, past max_epochs={total}; build it with "
                 f"SeparatingEpoch(total_epochs={total})"
             )
+        if self._detector is not None:
+            for value in self._replay:  # the curve up to the checkpoint restores the detector
+                self._detector.update(value)
+        self._replay = []
 
     def _extend_schedule(self, trainer: pl.Trainer) -> None:
         """Phase 1's ``t`` epochs come before phase 2's full schedule of ``T`` epochs."""
