@@ -88,6 +88,7 @@ class Model(pl.LightningModule):
         self.automatic_optimization = not sam
         self.seen: dict[int, list[int]] = defaultdict(list)
         self.epoch_start: dict[int, dict] = {}
+        self.estimated_steps: list[int] = []  # what configure_optimizers saw, each call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -116,6 +117,7 @@ class Model(pl.LightningModule):
         }
 
     def configure_optimizers(self):
+        self.estimated_steps.append(self.trainer.estimated_stepping_batches)
         if self.sam:
             return SAM(self.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
         optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)

@@ -129,6 +129,9 @@ def test_workflow_is_the_hand_written_one():
     assert restart["optimizer_state"] == 0  # no momentum carried over
     assert restart["lr"] == 0.1 and model.epoch_start[1]["lr"] == 0.05  # the schedule restarts
     assert model.epoch_start[4]["lr"] == 0.025
+    # a schedule built in configure_optimizers spans phase 2: T epochs of upsampled batches
+    upsampled_batches = -(-(N + useful.selection.num_slow_learnable) // 5)
+    assert model.estimated_steps == [3 * N // 5, 3 * upsampled_batches]
 
 
 class AutoSAMModel(Model):
