@@ -328,3 +328,25 @@ def test_select_checks_the_cuda_device_index(monkeypatch, tmp_path, capsys):
     argv[argv.index("cpu")] = "cuda:1"
     assert main(argv) == 1
     assert "1 CUDA device(s)" in capsys.readouterr().err
+
+
+def test_inspect_prints_the_cost_relative_to_sgd(tmp_path, capsys):
+    sel = Selection(
+        mask=np.arange(1000) < 150, loss=np.zeros(1000), targets=np.zeros(1000, dtype=int)
+    )  # k = 2: 1150 examples per phase-2 epoch
+    path = str(sel.save(tmp_path / "s.npz"))
+    assert main(["inspect", path]) == 0
+    assert "cost: phase 2 1.15x SGD per epoch (N + (k-1)|S| = 1150 per epoch / N = 1000)" in (
+        capsys.readouterr().out
+    )
+    assert main(["inspect", path, "--separating-epoch", "8", "--epochs", "200"]) == 0
+    assert "cost: 1.19x SGD = t/T (8/200 = 0.04) + 1.15 (" in capsys.readouterr().out
+    argv = ["inspect", path, "--separating-epoch", "8", "--epochs", "200", "--epoch-size", "1000"]
+    assert main(argv) == 0
+    assert "cost: 1.04x SGD = t/T (8/200 = 0.04) + 1.00 (M = 1000 per epoch / N = 1000)" in (
+        capsys.readouterr().out
+    )
+    assert main(["inspect", path, "--epochs", "200"]) == 1
+    assert "--separating-epoch and --epochs go together" in capsys.readouterr().err
+    assert main(["inspect", path, "--separating-epoch", "300", "--epochs", "200"]) == 1
+    assert "separating_epoch=300" in capsys.readouterr().err

@@ -63,7 +63,7 @@ def test_explicit_rank_and_world_size_win_over_the_group(monkeypatch):
 def test_an_explicit_rank_outside_the_group_fails_when_the_epoch_starts(monkeypatch):
     sampler = UpsampleSampler(SLOW, num_examples=N, rank=2)
     fake_group(monkeypatch, 2, 0)
-    with pytest.raises(ValueError, match=r"Invalid rank 2, rank should be in the interval \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"Invalid rank 2, rank should be in the interval \[0, 1"):
         list(sampler)
 
 
@@ -127,6 +127,21 @@ def test_under_accelerate_num_replicas_1_is_accepted(monkeypatch):
         monkeypatch, lambda: UpsampleSampler(SLOW, num_examples=N, num_replicas=1, rank=0)
     )
     assert Counter(per_rank[0] + per_rank[1]) == EXPECTED
+
+
+def test_under_accelerates_batch_dispatcher_the_sampler_yields_the_whole_multiset(monkeypatch):
+    """With ``dispatch_batches=True`` process 0 iterates the loader inside a
+    ``DataLoaderDispatcher`` and scatters the batches: it needs the whole multiset."""
+    data_loader = pytest.importorskip("accelerate.data_loader")
+    fake_group(monkeypatch, 2, 0)
+    sampler = UpsampleSampler(SLOW, num_examples=N)
+
+    def fetch(self):  # a method of the dispatcher, as its _fetch_batches is
+        return len(sampler), list(sampler)
+
+    length, items = fetch(object.__new__(data_loader.DataLoaderDispatcher))
+    assert length == len(items) == 50 and Counter(items) == EXPECTED
+    assert len(list(sampler)) == 25  # outside it, the rank's shard
 
 
 def test_the_same_sampler_outside_accelerate_shards_itself_again(monkeypatch):
@@ -255,3 +270,14 @@ def test_built_before_init_process_group_it_shards_once_the_group_exists():
         assert Counter(out[0][epoch] + out[1][epoch]) == EXPECTED
     assert out[0][0] != out[0][1]  # set_epoch reshuffles
     assert np.array_equal(sorted(out[0][0] + out[1][0]), sorted(out[0][1] + out[1][1]))
+
+
+def test_under_accelerate_equal_length_epochs_are_dealt_out_whole(monkeypatch):
+    pytest.importorskip("accelerate")
+    per_rank = accelerate_batches(
+        monkeypatch, lambda: UpsampleSampler(SLOW, num_examples=N, seed=1, epoch_size=N)
+    )
+    assert [len(items) for items in per_rank] == [20, 20]  # SGD's 40 per epoch, not 50
+    monkeypatch.undo()
+    epoch = list(UpsampleSampler(SLOW, num_examples=N, seed=1, epoch_size=N))
+    assert Counter(per_rank[0] + per_rank[1]) == Counter(epoch)

@@ -83,6 +83,47 @@ def format_summary(selection: Selection) -> str:
     return "\n".join(head + lines)
 
 
+def format_cost(
+    selection: Selection,
+    *,
+    separating_epoch: int | None = None,
+    total_epochs: int | None = None,
+    epoch_size: int | None = None,
+) -> str:
+    """One line on the compute of phase 2 (and of the whole run) relative to plain training.
+
+    Without ``separating_epoch`` and ``total_epochs`` only the per-epoch ratio of phase 2 is
+    known; with them the total, ``t/T + (N + (k - 1)|S|)/N`` or ``t/T + M/N`` with
+    ``epoch_size = M`` (see `Selection.relative_cost`).
+
+    Raises:
+        ValueError: if exactly one of ``separating_epoch`` and ``total_epochs`` is given, or
+            `Selection.relative_cost` rejects the numbers.
+    """
+    if (separating_epoch is None) != (total_epochs is None):
+        raise ValueError(
+            "--separating-epoch and --epochs go together: give both for the total cost "
+            f"(got separating_epoch={separating_epoch}, epochs={total_epochs})"
+        )
+    n = selection.num_examples
+    size = selection.upsampled_size if epoch_size is None else epoch_size
+    kind = "M" if epoch_size is not None else "N + (k-1)|S|"
+    phase2 = f"{kind} = {size} per epoch / N = {n}"
+    if separating_epoch is None or total_epochs is None:
+        per_epoch = selection.relative_cost(separating_epoch=0, total_epochs=1, epoch_size=size)
+        return (
+            f"cost: phase 2 {per_epoch:.2f}x SGD per epoch ({phase2}); "
+            "pass --separating-epoch and --epochs for the total"
+        )
+    total = selection.relative_cost(
+        separating_epoch=separating_epoch, total_epochs=total_epochs, epoch_size=size
+    )
+    return (
+        f"cost: {total:.2f}x SGD = t/T ({separating_epoch}/{total_epochs} = "
+        f"{separating_epoch / total_epochs:.2f}) + {size / max(n, 1):.2f} ({phase2})"
+    )
+
+
 def _int_at_least(minimum: int) -> Any:
     """An argparse ``type``: an integer ``>= minimum``, rejected before any work is done."""
 
@@ -135,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--max-classes", type=_POSITIVE, default=10, help="classes in the grid")
     inspect.add_argument("--seed", type=_NON_NEGATIVE, default=0, help="seed of the random images")
+    inspect.add_argument(
+        "--separating-epoch",
+        type=_NON_NEGATIVE,
+        help="t, the epochs of phase 1 (with --epochs: the total cost relative to SGD)",
+    )
+    inspect.add_argument(
+        "--epochs", type=_POSITIVE, help="T, the epochs of the original schedule and of phase 2"
+    )
+    inspect.add_argument(
+        "--epoch-size",
+        type=_POSITIVE,
+        help="M, examples per phase-2 epoch with equal-length epochs "
+        "(UpsampleSampler(epoch_size=M)); default: the whole upsampled set",
+    )
     return parser
 
 
@@ -324,10 +379,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise FileNotFoundError(
                     f"--data-dir should be a folder, but {args.data_dir!r} is not one"
                 )
+            cost = format_cost(
+                selection,
+                separating_epoch=args.separating_epoch,
+                total_epochs=args.epochs,
+                epoch_size=args.epoch_size,
+            )
         except (OSError, ValueError) as err:
             print(f"useful-data inspect: error: {err}", file=sys.stderr)
             return 1
         print(format_summary(selection))
+        print(cost)
         if args.plot:
             try:
                 _plot(args, selection)

@@ -6,6 +6,12 @@ the same multiset as `USEFULDataset`, shuffled with a local
 `torch.utils.data.DistributedSampler` exactly: pad (or drop) to a multiple of
 ``num_replicas``, then take ``indices[rank:total_size:num_replicas]``.
 
+With ``epoch_size=M`` the epochs keep a fixed length instead (SGD's, for ``M = N``): the
+shuffled multisets of successive cycles are laid end to end, cycle ``c`` shuffled with
+``seed + c``, and epoch ``e`` takes positions ``[e M, (e + 1) M)`` of that stream. Every epoch
+draws without replacement from the multiset (within a cycle), starting where the previous one
+stopped, so each full cycle covers it exactly; the epoch is then sharded as above.
+
 Where training frameworks are concerned, the rule is that exactly one party shards:
 
 * The sampler *is* a ``DistributedSampler`` (a subclass), so PyTorch Lightning and Fabric
@@ -39,6 +45,7 @@ from useful_data.selection import SelectionLike, resolve_selection
 __all__ = ["UpsampleSampler"]
 
 _STATE_KEYS = ("epoch", "yielded", "seed", "multiset_size")
+_OPTIONAL_STATE_KEYS = ("epoch_size",)  # only with epoch_size=M; absent means the multiset
 
 
 class UpsampleSampler(DistributedSampler[int]):
@@ -65,18 +72,25 @@ class UpsampleSampler(DistributedSampler[int]):
         shuffle: Shuffle every epoch (``False`` yields a stable order: base indices, then the
             repeats).
         seed: Seed of the shuffle (any integer); the order of epoch ``e`` depends only on
-            ``seed + e``.
+            ``seed + e`` (with ``epoch_size``: on ``seed + c`` for the cycles ``c`` it spans).
         num_replicas: Number of distributed processes. Left unset, it is the world size of
             the process group *when an epoch starts* (1 outside one).
         rank: This process's rank; left unset, the process group's rank when an epoch starts.
         drop_last: Drop the tail to make the multiset divisible by ``num_replicas`` instead of
             padding it with repeated indices.
+        epoch_size: ``M``, indices per epoch across all replicas (before padding), drawn
+            without replacement from the upsampled multiset (a fresh shuffle of it once it is
+            used up) and continuing where the previous epoch stopped. ``M = N`` trains at
+            SGD's step count (see `Selection.relative_cost`); ``None`` (default) makes every
+            epoch the whole multiset, ``N + (k - 1) |S|``.
 
     Raises:
-        TypeError: if ``seed`` or ``num_replicas``/``rank`` is not an integer, ``shuffle``
-            or ``drop_last`` not a bool (or 0/1), or the selection is not `SelectionLike`.
-        ValueError: if a number is out of range, ``rank >= num_replicas``, or the
-            selection does not match ``num_examples``.
+        TypeError: if ``seed``, ``num_replicas``/``rank`` or ``epoch_size`` is not an
+            integer, ``shuffle`` or ``drop_last`` not a bool (or 0/1), or the selection is not
+            `SelectionLike`.
+        ValueError: if a number is out of range, ``rank >= num_replicas``, the
+            selection does not match ``num_examples``, or ``epoch_size`` is given for an
+            empty dataset.
 
     Example:
         >>> sampler = UpsampleSampler([1, 3], num_examples=5, shuffle=False)
@@ -86,6 +100,9 @@ class UpsampleSampler(DistributedSampler[int]):
         ...                                shuffle=False)) for r in range(2)]
         >>> shards
         [[0, 2, 4, 3], [1, 3, 1, 0]]
+        >>> equal = UpsampleSampler([1, 3], num_examples=5, shuffle=False, epoch_size=5)
+        >>> [(equal.set_epoch(e), list(equal))[1] for e in range(3)]  # 7 per cycle, 5 per epoch
+        [[0, 1, 2, 3, 4], [1, 3, 0, 1, 2], [3, 4, 1, 3, 0]]
     """
 
     def __init__(
@@ -99,6 +116,7 @@ class UpsampleSampler(DistributedSampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
         drop_last: bool = False,
+        epoch_size: int | None = None,
     ) -> None:
         # DistributedSampler.__init__ is not called: it needs a dataset and, for unset
         # num_replicas/rank, an initialised process group, which is read here per epoch.
@@ -125,6 +143,14 @@ class UpsampleSampler(DistributedSampler[int]):
             [np.arange(len(mask), dtype=np.int64), *[slow] * (self.upsample_factor - 1)]
         )
         self._multiset = torch.from_numpy(multiset)
+        self._epoch_size: int | None = None
+        if epoch_size is not None:
+            self._epoch_size = check_positive_int("epoch_size", epoch_size)
+            if len(multiset) == 0:
+                raise ValueError(
+                    f"epoch_size={epoch_size} needs examples to draw from, but the dataset "
+                    "is empty (num_examples=0)"
+                )
         # Resumption: (epoch, position) to start the next iteration of that epoch from, and
         # the running epoch's (epoch, start, length, iterator) to tell how far it has got.
         self._resume: tuple[int, int] | None = None
@@ -170,7 +196,7 @@ class UpsampleSampler(DistributedSampler[int]):
 
     def _sizes(self, replicas: int) -> tuple[int, int]:
         """``(num_samples, total_size)`` per ``DistributedSampler``'s arithmetic."""
-        total = self.multiset_size
+        total = self.epoch_size
         if self.drop_last and total % replicas != 0:
             num_samples = math.ceil((total - replicas) / replicas)
         else:
@@ -184,13 +210,19 @@ class UpsampleSampler(DistributedSampler[int]):
 
     @property
     def total_size(self) -> int:  # type: ignore[override]
-        """``num_samples * num_replicas``: the multiset padded (or cut) to shard evenly."""
+        """``num_samples * num_replicas``: the epoch padded (or cut) to shard evenly."""
         return self._sizes(self.num_replicas)[1]
 
     @property
     def multiset_size(self) -> int:
         """``N + (k - 1) |S|``: the size of the upsampled dataset across all replicas."""
         return int(self._multiset.numel())
+
+    @property
+    def epoch_size(self) -> int:
+        """Indices per epoch across all replicas, before padding: ``epoch_size`` if given,
+        else `multiset_size`."""
+        return self._epoch_size if self._epoch_size is not None else self.multiset_size
 
     # --- epochs -----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -206,13 +238,26 @@ class UpsampleSampler(DistributedSampler[int]):
         if self._resume is not None and self._resume[0] != self.epoch:
             self._resume = None
 
-    def _epoch_order(self) -> torch.Tensor:
+    def _cycle_order(self, cycle: int) -> torch.Tensor:
+        """The multiset in the order of one pass: shuffled with ``seed + cycle``, or stable."""
         indices = self._multiset
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed((self.seed + self.epoch) % 2**64)  # any integers, as torch takes
+            g.manual_seed((self.seed + cycle) % 2**64)  # any integers, as torch takes
             indices = indices[torch.randperm(len(indices), generator=g)]
         return indices
+
+    def _epoch_order(self) -> torch.Tensor:
+        """This epoch's indices across all replicas, before padding."""
+        if self._epoch_size is None:
+            return self._cycle_order(self.epoch)  # one whole pass per epoch
+        # positions [e M, (e + 1) M) of the passes laid end to end
+        size, total = self._epoch_size, self.multiset_size
+        start = self.epoch * size
+        first, last = start // total, (start + size - 1) // total
+        passes = torch.cat([self._cycle_order(c) for c in range(first, last + 1)])
+        offset = start - first * total
+        return passes[offset : offset + size]
 
     def __iter__(self) -> Iterator[int]:
         replicas, rank = self._shard(sys._getframe(1))
@@ -272,12 +317,15 @@ class UpsampleSampler(DistributedSampler[int]):
             >>> first + list(resumed) == list(UpsampleSampler([1, 3], num_examples=5, seed=0))
             True
         """
-        return {
+        state = {
             "epoch": self.epoch,
             "yielded": self._position(),
             "seed": self.seed,
             "multiset_size": self.multiset_size,
         }
+        if self._epoch_size is not None:  # default states stay as they were before the option
+            state["epoch_size"] = self._epoch_size
+        return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Resume mid-epoch: the next iteration of the saved epoch skips the ``yielded`` indices
@@ -286,7 +334,8 @@ class UpsampleSampler(DistributedSampler[int]):
         Raises:
             TypeError: if ``state_dict`` is not a mapping of integers.
             ValueError: if a key is missing, ``yielded`` is negative, or the state comes from a
-                sampler with another seed or multiset size (another selection or factor).
+                sampler with another seed, multiset size (another selection or factor) or
+                ``epoch_size``.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(
@@ -299,14 +348,22 @@ class UpsampleSampler(DistributedSampler[int]):
                 f"state_dict is missing {missing}; it should come from "
                 f"UpsampleSampler.state_dict() (keys {list(_STATE_KEYS)})"
             )
-        state = {key: check_int(f"state_dict[{key!r}]", state_dict[key]) for key in _STATE_KEYS}
+        keys = _STATE_KEYS + tuple(k for k in _OPTIONAL_STATE_KEYS if k in state_dict)
+        state = {key: check_int(f"state_dict[{key!r}]", state_dict[key]) for key in keys}
+        state.setdefault("epoch_size", state["multiset_size"])  # saved without the option
         if state["yielded"] < 0:
             raise ValueError(f"state_dict['yielded'] should be >= 0, but got {state['yielded']}")
-        for key, own in (("seed", self.seed), ("multiset_size", self.multiset_size)):
+        own_state = {
+            "seed": self.seed,
+            "multiset_size": self.multiset_size,
+            "epoch_size": self.epoch_size,
+        }
+        for key, own in own_state.items():
             if state[key] != own:
                 raise ValueError(
                     f"state_dict comes from another sampler: its {key} is {state[key]}, this "
-                    f"sampler's is {own} (same selection, upsample_factor and seed needed)"
+                    f"sampler's is {own} (same selection, upsample_factor, seed and "
+                    "epoch_size needed)"
                 )
         self.epoch = state["epoch"]
         self._resume = (state["epoch"], state["yielded"])

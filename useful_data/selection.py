@@ -26,6 +26,7 @@ import torch
 from useful_data._checks import (
     as_numpy,
     check_destination,
+    check_positive_int,
     check_upsample_factor,
     indices_to_mask,
 )
@@ -277,6 +278,55 @@ class Selection:
     def upsampled_size(self) -> int:
         """Length of the upsampled training set: ``N + (k - 1) |S|``."""
         return self.num_examples + (self.upsample_factor - 1) * self.num_slow_learnable
+
+    def relative_cost(
+        self, *, separating_epoch: int, total_epochs: int, epoch_size: int | None = None
+    ) -> float:
+        """Compute of USEFUL with this selection, as a multiple of plain training (SGD).
+
+        Phase 1 trains ``t`` epochs of ``N`` examples, phase 2 restarts and trains ``T``
+        epochs, each of the upsampled ``N + (k - 1) |S|`` examples by default or of
+        ``epoch_size = M`` with equal-length epochs (``UpsampleSampler(..., epoch_size=M)``);
+        plain training is ``T`` epochs of ``N``. Hence ``t/T + (N + (k - 1)|S|)/N``, or
+        ``t/T + M/N``. Both counts may be in steps instead of epochs, as long as both are.
+        The padding of a distributed sampler (under ``num_replicas`` examples) is left out.
+
+        Args:
+            separating_epoch: ``t``, the epochs of phase 1 (0 if the selection came for free).
+            total_epochs: ``T``, the epochs of the original schedule (and of phase 2).
+            epoch_size: ``M``, examples per phase-2 epoch across all replicas; ``None`` for
+                the whole upsampled set.
+
+        Returns:
+            The ratio, e.g. ``1.42`` for "1.42x SGD".
+
+        Raises:
+            TypeError: if an argument is not an integer.
+            ValueError: if ``total_epochs < 1``, ``separating_epoch`` is outside
+                ``[0, total_epochs]``, ``epoch_size < 1``, or the selection is empty.
+
+        Example:
+            >>> import numpy as np
+            >>> sel = Selection(mask=np.arange(100) < 20, loss=np.zeros(100),
+            ...                 targets=np.zeros(100, dtype=int))
+            >>> round(sel.relative_cost(separating_epoch=10, total_epochs=200), 2)  # .05 + 1.2
+            1.25
+            >>> round(sel.relative_cost(separating_epoch=10, total_epochs=200, epoch_size=100), 2)
+            1.05
+        """
+        total_epochs = check_positive_int("total_epochs", total_epochs)
+        separating_epoch = check_positive_int("separating_epoch", separating_epoch, minimum=0)
+        if separating_epoch > total_epochs:
+            raise ValueError(
+                f"separating_epoch should be in [0, total_epochs={total_epochs}], but got "
+                f"separating_epoch={separating_epoch}"
+            )
+        if epoch_size is None:
+            epoch_size = self.upsampled_size
+        epoch_size = check_positive_int("epoch_size", epoch_size)
+        if self.num_examples == 0:
+            raise ValueError("relative_cost needs a selection of at least one example, got N=0")
+        return separating_epoch / total_epochs + epoch_size / self.num_examples
 
     def class_summary(self) -> list[ClassSummary]:
         """Per-class counts, mean loss of both clusters and loss ROC-AUC, in label order."""

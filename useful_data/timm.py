@@ -12,6 +12,9 @@ after ``dataset_train = create_dataset(...)``::
     from useful_data import USEFULDataset
     dataset_train = USEFULDataset(dataset_train, args.useful_selection)
 
+For USEFUL at the original epoch length instead (``UpsampleSampler(..., epoch_size=N)``),
+`with_sampler` puts the sampler into the loader ``create_loader`` built, which takes none.
+
 Paper: Nguyen et al., "Changing the Training Data Distribution to Reduce Simplicity Bias
 Improves In-distribution Generalization", NeurIPS 2024, Algorithm 1.
 """
@@ -26,7 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 __all__ = [
     "checkpoint_data_config",
@@ -34,6 +37,7 @@ __all__ = [
     "create_timm_model",
     "extract_state_dict",
     "load_timm_checkpoint",
+    "with_sampler",
 ]
 
 #: Keys under which timm (and most training scripts) store weights, in the order tried.
@@ -359,3 +363,77 @@ def create_eval_dataset(
     config = resolve_data_config(args, model=model)
     dataset.transform = create_transform(**config, is_training=False)
     return dataset
+
+
+def with_sampler(loader: Any, sampler: Sampler[int]) -> Any:
+    """The training loader timm's ``create_loader`` built, drawing its examples with ``sampler``.
+
+    ``create_loader`` chooses its own sampler (a shuffle, or a ``DistributedSampler`` with
+    ``distributed=True``) and takes none, so an `UpsampleSampler`
+    (``epoch_size=N`` for USEFUL at the original epoch length) goes in afterwards: the inner
+    ``DataLoader`` is rebuilt with the same dataset, batch size, ``drop_last``, workers, collate
+    function (``fast_collate``, mixup), ``pin_memory``, worker seeding and persistent workers,
+    around ``sampler``, and put back into timm's ``PrefetchLoader`` if there is one (its
+    normalisation and random erasing stay). A ``MultiEpochsDataLoader`` stays one. Call this
+    before ``len(loader_train)`` sizes the LR schedule, as timm's ``train.py`` does right
+    after building the loaders.
+
+    Args:
+        loader: What ``timm.data.create_loader`` returned (or any ``DataLoader`` with a
+            ``batch_size``).
+        sampler: The sampler to draw with; it shards itself (an `UpsampleSampler`
+            reads the process group).
+
+    Returns:
+        ``loader`` with the new inner loader if it was a ``PrefetchLoader``, else the new
+        ``DataLoader``.
+
+    Raises:
+        TypeError: if ``loader`` is not a ``DataLoader`` or a ``PrefetchLoader`` around one.
+        ValueError: if it batches with a custom batch sampler (timm's scheduled batching),
+            which has no single batch size to keep.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from useful_data import UpsampleSampler
+        >>> loader = DataLoader(TensorDataset(torch.arange(10)), batch_size=4, shuffle=True)
+        >>> sampler = UpsampleSampler([0, 1, 2, 3, 4], num_examples=10, epoch_size=10)
+        >>> loader = with_sampler(loader, sampler)
+        >>> loader.sampler is sampler, len(loader)
+        (True, 3)
+    """
+    inner = getattr(loader, "loader", loader)  # timm's PrefetchLoader keeps it as .loader
+    if not isinstance(inner, DataLoader):
+        raise TypeError(
+            "loader should be a DataLoader or a timm PrefetchLoader around one, but got "
+            f"{type(loader).__name__}"
+        )
+    batch_sampler = inner.batch_sampler
+    if not isinstance(batch_sampler, BatchSampler):  # MultiEpochsDataLoader's _RepeatSampler
+        batch_sampler = getattr(batch_sampler, "sampler", batch_sampler)
+    if inner.batch_size is None or type(batch_sampler) is not BatchSampler:
+        raise ValueError(
+            f"loader batches with {type(inner.batch_sampler).__name__}, not a plain batch "
+            "size (timm's scheduled batching?); with_sampler keeps a fixed batch_size only"
+        )
+    rebuilt = type(inner)(
+        inner.dataset,
+        batch_size=inner.batch_size,
+        sampler=sampler,
+        drop_last=inner.drop_last,
+        num_workers=inner.num_workers,
+        collate_fn=inner.collate_fn,
+        pin_memory=inner.pin_memory,
+        timeout=inner.timeout,
+        worker_init_fn=inner.worker_init_fn,
+        multiprocessing_context=inner.multiprocessing_context,
+        generator=inner.generator,
+        prefetch_factor=inner.prefetch_factor,
+        persistent_workers=inner.persistent_workers,
+        pin_memory_device=inner.pin_memory_device,
+    )
+    if inner is loader:
+        return rebuilt
+    loader.loader = rebuilt
+    return loader
