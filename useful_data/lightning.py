@@ -175,7 +175,6 @@ class USEFUL(Callback):
                 "training set itself (use eval_dataset= for an eval view)"
             )
         self.find_kwargs = {"progress": False, **find_kwargs}
-        self._given_selection = selection
         self.selection: Selection | None = None
         self.separating_epoch: int | None = None
         self._upsample_from: SelectionLike | None = None  # what the sampler is built from
@@ -184,6 +183,8 @@ class USEFUL(Callback):
         self._restored = False
         self._replay: list[float] = []  # the monitored curve of a resumed phase 1
         self._total_epochs = 0
+        if selection is not None:  # set now: configure_optimizers may load the data early
+            self._set_selection(selection, 0)
 
     @property
     def phase(self) -> str:
@@ -226,8 +227,6 @@ class USEFUL(Callback):
                 f"but got max_steps={trainer.max_steps}"
             )
         self._total_epochs = total
-        if self._upsample_from is None and self._given_selection is not None:
-            self._set_selection(self._given_selection, 0)
         if self._upsample_from is None:
             self._check_phase_one(total)
             if self._initial_state is None:
