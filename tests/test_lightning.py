@@ -204,6 +204,19 @@ def test_precomputed_selection_upsamples_from_the_first_epoch(tmp_path):
     assert model.epoch_start[0]["lr"] == 0.1  # no restart: nothing was reset
 
 
+def test_equal_length_epochs():
+    """epoch_size=N: phase 2 keeps SGD's epoch length, continuing through the multiset."""
+    model, mask = Model(), np.isin(np.arange(N), SLOW)
+    trainer(max_epochs=5, callbacks=[USEFUL(selection=mask, epoch_size=N)]).fit(model, Data())
+    stream = UpsampleSampler(mask, N, seed=0, epoch_size=N)
+    for epoch in range(5):
+        stream.set_epoch(epoch)
+        assert model.seen[epoch] == list(stream) and len(model.seen[epoch]) == N
+    assert Counter(i for e in range(5) for i in model.seen[e]) == Counter(
+        {i: 4 * n for i, n in expected_counts(SLOW).items()}
+    )  # 200 items: the 50-item multiset four times over
+
+
 # --- checkpoints ---------------------------------------------------------------------------
 def fit_with_checkpoints(path, max_epochs, separating_epoch, data=None, ckpt=None, seed=0):
     model, useful = Model(seed=seed), USEFUL(separating_epoch, find_kwargs=SKLEARN)

@@ -119,6 +119,9 @@ class USEFUL(Callback):
             ranks; rank 0's value decides on every rank).
         seed: Seed of the upsampled shuffle; ``None``: ``PL_GLOBAL_SEED`` (set by
             ``seed_everything``) or 0, as Lightning seeds its ``DistributedSampler``.
+        epoch_size: ``M``, phase 2's items per epoch across all ranks (`UpsampleSampler`'s
+            ``epoch_size``: ``M = N`` keeps SGD's steps per epoch, the epochs then continue
+            through the upsampled multiset); ``None``: every epoch is the whole multiset.
         find_kwargs: More keyword arguments for `find_slow_learnable` (``upsample_factor``,
             ``backend``, ``n_init``, ``batch_size``, ``strategy``, ...); ``progress`` defaults
             to ``False``.
@@ -150,6 +153,7 @@ class USEFUL(Callback):
         eval_dataset: Dataset[Any] | Callable[[], Dataset[Any]] | None = None,
         monitor: str = "train_loss",
         seed: int | None = None,
+        epoch_size: int | None = None,
         find_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if separating_epoch is not None and selection is not None:
@@ -167,6 +171,9 @@ class USEFUL(Callback):
             raise TypeError(f"monitor should be a str, but got monitor={monitor!r}")
         self.monitor = monitor
         self.seed = None if seed is None else check_int("seed", seed)
+        self.epoch_size = (
+            None if epoch_size is None else check_positive_int("epoch_size", epoch_size)
+        )
         self.eval_dataset = eval_dataset
         find_kwargs = dict(find_kwargs or {})
         if own := sorted(_OWN_FIND_ARGS & find_kwargs.keys()):
@@ -456,7 +463,9 @@ class USEFUL(Callback):
                 f"{type(loader.sampler).__name__}"
             )
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sampler = UpsampleSampler(selection, num_examples, shuffle=shuffle, seed=seed)
+        sampler = UpsampleSampler(
+            selection, num_examples, shuffle=shuffle, seed=seed, epoch_size=self.epoch_size
+        )
         return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
 
 
