@@ -249,6 +249,29 @@ def test_resuming_phase_two_trains_on_the_same_selection(tmp_path, checkpoint, e
     assert state["selection"]["mask"].sum() > 0
 
 
+def test_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(N, 3, generator=g), torch.arange(N) % 3
+    selection = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    mask = np.isin(np.arange(N), SLOW)
+    for given, expected in ((selection, selection.mask), (SLOW, SLOW), (mask, mask)):
+        torch.save({"state": USEFUL(selection=given).state_dict()}, tmp_path / "state.pt")
+        loaded = USEFUL()
+        loaded.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True)["state"])
+        assert loaded.phase == "upsampled" and loaded.separating_epoch == 0
+        upsampled_from = loaded.selection.mask if loaded.selection else loaded._upsample_from
+        np.testing.assert_array_equal(np.asarray(upsampled_from), expected)
+        if given is selection:  # the whole Selection travels, not only its mask
+            for field in ("mask", "loss", "targets"):
+                np.testing.assert_array_equal(
+                    getattr(loaded.selection, field), getattr(selection, field)
+                )
+            assert loaded.selection.params == selection.params
+            assert loaded.selection.unsplit == selection.unsplit
+        else:
+            assert loaded.selection is None
+
+
 def test_resuming_phase_one_restarts_from_the_initial_weights(tmp_path):
     data = Data(shuffle=False)
     model, useful = fit_with_checkpoints(tmp_path, 2, 2, data=data)

@@ -187,7 +187,6 @@ class USEFUL(Callback):
         self._upsample_from: SelectionLike | None = None  # what the sampler is built from
         self._initial_state: dict[str, torch.Tensor] | None = None
         self._restart_pending = False
-        self._restored = False
         self._replay: list[float] = []  # the monitored curve of a resumed phase 1
         self._total_epochs = 0
         if selection is not None:  # set now: configure_optimizers may load the data early
@@ -318,7 +317,7 @@ class USEFUL(Callback):
                 "unsplit": sorted(sel.unsplit.items()),
             }
         elif self._upsample_from is not None:  # a mask or indices given as selection=
-            selection = {"mask": torch.as_tensor(np.asarray(self._upsample_from))}
+            selection = {"given": torch.as_tensor(np.asarray(self._upsample_from))}
         return {
             "version": _STATE_VERSION,
             "separating_epoch": self.separating_epoch,
@@ -343,24 +342,22 @@ class USEFUL(Callback):
             )
         saved = state_dict["selection"]
         if saved is not None:
-            mask = saved["mask"].numpy()
-            if "loss" in saved:
-                selection: SelectionLike = Selection(
-                    mask=mask,
+            if "given" in saved:  # a mask or indices given as selection=
+                selection: SelectionLike = saved["given"].numpy()
+            else:
+                selection = Selection(
+                    mask=saved["mask"].numpy(),
                     loss=saved["loss"].numpy(),
                     targets=saved["targets"].numpy(),
                     upsample_factor=saved["upsample_factor"],
                     params=json.loads(saved["params"]),
                     unsplit=dict(saved["unsplit"]),
                 )
-            else:
-                selection = mask
             self._set_selection(selection, epoch)
         else:  # replayed into the detector once it exists (the default one: at fit start)
             self._replay = list(state_dict["monitored"] or [])
         self._restart_pending = bool(state_dict["restart_pending"])
         self._initial_state = state_dict["initial_state"]
-        self._restored = True
 
     # --- helpers -----------------------------------------------------------------------
     def _check_phase_one(self, total: int) -> None:
