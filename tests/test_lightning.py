@@ -350,6 +350,14 @@ def test_separating_epoch_past_max_epochs():
         fit_one(USEFUL(1), Data(), max_steps=3)
 
 
+@pytest.mark.parametrize("name", ["DeepSpeedStrategy", "FSDPStrategy", "XLAStrategy"])
+def test_sharded_and_xla_strategies_are_refused(name):
+    strategy = object.__new__(getattr(pl.strategies, name))  # needs no deepspeed/XLA install
+    fake_trainer = type("FakeTrainer", (), {"strategy": strategy})()
+    with pytest.raises(ValueError, match=f"single-device and DDP.*strategy={name}"):
+        USEFUL(1).setup(fake_trainer, Model(), "fit")
+
+
 def test_bad_arguments_and_data():
     with pytest.raises(TypeError, match="not both"):
         USEFUL(2, selection=SLOW)

@@ -53,7 +53,13 @@ from useful_data.slow_learnable import find_slow_learnable
 try:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback
-    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+    from lightning.pytorch.strategies import (
+        DDPStrategy,
+        DeepSpeedStrategy,
+        SingleDeviceStrategy,
+        SingleDeviceXLAStrategy,
+        XLAStrategy,
+    )
     from lightning.pytorch.trainer.connectors.data_connector import _DataLoaderSource
     from lightning.pytorch.trainer.states import RunningStage
     from lightning.pytorch.utilities.data import _update_dataloader
@@ -201,10 +207,14 @@ class USEFUL(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not isinstance(trainer.strategy, SingleDeviceStrategy | DDPStrategy):
+        strategy = trainer.strategy
+        if not isinstance(strategy, SingleDeviceStrategy | DDPStrategy) or isinstance(
+            strategy, DeepSpeedStrategy | XLAStrategy | SingleDeviceXLAStrategy
+        ):
             raise ValueError(
-                "USEFUL supports single-device and DDP strategies, but got "
-                f"strategy={type(trainer.strategy).__name__}"
+                "USEFUL supports the single-device and DDP strategies (it restores W0 into "
+                "the module and rebuilds its optimizers), but got "
+                f"strategy={type(strategy).__name__}"
             )
         source = trainer.fit_loop._data_source
         if not source.is_defined() or source.instance is None:
