@@ -287,6 +287,42 @@ def test_resuming_phase_one_restarts_from_the_initial_weights(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+class StatefulData(Data):
+    def train_dataloader(self):
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        return StatefulDataLoader(self.train_set, batch_size=5, shuffle=True)
+
+
+class ConstantLR(Model):
+    """No estimated_stepping_batches: reading it makes Lightning load the training data
+    before it restores the loader's state, which it then never restores."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_mid_epoch_resume_with_a_stateful_dataloader(tmp_path):
+    """torchdata's StatefulDataLoader keeps its type when USEFUL swaps its sampler, and its
+    state (the UpsampleSampler's position) travels in the checkpoint: resuming mid-epoch in
+    phase 2 trains exactly on the indices that epoch had not reached."""
+    pytest.importorskip("torchdata")
+    every_3 = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, filename="{epoch}-{step}", save_top_k=-1, every_n_train_steps=3
+    )
+    model, useful = ConstantLR(), USEFUL(1, find_kwargs=SKLEARN)
+    fit = trainer(max_epochs=2, callbacks=[useful, every_3], enable_checkpointing=True)
+    fit.fit(model, datamodule=StatefulData())
+    resumed = ConstantLR(seed=1)
+    trainer(max_epochs=2, callbacks=[USEFUL(1, find_kwargs=SKLEARN)]).fit(
+        resumed, datamodule=StatefulData(), ckpt_path=tmp_path / "epoch=1-step=12.ckpt"
+    )
+    done = (12 - N // 5) * 5  # items of phase 2's first epoch trained before step 12
+    assert resumed.seen[1] == model.seen[1][done:]
+    assert resumed.seen[2] == model.seen[2]
+    assert len(model.seen[1]) == N + useful.selection.num_slow_learnable
+
+
 def test_checkpoint_whose_selection_does_not_match_the_data(tmp_path):
     fit_with_checkpoints(tmp_path, 2, 1)
     with pytest.raises(ValueError, match=r"selection does not match the training set.*fingerpr"):

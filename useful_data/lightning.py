@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -459,11 +460,8 @@ class USEFUL(Callback):
                 f"USEFUL's selection does not match the training set: {err}. Resume from a "
                 "checkpoint of a run on the same training data"
             ) from err
-        if isinstance(loader.sampler, RandomSampler):
-            shuffle = True
-        elif isinstance(loader.sampler, SequentialSampler):
-            shuffle = False
-        else:
+        shuffle = _shuffles(loader.sampler)
+        if shuffle is None:
             raise TypeError(
                 "USEFUL replaces the training sampler by an UpsampleSampler, so it needs a "
                 "DataLoader built with shuffle=True or shuffle=False, but got sampler="
@@ -474,6 +472,19 @@ class USEFUL(Callback):
             selection, num_examples, shuffle=shuffle, seed=seed, epoch_size=self.epoch_size
         )
         return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+
+
+def _shuffles(sampler: object) -> bool | None:
+    """Whether a loader's sampler is a shuffling one (``None``: a custom sampler)."""
+    if isinstance(sampler, SequentialSampler):
+        return False
+    if isinstance(sampler, RandomSampler):
+        return True
+    # torchdata's StatefulDataLoader(shuffle=True) has its own RandomSampler
+    stateful = sys.modules.get("torchdata.stateful_dataloader.sampler")
+    if stateful is not None and isinstance(sampler, stateful.RandomSampler):
+        return True
+    return None
 
 
 def _map_style(name: str, dataset: Any) -> Dataset[Any]:
