@@ -195,7 +195,7 @@ def stub_select(monkeypatch, tmp_path):
 
 def _argv(tmp_path, *extra, checkpoint=None):
     checkpoint = str(checkpoint or tmp_path / "c.pth.tar")
-    return ["select", "--model", "m", "--checkpoint", checkpoint, "--num-classes", "3",
+    return ["select", "--model", "resnet10t", "--checkpoint", checkpoint, "--num-classes", "3",
             "--data-dir", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "s.npz"),
             *extra]  # fmt: skip
 
@@ -290,13 +290,16 @@ def test_select_passes_its_defaults_on(stub_select, tmp_path):
 
 def test_select_passes_every_flag_on(stub_select, tmp_path):
     """Every flag reaches the function that uses it."""
-    extra = ["--split", "val", "--class-map", "map.txt", "--download", "--use-ema",
+    (tmp_path / "val").mkdir()  # the split and the class map exist (checked up front)
+    (tmp_path / "map.txt").write_text("a\nb\nc\n")
+    class_map = str(tmp_path / "map.txt")
+    extra = ["--split", "val", "--class-map", class_map, "--download", "--use-ema",
              "--workers", "0", "--seed", "5", "--backend", "sklearn", "--upsample-factor", "3",
              "--batch-size", "16", "--no-progress"]  # fmt: skip
     with pytest.raises(SystemExit):
         main(_argv(tmp_path, *extra))
     find, (_, ds_kwargs) = stub_select["find"], stub_select["dataset"]
-    assert ds_kwargs["split"] == "val" and ds_kwargs["class_map"] == "map.txt"
+    assert ds_kwargs["split"] == "val" and ds_kwargs["class_map"] == class_map
     assert ds_kwargs["download"] is True and stub_select["model"]["use_ema"] is True
     assert (find["num_workers"], find["seed"], find["backend"]) == (0, 5, "sklearn")
     assert (find["upsample_factor"], find["batch_size"], find["progress"]) == (3, 16, False)

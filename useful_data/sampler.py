@@ -37,7 +37,13 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from useful_data._checks import check_bool, check_int, check_positive_int, check_upsample_factor
+from useful_data._checks import (
+    check_bool,
+    check_int,
+    check_positive_int,
+    check_upsample_factor,
+    check_upsampled_size,
+)
 from useful_data._frameworks import sharding_framework
 from useful_data.distributed import get_rank, get_world_size
 from useful_data.selection import SelectionLike, resolve_selection
@@ -89,8 +95,8 @@ class UpsampleSampler(DistributedSampler[int]):
             integer, ``shuffle`` or ``drop_last`` not a bool (or 0/1), or the selection is not
             `SelectionLike`.
         ValueError: if a number is out of range, ``rank >= num_replicas``, the
-            selection does not match ``num_examples``, or ``epoch_size`` is given for an
-            empty dataset.
+            selection does not match ``num_examples``, ``epoch_size`` is given for an
+            empty dataset, or the upsampled multiset would not fit in memory.
 
     Example:
         >>> sampler = UpsampleSampler([1, 3], num_examples=5, shuffle=False)
@@ -139,8 +145,9 @@ class UpsampleSampler(DistributedSampler[int]):
         self.drop_last = check_bool("drop_last", drop_last)
         self.epoch = 0
         slow = np.flatnonzero(mask).astype(np.int64)
+        check_upsampled_size(len(mask), len(slow), self.upsample_factor)  # before allocating
         multiset = np.concatenate(
-            [np.arange(len(mask), dtype=np.int64), *[slow] * (self.upsample_factor - 1)]
+            [np.arange(len(mask), dtype=np.int64), np.tile(slow, self.upsample_factor - 1)]
         )
         self._multiset = torch.from_numpy(multiset)
         self._epoch_size: int | None = None

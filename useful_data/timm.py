@@ -32,6 +32,9 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 __all__ = [
+    "INTERPOLATIONS",
+    "check_model_name",
+    "check_split",
     "checkpoint_data_config",
     "create_eval_dataset",
     "create_timm_model",
@@ -44,6 +47,14 @@ __all__ = [
 STATE_DICT_KEYS: tuple[str, ...] = ("state_dict", "model")
 #: Keys under which timm stores the EMA weights (``--model-ema``).
 EMA_KEYS: tuple[str, ...] = ("state_dict_ema", "model_ema")
+#: The resize interpolations timm's eval transform takes (``--interpolation``).
+INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+#: Split names timm treats as the training split: with no such subfolder, an image folder
+#: dataset is read from the data folder itself (as timm's ``train.py`` reads it).
+_TRAIN_SPLITS = ("train", "training")
+_EVAL_SPLITS = ("val", "valid", "validation", "eval", "evaluation")
+#: Dataset name prefixes that are not read from a folder of images (no split subfolder).
+_NOT_FOLDERS = ("hfds", "hfids", "tfds", "wds")
 #: Prefixes added by DistributedDataParallel and ``torch.compile``, stripped on load.
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 
@@ -196,6 +207,19 @@ def _classifier_weight_key(model: nn.Module) -> str | None:
     return None
 
 
+def check_model_name(name: str) -> None:
+    """Raise a `ValueError` (with similar names) if ``name`` is not a timm model name."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise ValueError(
+            f"model={name!r} is not a timm model name; similar names: {close}"
+            if close
+            else f"model={name!r} is not a timm model name (see timm.list_models())"
+        )
+
+
 def create_timm_model(
     name: str,
     *,
@@ -226,13 +250,7 @@ def create_timm_model(
     """
     import timm
 
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        raise ValueError(
-            f"model={name!r} is not a timm model name; similar names: {close}"
-            if close
-            else f"model={name!r} is not a timm model name (see timm.list_models())"
-        )
+    check_model_name(name)
     model = timm.create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
     if checkpoint is not None:
         load_timm_checkpoint(model, checkpoint, use_ema=use_ema)
@@ -278,6 +296,43 @@ def checkpoint_data_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
+def check_split(name: str, root: str | os.PathLike[str], split: str) -> None:
+    """Raise a `ValueError` if ``split`` names no folder of an image-folder dataset.
+
+    timm's ``create_dataset`` reads an image folder's split from ``root/split`` (or a synonym:
+    ``train``/``training``, ``val``/``validation``/...) and, where none exists, from
+    ``root`` itself. That fallback is kept for a training split (``--data-dir`` pointing at
+    the training images, as timm's ``train.py`` reads them) and refused for any other split
+    name, which would otherwise silently be the training images. Datasets that are not image
+    folders (``torch/cifar10``, ``hfds/...``) are not checked here.
+
+    Example:
+        >>> import tempfile
+        >>> check_split("", tempfile.gettempdir(), "train")  # falls back to the folder
+        >>> check_split("", tempfile.gettempdir(), "no-such-split")
+        Traceback (most recent call last):
+        ...
+        ValueError: split='no-such-split' names no subfolder of ...
+    """
+    prefix, sep, rest = name.partition("/")
+    prefix = prefix.lower() if sep else ""
+    folder = prefix not in (*_NOT_FOLDERS, "torch") or rest.lower() in ("image_folder", "folder")
+    if not folder or not os.path.isdir(root):
+        return
+    base = split.split("[")[0]
+    names = [base]
+    for synonyms in (_TRAIN_SPLITS, _EVAL_SPLITS):
+        if base in synonyms:
+            names += synonyms
+    if base in _TRAIN_SPLITS or any(os.path.exists(os.path.join(root, n)) for n in names):
+        return
+    raise ValueError(
+        f"split={split!r} names no subfolder of data_dir={str(root)!r} (tried "
+        f"{', '.join(dict.fromkeys(names))}); only a training split falls back to the folder "
+        "itself, so pass the split the images are in, or point the data folder at them"
+    )
+
+
 def create_eval_dataset(
     name: str,
     root: str | os.PathLike[str],
@@ -318,12 +373,14 @@ def create_eval_dataset(
         The dataset, with ``.transform`` set to the eval transform.
 
     Raises:
-        ValueError: if the dataset cannot be built or holds no examples.
+        ValueError: if the dataset cannot be built or holds no examples, or ``split`` names
+            no folder of an image folder (see `check_split`).
     """
     from timm.data import create_dataset, create_transform, resolve_data_config
 
     if not os.path.isdir(root) and not (download and name.lower().startswith("torch/")):
         raise ValueError(f"data_dir={str(root)!r} is not a folder")
+    check_split(name, root, split)
     try:
         dataset = create_dataset(
             name,
