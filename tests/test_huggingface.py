@@ -154,6 +154,22 @@ def test_useful_trainer_single_process_and_checkpoint(tmp_path):
         adopt.train(resume_from_checkpoint=True)
 
 
+def test_equal_length_epochs_keep_sgds_step_count(tmp_path):
+    """epoch_size=N reaches the sampler: N items (8 steps of 5) per epoch instead of 50."""
+    data = Items()
+    selection = fixed_selection(data)
+    trainer = USEFULTrainer(
+        TinyModel(TinyConfig()), arguments(tmp_path), train_dataset=data, selection=selection,
+        epoch_size=N,
+    )
+    trainer.train()
+    assert trainer.useful_sampler is not None and trainer.useful_sampler.epoch_size == N
+    assert trainer.state.global_step == 2 * N // 5
+    with pytest.raises(ValueError, match="epoch_size"):
+        USEFULTrainer(TinyModel(TinyConfig()), arguments(tmp_path), train_dataset=data,
+                      selection=selection, epoch_size=0)
+
+
 def test_a_datasets_dataset_trains_and_is_checked(tmp_path):
     """A ``datasets.Dataset`` (torch format): its ``labels`` column is checked against the
     selection, select_with_trainer predicts on it, USEFULTrainer trains on it."""

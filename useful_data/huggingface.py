@@ -51,6 +51,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
         "pip install 'useful-data[huggingface]'"
     ) from err
 
+from useful_data._checks import check_positive_int
 from useful_data._targets import dataset_targets
 from useful_data.sampler import UpsampleSampler
 from useful_data.selection import Selection, dataset_fingerprint
@@ -347,6 +348,9 @@ class USEFULTrainer(Trainer):
         *args: Positional arguments of ``Trainer`` (``model``, ``args``, ...).
         selection: The `useful_data.Selection` of ``train_dataset`` (or the path of a saved
             one); ``None`` only to take it from the checkpoint you resume from.
+        epoch_size: Items per epoch across all processes, passed to `UpsampleSampler`:
+            ``len(train_dataset)`` trains at SGD's step count (see the budget guide);
+            ``None`` (default) makes every epoch the whole upsampled multiset.
         **kwargs: Keyword arguments of ``Trainer``.
 
     Attributes:
@@ -364,6 +368,7 @@ class USEFULTrainer(Trainer):
         self,
         *args: Any,
         selection: Selection | str | os.PathLike[str] | None,
+        epoch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         # Trainer's signature is (model, args, data_collator, train_dataset, ...)
@@ -373,6 +378,9 @@ class USEFULTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.selection: Selection | None = None if selection is None else _as_selection(selection)
         self.useful_sampler: UpsampleSampler | None = None
+        self.epoch_size = (
+            None if epoch_size is None else check_positive_int("epoch_size", epoch_size)
+        )
         strategy = getattr(self.args, "train_sampling_strategy", "random")
         if strategy != "random":
             raise ValueError(
@@ -452,5 +460,6 @@ class USEFULTrainer(Trainer):
             seed=seed,
             num_replicas=1,  # Accelerate's BatchSamplerShard deals the batches to the ranks
             rank=0,
+            epoch_size=self.epoch_size,
         )
         return self.useful_sampler
