@@ -29,6 +29,7 @@ from useful_data._checks import (
     check_upsample_factor,
     indices_to_mask,
 )
+from useful_data._keys import keyed_fingerprint, keys_array
 from useful_data._version import __version__
 
 __all__ = [
@@ -208,6 +209,10 @@ class Selection:
         upsample_factor: How many times a slow-learnable example should appear (the paper: 2).
         params: The parameters used (strategy, features, n_init, seed, backend, ...).
         unsplit: Classes that were not split, mapped to the reason (e.g. a single example).
+        keys: ``(N,)`` example keys (int64, or unicode strings) for a selection computed on a
+            stream (`useful_data.streaming`), whose examples are addressed by key, not
+            position; ``None`` for a map-style dataset. With keys, the fingerprint is taken
+            over the key set (any order), see `useful_data._keys.keyed_fingerprint`.
 
     Example:
         >>> import numpy as np
@@ -226,6 +231,7 @@ class Selection:
     upsample_factor: int = 2
     params: Mapping[str, Any] = field(default_factory=dict)
     unsplit: Mapping[int, str] = field(default_factory=dict)
+    keys: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         mask = np.asarray(self.mask)
@@ -251,6 +257,11 @@ class Selection:
         object.__setattr__(self, "upsample_factor", int(self.upsample_factor))
         object.__setattr__(self, "params", dict(self.params))
         object.__setattr__(self, "unsplit", {int(k): str(v) for k, v in self.unsplit.items()})
+        if self.keys is not None:
+            keys = keys_array(self.keys)
+            if keys.shape != (n,):
+                raise ValueError(f"keys should have shape ({n},) like mask, but got {keys.shape}")
+            object.__setattr__(self, "keys", _readonly(keys))
 
     # --- derived views -------------------------------------------------------------------
     @property
@@ -270,7 +281,10 @@ class Selection:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        """The dataset fingerprint (``N`` and a label hash), see `dataset_fingerprint`."""
+        """The dataset fingerprint (``N`` and a label hash), see `dataset_fingerprint`; for
+        a keyed selection, over its ``(key, label)`` pairs in any order."""
+        if self.keys is not None:
+            return keyed_fingerprint(self.keys, self.targets)
         return dataset_fingerprint(self.targets)
 
     @property
@@ -368,6 +382,7 @@ class Selection:
             meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
         except TypeError as err:
             raise ValueError(f"Selection.params should be JSON-serialisable: {err}") from err
+        arrays: dict[str, Any] = {} if self.keys is None else {"keys": self.keys}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -377,6 +392,7 @@ class Selection:
                     loss=self.loss,
                     targets=self.targets,
                     meta=np.frombuffer(meta_bytes, dtype=np.uint8),
+                    **arrays,
                 )
                 f.flush()
                 os.fsync(f.fileno())
@@ -430,6 +446,7 @@ class Selection:
             upsample_factor=meta.get("upsample_factor", 2),
             params=meta.get("params", {}),
             unsplit={int(k): v for k, v in meta.get("unsplit", {}).items()},
+            keys=arrays.get("keys"),
         )
         if meta.get("fingerprint") != selection.fingerprint:
             raise ValueError(f"{str(path)!r} is corrupt: its labels do not match its fingerprint")
@@ -461,6 +478,11 @@ def resolve_selection(
         sel = Selection.load(selection)
     elif isinstance(selection, Selection):
         sel = selection
+    if sel is not None and sel.keys is not None:
+        raise ValueError(
+            f"{name} was computed on a stream and addresses its examples by key, not by "
+            "position; upsample the stream with useful_data.USEFULIterableDataset"
+        )
     if sel is not None:
         if num_examples is not None and sel.num_examples != num_examples:
             raise ValueError(
