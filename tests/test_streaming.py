@@ -147,7 +147,9 @@ def test_normalize_key_accepts_str_and_ints_only():
     assert keys_array(np.array([1, 2], dtype=np.uint16)).dtype == np.int64
 
 
-def test_key_table_matches_a_set_and_grows():
+@pytest.mark.parametrize("chunk", [1 << 20, 64])
+def test_key_table_matches_a_set_and_grows(chunk, monkeypatch):
+    monkeypatch.setattr("useful_data._keys._CHUNK", chunk)  # 64: batches span chunks
     rng = np.random.default_rng(0)
     table = KeyTable()
     reference: set[int] = set()

@@ -46,6 +46,7 @@ Key: TypeAlias = "str | int"
 KeySpec: TypeAlias = "str | Callable[[Any], Any]"
 
 _MASK64 = (1 << 64) - 1
+_CHUNK = 1 << 20  # hashes inserted per vectorized round of `KeyTable.add`
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -284,11 +285,15 @@ class KeyTable:
         """Insert ``hashes`` (nonzero uint64); return ``(n,)`` bool, True for each hash that
         was already in the table or repeats an earlier entry of ``hashes``."""
         hashes = np.asarray(hashes, dtype=np.uint64)
+        if hashes.shape[0] > _CHUNK:  # bounded temporaries: ~40 bytes per hash of a chunk
+            return np.concatenate(
+                [self.add(hashes[i : i + _CHUNK]) for i in range(0, hashes.shape[0], _CHUNK)]
+            )
         unique, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         repeated = np.ones(hashes.shape[0], dtype=bool)
         repeated[first] = False
         if self._count + unique.shape[0] > self.capacity // 2:
-            self._grow(self._count + unique.shape[0])
+            self._grow(max(self._count + unique.shape[0], 2 * self._count))
         return repeated | self._insert(unique)[inverse]
 
     def _grow(self, count: int) -> None:

@@ -38,6 +38,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from useful_data._checks import check_positive_int, check_seed, check_upsample_factor
 from useful_data._keys import (
     DEFAULT_KEY,
+    Key,
     KeySpec,
     KeyTable,
     hash_key,
@@ -202,42 +203,63 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
         return info is not None or world > 1, f"{rank}:{worker}"
 
     def __iter__(self) -> Iterator[T_co]:
+        items = self._upsampled()
+        return items if self.transform is None else map(self.transform, items)
+
+    def _key(self, item: Any) -> Key:
+        """``read_key`` with the kind checked against the selection's."""
+        k = read_key(item, self.key)
+        if self._kind is not None and key_kind(k) != self._kind:
+            raise TypeError(
+                f"the selection holds {self._kind} keys, but the stream's key is {k!r} of "
+                f"type {type(k).__name__}; pass the key= the selection was computed with"
+            )
+        return k
+
+    def _upsampled(self) -> Iterator[T_co]:
         split, where = self._split()
         # str seeds are hashed with SHA-512: the same on every run and platform
-        rng = random.Random(f"useful-data:{self.seed}:{self.epoch}:{where}")
-        copies, slot_of, read = self.upsample_factor - 1, self._table.slot, self.key
-        transform = self.transform if self.transform is not None else _identity
-        seen = bytearray(self._table.capacity)  # 1 = seen once, 2 = seen again
-        pending: list[tuple[int, int, Any]] = []  # (due position, tie-breaker, item)
+        draw = random.Random(f"useful-data:{self.seed}:{self.epoch}:{where}").random
+        copies, buffer_size = self.upsample_factor - 1, self.buffer_size
+        field = self.key if isinstance(self.key, str) else None
+        view, mask, slot_of = self._table._view, self._table.capacity - 1, self._table.slot
+        seen = bytearray(self._table.capacity)  # 1 at the slot of each selected key seen
+        pending: list[tuple[int, int, Any]] = []  # copies: (due position, tie-breaker, item)
         position = order = repeats = 0
-        check_kind = self._kind is not None
         for item in self.dataset:
-            k = read_key(item, read)
-            if check_kind:
-                if key_kind(k) != self._kind:
-                    raise TypeError(
-                        f"the selection holds {self._kind} keys, but the stream's key is "
-                        f"{k!r} of type {type(k).__name__}; pass the key= it was computed with"
-                    )
-                check_kind = False
+            if position == 0 or field is None:
+                k = self._key(item)  # the first item's key kind is checked, and functions
+            else:  # the hot path: a dict lookup, the full check only when it fails
+                try:
+                    k = item[field]  # type: ignore[index]
+                except (KeyError, TypeError, IndexError):
+                    k = self._key(item)
+                if type(k) is not str and type(k) is not int:
+                    k = self._key(item)
             position += 1
             while pending and pending[0][0] < position:  # due after d items, not d - 1
-                yield transform(heapq.heappop(pending)[2])
-            slot = slot_of(hash_key(k)) if copies else -1
-            if slot < 0:
-                yield transform(item)
+                yield heapq.heappop(pending)[2]
+            if not copies:
+                yield item
                 continue
-            if seen[slot]:
-                repeats += 1
+            h = hash_key(k)
+            at = h & mask
+            held = view[at]  # the first probe inline: a miss on an empty slot is the norm
+            slot = at if held == h else (-1 if held == 0 else slot_of(h))
+            if slot < 0:
+                yield item
+                continue
+            repeats += seen[slot]
             seen[slot] = 1
-            while pending and len(pending) + copies > self.buffer_size:  # the soonest due go
-                yield transform(heapq.heappop(pending)[2])
-            yield transform(item)
+            while pending and len(pending) + copies > buffer_size:  # the soonest due go
+                yield heapq.heappop(pending)[2]
+            yield item
             for _ in range(copies):
                 order += 1
-                heapq.heappush(pending, (position + rng.randint(1, self.buffer_size), order, item))
+                due = position + 1 + int(draw() * buffer_size)  # uniform in [1, buffer_size]
+                heapq.heappush(pending, (due, order, item))
         while pending:
-            yield transform(heapq.heappop(pending)[2])
+            yield heapq.heappop(pending)[2]
         self._warn(split, seen, repeats)
 
     def _warn(self, split: bool, seen: bytearray, repeats: int) -> None:
@@ -267,7 +289,3 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
             f"upsample_factor={self.upsample_factor}, buffer_size={self.buffer_size}, "
             f"dataset={type(self.dataset).__name__})"
         )
-
-
-def _identity(item: Any) -> Any:
-    return item
