@@ -28,6 +28,7 @@ __all__ = [
     "Key",
     "KeySpec",
     "KeyTable",
+    "check_distinct",
     "describe_key",
     "hash_key",
     "hash_keys",
@@ -186,7 +187,7 @@ def keys_array(keys: Iterable[Any], *, name: str = "keys") -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
-def _check_distinct(keys: np.ndarray, hashes: np.ndarray, order: np.ndarray, name: str) -> None:
+def check_distinct(keys: np.ndarray, hashes: np.ndarray, order: np.ndarray, name: str) -> None:
     """Raise if two entries of ``keys`` share a hash: the same key twice, or a collision."""
     ordered = hashes[order]
     same = np.flatnonzero(ordered[1:] == ordered[:-1])
@@ -220,7 +221,7 @@ def keyed_fingerprint(keys: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
     """
     hashes = hash_keys(keys)
     order = np.argsort(hashes, kind="stable")
-    _check_distinct(keys, hashes, order, "keys")
+    check_distinct(keys, hashes, order, "keys")
     payload = np.ascontiguousarray(hashes[order], dtype="<u8").tobytes()
     payload += np.ascontiguousarray(np.asarray(targets)[order], dtype="<i8").tobytes()
     return {

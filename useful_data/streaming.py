@@ -7,7 +7,10 @@ example key (WebDataset's ``__key__``, an id column, or a function item -> key),
 eval pass over the stream, clusters the outputs of every class as for a map-style dataset, and
 returns a `Selection` whose ``keys`` name the examples: it is addressed by key, saved and
 fingerprinted over its key set in any order (a stream's order can change from pass to pass),
-and upsampled with `useful_data.USEFULIterableDataset`.
+and upsampled with `useful_data.USEFULIterableDataset`. Its rows are in the order of the key
+hashes, not the stream's: k-means++ seeding depends on the order of the rows, so this makes
+the selection a function of the stream's examples alone, the same whatever the number of
+DataLoader workers or ranks, or the shuffling of shards.
 
 The pass holds the ``(N, C)`` outputs, ``N`` labels and ``N`` keys, and a table of the key
 hashes (16 to 32 bytes per key) to catch a key seen twice: a stream that repeats or never
@@ -41,6 +44,7 @@ from useful_data._keys import (
     DEFAULT_KEY,
     KeySpec,
     KeyTable,
+    check_distinct,
     describe_key,
     hash_keys,
     keys_array,
@@ -240,8 +244,10 @@ def stream_outputs(
     **collect_kwargs: Any,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """`collect_stream_outputs` as `find_slow_learnable` calls it: arguments that have no
-    meaning for a stream are refused and, under ``torch.distributed``, every rank's part of
-    the stream is gathered (rank-major), checked for keys seen on two ranks."""
+    meaning for a stream are refused; under ``torch.distributed`` every rank's part of the
+    stream is gathered and checked for keys seen on two ranks; the rows come back in the
+    order of their key hashes, so the selection depends on the stream's examples, not on
+    the order they came in."""
     if eval_dataset is not None:
         raise ValueError(
             "eval_dataset has no meaning for a stream (its examples are matched by key, not "
@@ -254,33 +260,53 @@ def stream_outputs(
         )
     key = DEFAULT_KEY if key is None else key
     if not sharded:
-        return collect_stream_outputs(model, stream, key=key, progress=progress, **collect_kwargs)
-    local = collect_stream_outputs(
-        _unwrap(model),
-        stream,
-        key=key,
-        progress=progress and get_rank() == 0,
-        allow_empty=True,
-        **collect_kwargs,
-    )
+        outputs, labels, keys = collect_stream_outputs(
+            model, stream, key=key, progress=progress, **collect_kwargs
+        )
+    else:
+        outputs, labels, keys = _gather(
+            collect_stream_outputs(
+                _unwrap(model),
+                stream,
+                key=key,
+                progress=progress and get_rank() == 0,
+                allow_empty=True,
+                **collect_kwargs,
+            )
+        )
+    # Rows in key-hash order: k-means++ seeding depends on the order of the rows, and a
+    # stream's order depends on workers, ranks and shuffling; its key set does not.
+    hashes = hash_keys(keys)
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    twice = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if twice.size:
+        again = keys[order[twice[0]]].item()
+        if again != keys[order[twice[0] + 1]].item():  # two keys, one hash: name them
+            check_distinct(keys, hashes, order, "the stream's keys")
+        raise ValueError(
+            f"key {again!r} was seen by more than one rank: under torch.distributed the stream "
+            "must split itself by rank (WebDataset: nodesplitter=wds.split_by_node; datasets: "
+            "split_dataset_by_node), or pass distributed=False to run the whole pass on "
+            "every rank"
+        )
+    return outputs[torch.from_numpy(order)], labels[order], keys[order]
+
+
+def _gather(
+    local: tuple[torch.Tensor, np.ndarray, np.ndarray],
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Every rank's ``(outputs, labels, keys)``, concatenated in rank order on every rank."""
     parts = [p for p in _all_gather_object((local[0].numpy(), *local[1:])) if len(p[2])]
     if not parts:
         raise ValueError("the stream should yield at least one example, but no rank got any")
-    outputs = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-    labels = np.concatenate([p[1] for p in parts])
-    kinds = {p[2].dtype.kind for p in parts}
-    if len(kinds) > 1:
+    if len({p[2].dtype.kind for p in parts}) > 1:
         raise TypeError("the stream's keys should be of one kind on every rank, strings or ints")
-    keys = np.concatenate([p[2] for p in parts])
-    repeated = KeyTable(len(keys)).add(hash_keys(keys))
-    if repeated.any():
-        raise ValueError(
-            f"key {keys[np.flatnonzero(repeated)[0]].item()!r} was seen by more than one rank: "
-            "under torch.distributed the stream must split itself by rank (WebDataset: "
-            "nodesplitter=wds.split_by_node; datasets: split_dataset_by_node), or pass "
-            "distributed=False to run the whole pass on every rank"
-        )
-    return outputs, labels, keys
+    return (
+        torch.from_numpy(np.concatenate([p[0] for p in parts])),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+    )
 
 
 def with_keys(selection: Selection, keys: np.ndarray, key: KeySpec | None) -> Selection:
