@@ -54,6 +54,10 @@ def _run(script: str) -> str:
             ],
         ),
         ("bench_data.py", [("ratio", "ratio of best")] * 3),
+        (
+            "bench_streaming.py",
+            [("pass ratio (CPU)", "pass ratio (wall)"), ("bytes/key", "lookup µs (Python)")],
+        ),
     ],
 )
 def test_quick_run_prints_ratio_tables(script, headers):
