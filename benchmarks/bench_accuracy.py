@@ -6,7 +6,11 @@ Compares, over several seeds, on CPU-sized data that needs no download:
   with full-batch GD as in Section 5.1, once at a setting where USEFUL changes what GD learns
   within the step budget and once at the paper's own toy setting (beta_d = 0.2);
 * scikit-learn's 8x8 digits with a small CNN and mini-batch SGD (momentum 0.9), where the
-  separating epoch is chosen by `SeparatingEpoch`.
+  separating epoch is chosen by `SeparatingEpoch`;
+* the synthetic distribution again with mini-batch SGD, for USEFUL at SGD's step count
+  (``UpsampleSampler(..., epoch_size=N)``) against USEFUL's longer epochs, each with random
+  upsampling of the same per-class counts (at the same length) as its control. Full-batch GD
+  cannot tell the two apart: there an epoch is one step however long the upsampled set is.
 
 Methods: SGD, SGD+USEFUL (k-means), SGD+random (k-means' per-class count, drawn at random),
 SGD+misclassified (JTT-style), SAM, SAM+USEFUL; on digits also SGD+loss_quantile and
@@ -26,8 +30,9 @@ seeds with the number of seeds where the method was better / worse.
 SAM is implemented inline here (``_sam_step``: ``e = rho g / ||g||``, gradient at ``w + e``,
 base step at ``w``), since the library's optimizer lives on another branch.
 
-Run: ``python benchmarks/bench_accuracy.py`` (about 5-10 min on 2 CPU cores) or ``--quick``
-(a smoke run of a few seconds; its numbers mean nothing).
+Run: ``python benchmarks/bench_accuracy.py`` (about 25 min on 2 shared CPU cores),
+``--equal-length-only`` (the last comparison alone, a few minutes) or ``--quick`` (a smoke run
+of a few seconds; its numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ class Result:
     auc: list[float] = field(default_factory=list)
     selected: list[int] = field(default_factory=list)
     separating: list[int] = field(default_factory=list)
+    cost: list[float] = field(default_factory=list)  # compute relative to SGD (relative_cost)
+    steps: list[int] = field(default_factory=list)  # optimizer steps of the final run
 
 
 def _sam_step(
@@ -131,6 +138,9 @@ def _print_table(title: str, results: dict[str, Result], with_truth: bool) -> No
     if with_truth:
         head += ["slow-only acc", "Δ slow-only (better/worse)", "precision", "recall"]
     head += ["selected", "sel. loss AUC"]
+    with_cost = any(r.cost for r in results.values())
+    if with_cost:
+        head += ["cost (x SGD)", "steps"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for name, r in results.items():
@@ -148,6 +158,8 @@ def _print_table(title: str, results: dict[str, Result], with_truth: bool) -> No
             f"{np.mean(r.selected):.1f}" if r.selected else "-",
             _summary(r.auc),
         ]
+        if with_cost:
+            row += [f"{np.mean(r.cost):.3f}", f"{np.mean(r.steps):.0f}"]
         print("| " + " | ".join(row) + " |")
 
 
@@ -299,10 +311,115 @@ def bench_digits(cfg: dict, seeds: list[int]) -> dict[str, Result]:
     return results
 
 
+# --- the synthetic distribution with mini-batch SGD: USEFUL at SGD's step count ----------------
+EQUAL_LENGTH = "equal length"
+MINIBATCH_METHODS = [  # (name, selection strategy or None, epochs of N items instead of longer)
+    ("SGD", None, False),
+    ("SGD+USEFUL", "kmeans", False),
+    ("SGD+random", "random", False),
+    (f"SGD+USEFUL, {EQUAL_LENGTH}", "kmeans", True),
+    (f"SGD+random, {EQUAL_LENGTH}", "random", True),
+]
+
+
+def _train_toy_minibatch(data, mask, cfg, seed, *, epochs, epoch_size=None):
+    """Plain SGD on shuffled mini-batches drawn by `UpsampleSampler`; returns (model, steps)."""
+    model = ToyCNN(seed=seed)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"])
+    sampler = UpsampleSampler(mask, len(data), upsample_factor=2, seed=seed, epoch_size=epoch_size)
+    steps = 0
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for batch in torch.tensor(list(sampler)).split(cfg["batch_size"]):
+            loss = F.cross_entropy(model(data.inputs[batch]), data.targets[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+    return model, steps
+
+
+def bench_minibatch(cfg: dict, seeds: list[int]) -> dict[str, Result]:
+    results = {name: Result() for name, *_ in MINIBATCH_METHODS}
+    n, t, epochs = cfg["N"], cfg["t"], cfg["epochs"]
+    for seed in seeds:
+        shape = {"beta_d": cfg["beta_d"], "alpha": cfg["alpha"]}
+        train = make_simplicity_bias_data(n, **shape, seed=seed)
+        test = make_simplicity_bias_data(4000, **shape, seed=10_000 + seed)
+        truth = ~train.has_fast_feature.numpy()
+        slow_test = ~test.has_fast_feature
+        none = np.zeros(n, dtype=bool)
+        early, _ = _train_toy_minibatch(train, none, cfg, seed, epochs=t)  # to epoch t, once
+        with torch.no_grad():
+            logits = early(train.inputs)
+        for name, strategy, equal_length in MINIBATCH_METHODS:
+            r = results[name]
+            mask, epoch_size, cost = none, None, 1.0
+            if strategy is not None:
+                sel = _select(logits, train.targets, strategy, seed)
+                hit = int((sel.mask & truth).sum())
+                r.precision.append(hit / max(sel.num_slow_learnable, 1))
+                r.recall.append(hit / max(int(truth.sum()), 1))
+                r.selected.append(sel.num_slow_learnable)
+                r.auc.append(sel.separation.auc)
+                mask, epoch_size = sel.mask, n if equal_length else None
+                cost = sel.relative_cost(
+                    separating_epoch=t, total_epochs=epochs, epoch_size=epoch_size
+                )
+            model, steps = _train_toy_minibatch(
+                train, mask, cfg, seed, epochs=epochs, epoch_size=epoch_size
+            )
+            with torch.no_grad():
+                correct = model(test.inputs).argmax(1) == test.targets
+            r.acc.append(float(correct.float().mean()))
+            r.acc_slow.append(float(correct[slow_test].float().mean()))
+            r.cost.append(cost)
+            r.steps.append(steps)
+    return results
+
+
+def _print_equal_length_summary(results: dict[str, Result]) -> None:
+    """The paired comparisons the table's Δ columns (all against SGD) do not show."""
+    useful, equal = results["SGD+USEFUL"], results[f"SGD+USEFUL, {EQUAL_LENGTH}"]
+    control = results[f"SGD+random, {EQUAL_LENGTH}"]
+    sgd = results["SGD"]
+    print("\nslow-only accuracy, paired over seeds (mean ± std, seeds better/worse):")
+    vs_control = _paired(equal.acc_slow, control.acc_slow)
+    print(f"- USEFUL at equal length − random at equal length: {vs_control}")
+    print(f"- USEFUL at equal length − USEFUL: {_paired(equal.acc_slow, useful.acc_slow)}")
+    gain = np.mean(useful.acc_slow) - np.mean(sgd.acc_slow)
+    kept = np.mean(equal.acc_slow) - np.mean(sgd.acc_slow)
+    share = f"{kept / gain:.0%}" if abs(gain) > 1e-12 else "- (USEFUL has no gain here)"
+    print(f"- share of USEFUL's mean gain over SGD kept at equal length: {share}")
+
+
+def _bench_the_rest(synthetic: list, digits_cfg: dict, seeds: list[int]) -> None:
+    for i, (title, cfg) in enumerate(synthetic):
+        bench_seeds = seeds if i == 0 else seeds[:5]  # the paper's setting is 4x slower
+        _print_table(f"{title}; {len(bench_seeds)} seeds", bench_synthetic(cfg, bench_seeds), True)
+    digits_seeds = seeds[:5]
+    results = bench_digits(digits_cfg, digits_seeds)
+    _print_table(
+        f"Digits (sklearn, {digits_cfg['train_size']} train / 600 test), small CNN, "
+        f"SGD momentum 0.9, lr {digits_cfg['lr']}, batch {digits_cfg['batch_size']}, "
+        f"{digits_cfg['epochs']} epochs, "
+        f"separating epoch by SeparatingEpoch; {len(digits_seeds)} seeds",
+        results,
+        False,
+    )
+    sep = results["SGD+USEFUL"].separating
+    print(f"\nseparating epoch chosen on digits (SGD runs): {sep}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (seconds), no meaning")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per benchmark")
+    parser.add_argument(
+        "--equal-length-only",
+        action="store_true",
+        help="run only the mini-batch comparison of equal-length epochs (a few minutes)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     quick = args.quick
@@ -320,29 +437,44 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
     digits_cfg = {"epochs": 15, "lr": 0.05, "batch_size": 64, "rho": 0.05, "train_size": 1197}
+    sgd_cfg = {"N": 500, "lr": 1.0, "batch_size": 50, "t": 10}
+    minibatch = [
+        (
+            "Synthetic, mini-batch SGD (beta_d=0.4, alpha=0.9: ~10 % without the fast feature, "
+            "N=500, lr=1.0, batch 50, separating epoch 10 of 100)",
+            {**sgd_cfg, "beta_d": 0.4, "alpha": 0.9, "epochs": 100},
+        ),
+        (
+            "Synthetic, mini-batch SGD, ~30 % without the fast feature (beta_d=0.25, "
+            "alpha=0.7, N=500, lr=1.0, batch 50, separating epoch 10 of 100)",
+            {**sgd_cfg, "beta_d": 0.25, "alpha": 0.7, "epochs": 100},
+        ),
+        (
+            "Synthetic, mini-batch SGD, 3x the budget (beta_d=0.4, alpha=0.9, N=500, lr=1.0, "
+            "batch 50, separating epoch 10 of 300)",
+            {**sgd_cfg, "beta_d": 0.4, "alpha": 0.9, "epochs": 300},
+        ),
+    ]
     if quick:
         synthetic = [(title, {**cfg, "N": 200, "t": 20, "steps": 40}) for title, cfg in synthetic]
         digits_cfg.update(epochs=3, train_size=300)
+        minibatch = [
+            (title, {**cfg, "N": 200, "t": 2, "epochs": 4}) for title, cfg in minibatch[:1]
+        ]
     start = time.perf_counter()
-    print(f"# bench_accuracy ({'quick' if quick else 'full'}): seeds {seeds}")
+    what = "equal-length comparison only" if args.equal_length_only else "all"
+    print(f"# bench_accuracy ({'quick' if quick else 'full'}, {what}): seeds {seeds}")
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print("# Δ: paired difference to SGD (SAM for SAM+USEFUL), mean ± std over seeds,")
     print("#    (seeds better / seeds worse). SAM: inline toy step, rho in the config.")
-    for i, (title, cfg) in enumerate(synthetic):
-        bench_seeds = seeds if i == 0 else seeds[:5]  # the paper's setting is 4x slower
-        _print_table(f"{title}; {len(bench_seeds)} seeds", bench_synthetic(cfg, bench_seeds), True)
-    digits_seeds = seeds[:5]
-    results = bench_digits(digits_cfg, digits_seeds)
-    _print_table(
-        f"Digits (sklearn, {digits_cfg['train_size']} train / 600 test), small CNN, "
-        f"SGD momentum 0.9, lr {digits_cfg['lr']}, batch {digits_cfg['batch_size']}, "
-        f"{digits_cfg['epochs']} epochs, "
-        f"separating epoch by SeparatingEpoch; {len(digits_seeds)} seeds",
-        results,
-        False,
-    )
-    sep = results["SGD+USEFUL"].separating
-    print(f"\nseparating epoch chosen on digits (SGD runs): {sep}")
+    if not args.equal_length_only:
+        _bench_the_rest(synthetic, digits_cfg, seeds)
+    print("# cost: Selection.relative_cost, t/T + (N + (k-1)|S|)/N, or t/T + M/N at equal length")
+    for i, (title, cfg) in enumerate(minibatch):
+        bench_seeds = seeds if i < 2 else seeds[:5]  # the longer budget is 3x slower
+        results = bench_minibatch(cfg, bench_seeds)
+        _print_table(f"{title}; {len(bench_seeds)} seeds", results, True)
+        _print_equal_length_summary(results)
     print(f"\nelapsed: {time.perf_counter() - start:.1f} s")
     return 0
 

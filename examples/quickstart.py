@@ -1,4 +1,4 @@
-"""Quickstart: USEFUL end to end on the paper's synthetic data, on a CPU, in a few minutes.
+"""Quickstart: USEFUL end to end on the paper's synthetic data, on a CPU, in about 20 s.
 
 For every seed:
 

@@ -10,7 +10,11 @@ flip (plus TrivialAugment with ``--trivial-augment``). With USEFUL (``--method s
    fast, about 5-10% of the schedule; the paper uses 8 for CIFAR-10 with ResNet18; or
    ``--separating-epoch auto`` to let ``SeparatingEpoch`` decide from that curve),
 2. select the slow-learnable examples on the training set seen with eval transforms,
-3. phase 2: restart from the SAME initial weights on ``USEFULDataset`` for the full schedule.
+3. phase 2: restart from the SAME initial weights on ``USEFULDataset`` for the full schedule;
+   with ``--equal-length``, on the original dataset through
+   ``UpsampleSampler(..., epoch_size=N)`` instead, so every epoch keeps SGD's length and step
+   count (the paper's recipe is the default, longer epochs). The cost relative to SGD is
+   printed after the selection.
 
 ``--model`` takes any timm name; ResNets get a CIFAR stem (3x3 conv, stride 1, no max-pool);
 ``preact_resnet18`` is the paper's PreAct-ResNet18 (timm's ``resnetv2_18`` with a CIFAR stem).
@@ -35,7 +39,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from useful_data import Selection, USEFULDataset, find_slow_learnable
+from useful_data import Selection, UpsampleSampler, USEFULDataset, find_slow_learnable
 from useful_data.separating_epoch import SeparatingEpoch
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -126,15 +130,23 @@ def test_error(model, loader, device) -> float:
     return 100.0 * wrong / seen
 
 
-def run_phase(phase, model, train_set, test_set, epochs, args, state, device, stop=None) -> None:
+def run_phase(
+    phase, model, train_set, test_set, epochs, args, state, device, stop=None, sampler=None
+) -> None:
     """Train ``epochs`` epochs of the full schedule, resuming from ``state`` if it is there.
 
-    ``stop(train_error) -> bool`` (e.g. ``SeparatingEpoch.update``) may end the phase early.
+    ``stop(train_error) -> bool`` (e.g. ``SeparatingEpoch.update``) may end the phase early;
+    ``sampler`` (an `UpsampleSampler`) replaces the plain shuffle.
     """
     opt, sched = make_optimizer(model, args)
     g = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(
-        train_set, args.batch_size, shuffle=True, num_workers=args.workers, generator=g
+        train_set,
+        args.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=args.workers,
+        generator=g,
     )
     test_loader = DataLoader(test_set, 256, num_workers=args.workers)
     start = 0
@@ -151,6 +163,8 @@ def run_phase(phase, model, train_set, test_set, epochs, args, state, device, st
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         lr = sched.get_last_lr()[0]
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a function of (seed, epoch): resumes exactly
         train_err = train_epoch(model, loader, opt, args.method.startswith("sam"), device)
         sched.step()
         test_err = test_error(model, test_loader, device)
@@ -193,6 +207,11 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/cifar"))
     p.add_argument("--resume", action="store_true", help="go on from OUT/last.pt")
+    p.add_argument(
+        "--equal-length",
+        action="store_true",
+        help="phase 2 at SGD's epoch length: UpsampleSampler(epoch_size=N), not USEFULDataset",
+    )
     args = p.parse_args(argv)
     stop = None
     if args.separating_epoch == "auto":
@@ -203,6 +222,8 @@ def main(argv: list[str] | None = None) -> float:
     else:
         p.error(f"--separating-epoch should be 'auto' or in [1, {args.epochs}), "
                 f"got {args.separating_epoch}")  # fmt: skip
+    if args.equal_length and not args.method.endswith("+useful"):
+        p.error(f"--equal-length changes USEFUL's phase 2; --method {args.method} has none")
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -215,6 +236,7 @@ def main(argv: list[str] | None = None) -> float:
     model = build_model(args.model, num_classes).to(device)
 
     selection_path = args.out / "selection.npz"
+    sampler = None
     if args.method.endswith("+useful"):
         if not selection_path.exists():
             model.load_state_dict(state["init"])
@@ -225,11 +247,22 @@ def main(argv: list[str] | None = None) -> float:
             )
             selection.save(selection_path)
             print(f"selected {selection.num_slow_learnable} of {selection.num_examples} examples")
+            n = selection.num_examples if args.equal_length else None
+            cost = selection.relative_cost(
+                separating_epoch=state["epoch"], total_epochs=args.epochs, epoch_size=n
+            )
+            print(f"cost: {cost:.2f}x SGD")
             state.pop("model", None)
-        train_set = USEFULDataset(train_set, Selection.load(selection_path))
+        selection = Selection.load(selection_path)
+        if args.equal_length:
+            n = len(train_set)
+            sampler = UpsampleSampler(selection, n, seed=args.seed, epoch_size=n)
+        else:
+            train_set = USEFULDataset(train_set, selection)
     if state.get("phase") != "train":
         model.load_state_dict(state["init"])  # phase 2 starts from the SAME initial weights
-    run_phase("train", model, train_set, test_set, args.epochs, args, state, device)
+    run_phase("train", model, train_set, test_set, args.epochs, args, state, device,
+              sampler=sampler)  # fmt: skip
     final = test_error(model, DataLoader(test_set, 256), device)
     print(f"final test error: {final:.2f}%")
     return final

@@ -195,7 +195,7 @@ def stub_select(monkeypatch, tmp_path):
 
 def _argv(tmp_path, *extra, checkpoint=None):
     checkpoint = str(checkpoint or tmp_path / "c.pth.tar")
-    return ["select", "--model", "m", "--checkpoint", checkpoint, "--num-classes", "3",
+    return ["select", "--model", "resnet10t", "--checkpoint", checkpoint, "--num-classes", "3",
             "--data-dir", str(tmp_path), "--device", "cpu", "-o", str(tmp_path / "s.npz"),
             *extra]  # fmt: skip
 
@@ -290,13 +290,16 @@ def test_select_passes_its_defaults_on(stub_select, tmp_path):
 
 def test_select_passes_every_flag_on(stub_select, tmp_path):
     """Every flag reaches the function that uses it."""
-    extra = ["--split", "val", "--class-map", "map.txt", "--download", "--use-ema",
+    (tmp_path / "val").mkdir()  # the split and the class map exist (checked up front)
+    (tmp_path / "map.txt").write_text("a\nb\nc\n")
+    class_map = str(tmp_path / "map.txt")
+    extra = ["--split", "val", "--class-map", class_map, "--download", "--use-ema",
              "--workers", "0", "--seed", "5", "--backend", "sklearn", "--upsample-factor", "3",
              "--batch-size", "16", "--no-progress"]  # fmt: skip
     with pytest.raises(SystemExit):
         main(_argv(tmp_path, *extra))
     find, (_, ds_kwargs) = stub_select["find"], stub_select["dataset"]
-    assert ds_kwargs["split"] == "val" and ds_kwargs["class_map"] == "map.txt"
+    assert ds_kwargs["split"] == "val" and ds_kwargs["class_map"] == class_map
     assert ds_kwargs["download"] is True and stub_select["model"]["use_ema"] is True
     assert (find["num_workers"], find["seed"], find["backend"]) == (0, 5, "sklearn")
     assert (find["upsample_factor"], find["batch_size"], find["progress"]) == (3, 16, False)
@@ -328,3 +331,25 @@ def test_select_checks_the_cuda_device_index(monkeypatch, tmp_path, capsys):
     argv[argv.index("cpu")] = "cuda:1"
     assert main(argv) == 1
     assert "1 CUDA device(s)" in capsys.readouterr().err
+
+
+def test_inspect_prints_the_cost_relative_to_sgd(tmp_path, capsys):
+    sel = Selection(
+        mask=np.arange(1000) < 150, loss=np.zeros(1000), targets=np.zeros(1000, dtype=int)
+    )  # k = 2: 1150 examples per phase-2 epoch
+    path = str(sel.save(tmp_path / "s.npz"))
+    assert main(["inspect", path]) == 0
+    assert "cost: phase 2 1.15x SGD per epoch (N + (k-1)|S| = 1150 per epoch / N = 1000)" in (
+        capsys.readouterr().out
+    )
+    assert main(["inspect", path, "--separating-epoch", "8", "--epochs", "200"]) == 0
+    assert "cost: 1.19x SGD = t/T (8/200 = 0.04) + 1.15 (" in capsys.readouterr().out
+    argv = ["inspect", path, "--separating-epoch", "8", "--epochs", "200", "--epoch-size", "1000"]
+    assert main(argv) == 0
+    assert "cost: 1.04x SGD = t/T (8/200 = 0.04) + 1.00 (M = 1000 per epoch / N = 1000)" in (
+        capsys.readouterr().out
+    )
+    assert main(["inspect", path, "--epochs", "200"]) == 1
+    assert "--separating-epoch and --epochs go together" in capsys.readouterr().err
+    assert main(["inspect", path, "--separating-epoch", "300", "--epochs", "200"]) == 1
+    assert "separating_epoch=300" in capsys.readouterr().err

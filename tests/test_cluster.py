@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import re
 import sys
+import tomllib
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,7 +100,7 @@ def test_no_cuml_installed(monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # silently CPU when cuML is simply absent
             assert _cluster.resolve_backend("auto") == "torch"
-        with pytest.raises(ImportError, match=r"useful-data\[gpu\]"):
+        with pytest.raises(ImportError, match=re.escape(_cluster.gpu_extra())):
             _cluster.resolve_backend("cuml")
     finally:
         _cluster._cuml_probe.cache_clear()
@@ -157,3 +160,32 @@ def test_cuml_without_a_cuda_device_is_not_used(usable_cuml, monkeypatch):
 def test_kmeans2_keeps_its_device():
     """The torch backend computes where it is told."""
     assert _cluster.KMeans2("torch", device="cuda:1").device == torch.device("cuda:1")
+
+
+@pytest.mark.parametrize(
+    ("cuda", "extra"),
+    [("13.0", "gpu-cu13"), ("13.2", "gpu-cu13"), ("12.8", "gpu-cu12"), ("12.6", "gpu-cu12")],
+)
+def test_the_cuml_extra_named_matches_torchs_cuda_major(cuda, extra):
+    assert _cluster.gpu_extra(cuda) == f"pip install 'useful-data[{extra}]'"
+
+
+def test_a_torch_build_without_a_matching_cuml_names_both_extras(monkeypatch):
+    message = _cluster.gpu_extra("11.8")
+    assert "gpu-cu12" in message and "gpu-cu13" in message and "'11.8'" in message
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only build of torch
+    assert "torch.version.cuda is None" in _cluster.gpu_extra()
+    monkeypatch.setattr(torch.version, "cuda", "12.9")
+    assert _cluster.gpu_extra() == "pip install 'useful-data[gpu-cu12]'"
+
+
+def test_gpu_extras_are_one_per_cuda_major_and_gpu_follows_the_pinned_torch():
+    """RAPIDS names cuML's wheels per CUDA major; each extra must install the matching one,
+    from the first release that is a real wheel on PyPI (older ones are download stubs)."""
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert extras["gpu-cu12"] == ["cuml-cu12>=25.10"]
+    assert extras["gpu-cu13"] == ["cuml-cu13>=25.10"]
+    torch_pin = next(d for d in extras["dev"] if d.startswith("torch=="))
+    assert torch_pin == "torch==2.14.1"  # a CUDA 13 build on PyPI: gpu is gpu-cu13
+    assert extras["gpu"] == extras["gpu-cu13"]

@@ -210,15 +210,32 @@ def test_copy_copies_the_wrapped_dataset_so_a_copy_gets_its_own_transform():
     assert view.index_map is train.index_map and len(view) == len(train)
 
 
-def test_remapped_lists_are_built_once_and_follow_a_replaced_list():
+def test_remapped_lists_are_views_that_follow_the_wrapped_list():
     ds = USEFULDataset(FolderLike(6), [1, 4])
     first = ds.samples
     assert ds.samples is first  # a loop over ds.samples[i] does not rebuild it every time
-    ds.dataset.samples = [(f"new{i}.png", 0) for i in range(6)]  # replaced: remapped again
-    assert ds.samples[6] == ("new1.png", 0) and ds.samples is not first
+    ds.dataset.samples = [(f"new{i}.png", 0) for i in range(6)]  # replaced: followed
+    assert ds.samples[6] == ("new1.png", 0) and first[6] == ("new1.png", 0)
+    assert ds.samples[6:] == [("new1.png", 0), ("new4.png", 0)] and ds.samples[-1] == ds[7]
+    with pytest.raises(TypeError):
+        ds.samples[0] = ("x.png", 1)  # read-only
     import pickle
 
-    assert "_remap_cache" not in pickle.loads(pickle.dumps(ds)).__dict__  # not shipped
+    assert "_views" not in pickle.loads(pickle.dumps(ds)).__dict__  # not shipped
+
+
+def test_targets_follow_the_wrapped_labels_edited_in_place():
+    """Issue 16.7: .targets (and every remapped list) agrees with the items after an in-place
+    edit of the wrapped dataset's list, not a copy read once."""
+    base = Labelled(5)
+    ds = USEFULDataset(base, [1, 2])
+    assert ds.targets == [0, 1, 2, 0, 1, 1, 2]
+    base.targets[1] = 2  # e.g. relabelling noisy examples
+    assert ds.targets == [ds[i][1] for i in range(len(ds))] == [0, 2, 2, 0, 1, 2, 2]
+    assert np.bincount(ds.targets).tolist() == [2, 1, 4]  # np.asarray reads it current too
+    folder = USEFULDataset(FolderLike(4), [3])
+    folder.dataset.samples[3] = ("fixed.png", 0)
+    assert folder.samples == [folder[i] for i in range(5)] and folder.imgs[4] == ("fixed.png", 0)
 
 
 def test_a_labels_attribute_that_is_not_per_example_is_passed_through():

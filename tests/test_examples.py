@@ -84,6 +84,32 @@ def test_train_cifar_on_fake_data(tmp_path, capsys, method):
     assert len((out_dir / "log.jsonl").read_text().splitlines()) == len(logs)
 
 
+@pytest.mark.parametrize("equal_length", [False, True])
+def test_train_cifar_equal_length_keeps_sgd_s_epoch_length(
+    tmp_path, capsys, monkeypatch, equal_length
+):
+    train_cifar = load_example("train_cifar")
+    lengths = []
+    train_epoch = train_cifar.train_epoch
+
+    def counting(model, loader, *args):
+        lengths.append(len(loader))
+        return train_epoch(model, loader, *args)
+
+    monkeypatch.setattr(train_cifar, "train_epoch", counting)
+    base = ["--fake-data", "24", "--epochs", "2", "--separating-epoch", "1", "--batch-size", "4"]
+    base += ["--model", "test_resnet", "--workers", "0", "--out", str(tmp_path / "run")]
+    train_cifar.main([*base, "--method", "sgd+useful", *["--equal-length"] * equal_length])
+    selection = Selection.load(tmp_path / "run" / "selection.npz")
+    assert selection.num_slow_learnable > 0
+    phase2 = 24 if equal_length else 24 + selection.num_slow_learnable
+    assert lengths == [6, -(-phase2 // 4), -(-phase2 // 4)]  # phase 1, then phase 2's epochs
+    cost = 0.5 + phase2 / 24  # t/T + M/N
+    assert f"cost: {cost:.2f}x SGD" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train_cifar.main([*base, "--method", "sgd", "--equal-length"])
+
+
 def test_train_cifar_restarts_from_the_same_initial_weights(tmp_path):
     train_cifar = load_example("train_cifar")
     import torch

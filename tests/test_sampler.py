@@ -224,3 +224,100 @@ def test_more_replicas_than_indices_pads_by_repeating_as_distributed_sampler_doe
         ref = DistributedSampler(range(2), num_replicas=5, rank=rank, shuffle=False)
         assert list(sampler) == list(ref)
         assert len(list(sampler)) == len(sampler) == 1
+
+
+# --- epoch_size: equal-length epochs -------------------------------------------------------------
+def _epochs(sampler, epochs):
+    out = []
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        out.append(list(sampler))
+    return out
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("epoch_size", [1, 4, 10, 13, 25])
+def test_epoch_size_epochs_tile_successive_passes_over_the_multiset(shuffle, epoch_size):
+    n, slow, k = 10, [1, 4], 2  # 12 indices per pass
+    sampler = UpsampleSampler(
+        slow, num_examples=n, upsample_factor=k, shuffle=shuffle, seed=3, epoch_size=epoch_size
+    )
+    assert len(sampler) == sampler.epoch_size == epoch_size
+    epochs = _epochs(sampler, range(12))  # 12 epochs of M cover exactly M full passes
+    assert all(len(e) == epoch_size for e in epochs)
+    stream = [i for e in epochs for i in e]
+    passes = [stream[p : p + 12] for p in range(0, len(stream), 12)]
+    assert len(passes) == epoch_size
+    for pass_ in passes:
+        assert Counter(pass_) == _multiset(n, slow, k)  # without replacement within a pass
+    # each pass is the order the default sampler gives for that epoch number
+    default = UpsampleSampler(slow, num_examples=n, upsample_factor=k, shuffle=shuffle, seed=3)
+    assert passes == _epochs(default, range(epoch_size))
+
+
+def test_epoch_size_of_the_multiset_is_the_default_and_depends_only_on_the_epoch():
+    default = UpsampleSampler([1, 4], num_examples=10, seed=9)
+    same = UpsampleSampler([1, 4], num_examples=10, seed=9, epoch_size=12)
+    assert _epochs(same, range(4)) == _epochs(default, range(4))
+    sampler = UpsampleSampler([1, 4], num_examples=10, seed=9, epoch_size=10)
+    forward = _epochs(sampler, range(6))
+    assert _epochs(sampler, [5, 2, 0]) == [forward[5], forward[2], forward[0]]  # no hidden state
+    other_seed = UpsampleSampler([1, 4], num_examples=10, seed=10, epoch_size=10)
+    assert _epochs(other_seed, range(6)) != forward
+
+
+@pytest.mark.parametrize(("replicas", "drop_last"), [(2, False), (3, False), (3, True), (4, True)])
+def test_epoch_size_shards_each_epoch_like_distributed_sampler(replicas, drop_last):
+    kwargs = {"num_examples": 10, "seed": 4, "epoch_size": 10, "drop_last": drop_last}
+    whole = _epochs(UpsampleSampler([1, 4], **kwargs), range(3))
+    for epoch in range(3):
+        shards = [
+            _epochs(UpsampleSampler([1, 4], num_replicas=replicas, rank=r, **kwargs), [epoch])[0]
+            for r in range(replicas)
+        ]
+        assert len({len(s) for s in shards}) == 1
+        num_samples = len(shards[0])
+        if drop_last:
+            assert num_samples == 10 // replicas
+            expected = whole[epoch][: num_samples * replicas]
+        else:
+            assert num_samples == math.ceil(10 / replicas)
+            expected = (whole[epoch] * 2)[: num_samples * replicas]  # padded from its start
+        interleaved = [shards[r][i] for i in range(num_samples) for r in range(replicas)]
+        assert interleaved == expected
+
+
+def test_epoch_size_state_dict_resumes_mid_epoch_and_refuses_another_epoch_size():
+    def make(epoch_size=10):
+        return UpsampleSampler([1, 4], num_examples=10, seed=2, epoch_size=epoch_size)
+
+    full = make()
+    full.set_epoch(7)
+    expected = list(full)
+    first = make()
+    first.set_epoch(7)
+    it = iter(first)
+    seen = [next(it) for _ in range(4)]
+    state = first.state_dict()
+    assert state == {"epoch": 7, "yielded": 4, "seed": 2, "multiset_size": 12, "epoch_size": 10}
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert seen + list(resumed) == expected
+    with pytest.raises(ValueError, match="epoch_size is 10, this sampler's is 11"):
+        make(11).load_state_dict(state)
+    with pytest.raises(ValueError, match="epoch_size is 12, this sampler's is 10"):
+        make().load_state_dict({k: v for k, v in state.items() if k != "epoch_size"})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"epoch_size": 0}, ValueError, "epoch_size should be an integer >= 1"),
+        ({"epoch_size": 2.5}, TypeError, "epoch_size"),
+        ({"epoch_size": 3, "num_examples": 0, "selection": []}, ValueError, "empty"),
+    ],
+)
+def test_epoch_size_is_checked(kwargs, error, match):
+    kwargs = {"selection": [1], "num_examples": 5, **kwargs}
+    with pytest.raises(error, match=match):
+        UpsampleSampler(**kwargs)

@@ -179,3 +179,38 @@ def test_separation_weights_classes_by_their_examples():
     sep = sel.separation
     assert sep.auc == pytest.approx((8 * 1.0 + 2 * 0.0) / 10)
     assert sep.loss_gap == pytest.approx((8 * 1.0 + 2 * -1.0) / 10)
+
+
+def _cost_selection(n: int, slow: int, k: int) -> Selection:
+    return Selection(
+        mask=np.arange(n) < slow,
+        loss=np.zeros(n, dtype=np.float32),
+        targets=np.zeros(n, dtype=np.int64),
+        upsample_factor=k,
+    )
+
+
+def test_relative_cost_is_phase1_share_plus_phase2_epoch_over_n():
+    sel = _cost_selection(1000, 150, 3)  # upsampled: 1000 + 2 * 150 = 1300 per epoch
+    cost = sel.relative_cost(separating_epoch=8, total_epochs=200)
+    assert cost == pytest.approx(8 / 200 + 1300 / 1000)
+    equal = sel.relative_cost(separating_epoch=8, total_epochs=200, epoch_size=1000)
+    assert equal == pytest.approx(8 / 200 + 1.0)
+    assert sel.relative_cost(separating_epoch=0, total_epochs=1, epoch_size=500) == 0.5
+    # counting phase 1 in steps works the same, as long as T is in steps too
+    assert sel.relative_cost(separating_epoch=100, total_epochs=1000) == pytest.approx(1.4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"separating_epoch": 201, "total_epochs": 200}, ValueError, r"\[0, total_epochs=200\]"),
+        ({"separating_epoch": -1, "total_epochs": 200}, ValueError, "separating_epoch=-1"),
+        ({"separating_epoch": 1, "total_epochs": 0}, ValueError, "total_epochs=0"),
+        ({"separating_epoch": 1, "total_epochs": 9, "epoch_size": 0}, ValueError, "epoch_size"),
+        ({"separating_epoch": 1.5, "total_epochs": 9}, TypeError, "separating_epoch"),
+    ],
+)
+def test_relative_cost_rejects_bad_numbers(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _cost_selection(10, 2, 2).relative_cost(**kwargs)

@@ -144,8 +144,10 @@ def test_bench_accuracy_quick_runs_and_prints_parsable_tables():
     ).stdout
     rows = [line for line in out.splitlines() if line.startswith("| ") and "method" not in line]
     names = [r.split("|")[1].strip() for r in rows]
-    assert names.count("SGD") == 3 and names.count("SAM+USEFUL") == 3
+    assert names.count("SGD") == 4 and names.count("SAM+USEFUL") == 3
     assert "SGD+upweight" in names and "SGD+loss_quantile" in names
+    assert "SGD+USEFUL, equal length" in names and "SGD+random, equal length" in names
+    assert "share of USEFUL's mean gain over SGD kept at equal length" in out
     for row in rows:
         acc = float(row.split("|")[2].split("±")[0])
         assert 0.0 <= acc <= 1.0

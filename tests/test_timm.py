@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import types
 
 import numpy as np
@@ -116,6 +117,36 @@ def test_eval_dataset_errors(tmp_path, model):
         create_eval_dataset("", tmp_path / "missing", model=model)
 
 
+@contextlib.contextmanager
+def _process_group(tmp_path, distributed):
+    """A one-rank gloo group while ``distributed`` (timm's create_loader then shards)."""
+    initialised = False
+    if distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1
+        )
+        initialised = True
+    try:
+        yield
+    finally:
+        if initialised:
+            torch.distributed.destroy_process_group()
+
+
+def _create_loader(dataset, *, distributed, batch_size, **kwargs):
+    return create_loader(
+        dataset,
+        input_size=(3, 32, 32),
+        batch_size=batch_size,
+        is_training=True,
+        num_workers=0,
+        distributed=distributed,
+        device=torch.device("cpu"),
+        persistent_workers=False,
+        **kwargs,
+    )
+
+
 def _selection_for(dataset):
     targets = dataset_targets(dataset)
     mask = np.zeros(len(targets), dtype=bool)
@@ -139,23 +170,9 @@ def test_train_py_patch_works_with_create_loader(image_root, tmp_path, distribut
     # -----------------
     assert len(dataset_train) == before + num_slow
 
-    initialised = False
-    if distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(
-            "gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1
-        )
-        initialised = True
-    try:
-        loader = create_loader(
-            dataset_train,
-            input_size=(3, 32, 32),
-            batch_size=batch_size,
-            is_training=True,
-            use_prefetcher=False,
-            num_workers=0,
-            distributed=distributed,
-            device=torch.device("cpu"),
-            persistent_workers=False,
+    with _process_group(tmp_path, distributed):
+        loader = _create_loader(
+            dataset_train, distributed=distributed, batch_size=batch_size, use_prefetcher=False
         )
         assert loader.dataset is dataset_train
         # create_loader set the training transform through the wrapper, on the wrapped dataset
@@ -170,9 +187,60 @@ def test_train_py_patch_works_with_create_loader(image_root, tmp_path, distribut
             assert y.max() < NUM_CLASSES
             seen += x.shape[0]
         assert seen == (expected * batch_size if loader.drop_last else total)
-    finally:
-        if initialised:
-            torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("distributed", "prefetcher", "multi_epochs"),
+    [(False, False, False), (True, False, False), (False, True, False), (False, False, True)],
+)
+def test_equal_length_patch_puts_the_sampler_into_create_loader(
+    image_root, tmp_path, distributed, prefetcher, multi_epochs
+):
+    """The equal-length recipe: create_loader, then with_sampler, then set_epoch per epoch."""
+    dataset_train = create_dataset("", root=str(image_root), split="train", is_training=True)
+    path = _selection_for(dataset_train).save(tmp_path / "sel.npz")
+    targets = dataset_targets(dataset_train)
+    n, batch_size = len(dataset_train), 4
+    with _process_group(tmp_path, distributed):
+        loader_train = _create_loader(
+            dataset_train,
+            distributed=distributed,
+            batch_size=batch_size,
+            use_prefetcher=prefetcher,
+            use_multi_epochs_loader=multi_epochs,
+        )
+        kind = type(loader_train)
+        # --- the patch ---
+        from useful_data import UpsampleSampler
+        from useful_data.timm import with_sampler
+
+        sampler = UpsampleSampler(str(path), n, seed=3, epoch_size=n)
+        loader_train = with_sampler(loader_train, sampler)
+        # -----------------
+        assert type(loader_train) is kind
+        assert loader_train.dataset is dataset_train
+        assert len(loader_train) == n // batch_size  # SGD's updates_per_epoch (drop_last)
+        if multi_epochs:
+            return  # it iterates the sampler in its own background passes
+        for epoch in range(3):
+            loader_train.sampler.set_epoch(epoch)  # the patched line of train.py's epoch loop
+            labels = [int(v) for _, y in loader_train for v in y]
+            drawn = list(sampler)[: len(loader_train) * batch_size]
+            assert labels == [int(targets[i]) for i in drawn]
+
+
+def test_with_sampler_refuses_what_it_cannot_rebuild():
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+    from useful_data.timm import with_sampler
+
+    data = TensorDataset(torch.arange(6))
+    sampler = SequentialSampler(data)
+    with pytest.raises(TypeError, match="DataLoader or a timm PrefetchLoader"):
+        with_sampler([1, 2], sampler)
+    custom = DataLoader(data, batch_sampler=BatchSampler(sampler, 2, drop_last=False))
+    with pytest.raises(ValueError, match="fixed batch_size only"):
+        with_sampler(custom, sampler)
 
 
 def test_usefuldataset_from_saved_selection_matches_fingerprint(image_root, tmp_path):

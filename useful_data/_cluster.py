@@ -29,13 +29,47 @@ import torch
 
 from useful_data._checks import check_positive_int, check_seed
 
-__all__ = ["BACKENDS", "Backend", "KMeans2", "check_backend", "cuml_usable", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "KMeans2",
+    "check_backend",
+    "cuml_usable",
+    "gpu_extra",
+    "resolve_backend",
+]
 
 logger = logging.getLogger(__name__)
 
 Backend: TypeAlias = Literal["auto", "cuml", "sklearn", "torch"]
 BACKENDS: tuple[str, ...] = ("auto", "cuml", "sklearn", "torch")
-_GPU_EXTRA = "pip install 'useful-data[gpu]'"
+
+
+def gpu_extra(cuda_version: str | None = None) -> str:
+    """The install command for the cuML extra that matches torch's CUDA build.
+
+    RAPIDS names its wheels per CUDA major version (``cuml-cu12``, ``cuml-cu13``), and cuML
+    must match the CUDA that torch was built for (``torch.version.cuda``), so the extras are
+    ``gpu-cu12`` and ``gpu-cu13`` (``gpu`` is ``gpu-cu13``, the build of the torch we pin).
+
+    Args:
+        cuda_version: ``torch.version.cuda`` by default (``None`` on a CPU-only build).
+
+    Example:
+        >>> gpu_extra("13.0")
+        "pip install 'useful-data[gpu-cu13]'"
+        >>> gpu_extra("12.8")
+        "pip install 'useful-data[gpu-cu12]'"
+    """
+    if cuda_version is None:
+        cuda_version = torch.version.cuda
+    major = (cuda_version or "").split(".", 1)[0]
+    if major in ("12", "13"):
+        return f"pip install 'useful-data[gpu-cu{major}]'"
+    return (
+        "pip install 'useful-data[gpu-cu12]' or 'useful-data[gpu-cu13]', the one matching "
+        f"torch's CUDA build (torch.version.cuda is {cuda_version!r})"
+    )
 
 
 def _cuml_installed() -> bool:
@@ -46,7 +80,7 @@ def _cuml_installed() -> bool:
 def _cuml_probe() -> str | None:
     """Return ``None`` if cuML can fit on this machine, else the reason it cannot."""
     if not _cuml_installed():
-        return f"cuML is not installed ({_GPU_EXTRA})"
+        return f"cuML is not installed ({gpu_extra()})"
     import torch
 
     if not torch.cuda.is_available():
@@ -79,7 +113,7 @@ def resolve_backend(backend: str) -> str:
     reason = _cuml_probe()
     if backend == "cuml":
         if not _cuml_installed():
-            raise ImportError(f"backend='cuml' needs RAPIDS cuML: {_GPU_EXTRA}")
+            raise ImportError(f"backend='cuml' needs RAPIDS cuML: {gpu_extra()}")
         if reason is not None:
             raise RuntimeError(f"backend='cuml' was requested but cuML cannot run here: {reason}")
         return "cuml"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-from useful_data._checks import is_integer_valued
+from useful_data._checks import as_labels, is_integer_valued
 
 __all__ = ["INPUT_KEYS", "TARGET_KEYS", "dataset_targets", "split_batch"]
 
@@ -98,19 +98,50 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
             raise TypeError("dataset items should be (input, target, ...), but got an empty item")
         if len(batch) == 1:
             return batch[0], None
-        return batch[0], _as_target_tensor(batch[1])
+        return batch[0], _as_target_tensor(batch[1], positional=True)
     raise TypeError(
         "dataset items should be tensors, (input, target, ...) tuples or dicts, "
         f"but got {type(batch).__name__}"
     )
 
 
-def _as_target_tensor(value: Any) -> torch.Tensor:
-    tensor = torch.as_tensor(value)
-    if tensor.ndim != 1 or (tensor.is_floating_point() and not torch.equal(tensor, tensor.round())):
+def _as_target_tensor(value: Any, *, positional: bool = False) -> torch.Tensor:
+    """A batch of labels from dataset items as an int64 ``(B,)`` tensor, or an error saying
+    what the items hold instead (the rule of `useful_data._checks.as_labels`: integers or
+    whole floats within int64; no bools, strings or non-finite numbers)."""
+    where = "the labels in the dataset's items"
+    if isinstance(value, Sequence) and value and isinstance(value[0], str | bytes):
         raise TypeError(
-            "targets should be integer class indices of shape (B,), but got a batch of "
-            f"dtype {tensor.dtype} and shape {tuple(tensor.shape)} (one-hot or soft labels "
-            "are not class labels: pass targets= explicitly)"
+            f"{where} should be integer class indices, but got strings (e.g. {value[0]!r}); "
+            "map class names to indices (a target_transform) or pass targets="
         )
-    return tensor.long()
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"{where} should be integer class indices, but a batch of them could not be read "
+            f"as a tensor ({err}); pass targets="
+        ) from None
+    if tensor.ndim != 1:
+        got = f"a batch of dtype {tensor.dtype} and shape {tuple(tensor.shape)}"
+        if positional:
+            raise TypeError(
+                f"{where} (the second element of each item) should be integer class indices "
+                f"of shape (B,), but got {got}. Items should be (input, target, ...): for "
+                "items ordered otherwise, e.g. (index, input, target), reorder them or return "
+                "dicts with 'input' and 'target' keys; for one-hot or soft labels, pass "
+                "targets= (class indices)"
+            )
+        raise TypeError(
+            f"{where} should be integer class indices of shape (B,), but got {got} (one-hot "
+            "or soft labels are not class labels: pass targets=; items should be (input, "
+            "target, ...) or dicts)"
+        )
+    if tensor.is_floating_point() and not torch.equal(tensor, tensor.round()):
+        raise TypeError(
+            f"{where} should be integer class indices, but got {tensor.dtype} values that "
+            "are not whole numbers (soft labels are not class labels: pass targets=)"
+        )
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
+        tensor = tensor.float()
+    return torch.from_numpy(as_labels(where, tensor.numpy()))

@@ -18,6 +18,7 @@ from useful_data._checks import check_destination
 from useful_data._targets import dataset_targets
 from useful_data._version import __version__
 from useful_data.selection import WEAK_SEPARATION_AUC, Selection
+from useful_data.timm import INTERPOLATIONS
 
 __all__ = ["build_parser", "main"]
 
@@ -86,6 +87,47 @@ def format_summary(selection: Selection) -> str:
     return "\n".join(head + lines)
 
 
+def format_cost(
+    selection: Selection,
+    *,
+    separating_epoch: int | None = None,
+    total_epochs: int | None = None,
+    epoch_size: int | None = None,
+) -> str:
+    """One line on the compute of phase 2 (and of the whole run) relative to plain training.
+
+    Without ``separating_epoch`` and ``total_epochs`` only the per-epoch ratio of phase 2 is
+    known; with them the total, ``t/T + (N + (k - 1)|S|)/N`` or ``t/T + M/N`` with
+    ``epoch_size = M`` (see `Selection.relative_cost`).
+
+    Raises:
+        ValueError: if exactly one of ``separating_epoch`` and ``total_epochs`` is given, or
+            `Selection.relative_cost` rejects the numbers.
+    """
+    if (separating_epoch is None) != (total_epochs is None):
+        raise ValueError(
+            "--separating-epoch and --epochs go together: give both for the total cost "
+            f"(got separating_epoch={separating_epoch}, epochs={total_epochs})"
+        )
+    n = selection.num_examples
+    size = selection.upsampled_size if epoch_size is None else epoch_size
+    kind = "M" if epoch_size is not None else "N + (k-1)|S|"
+    phase2 = f"{kind} = {size} per epoch / N = {n}"
+    if separating_epoch is None or total_epochs is None:
+        per_epoch = selection.relative_cost(separating_epoch=0, total_epochs=1, epoch_size=size)
+        return (
+            f"cost: phase 2 {per_epoch:.2f}x SGD per epoch ({phase2}); "
+            "pass --separating-epoch and --epochs for the total"
+        )
+    total = selection.relative_cost(
+        separating_epoch=separating_epoch, total_epochs=total_epochs, epoch_size=size
+    )
+    return (
+        f"cost: {total:.2f}x SGD = t/T ({separating_epoch}/{total_epochs} = "
+        f"{separating_epoch / total_epochs:.2f}) + {size / max(n, 1):.2f} ({phase2})"
+    )
+
+
 def _int_at_least(minimum: int) -> Any:
     """An argparse ``type``: an integer ``>= minimum``, rejected before any work is done."""
 
@@ -105,9 +147,40 @@ def _int_at_least(minimum: int) -> Any:
 _POSITIVE, _NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
 
 
+def _finite(text: str) -> float:
+    """An argparse ``type``: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"should be a number, but got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"should be a finite number, but got {text}")
+    return value
+
+
+def _positive_at_most(high: float) -> Any:
+    """An argparse ``type``: a finite number in ``(0, high]``."""
+
+    def parse(text: str) -> float:
+        value = _finite(text)
+        if not 0 < value <= high:
+            raise argparse.ArgumentTypeError(f"should be a number in (0, {high:g}], but got {text}")
+        return value
+
+    parse.__name__ = f"number in (0, {high:g}]"
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose errors are one line on stderr (exit code 2)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``useful-data`` (its subcommands are added here)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="useful-data",
         description="USEFUL: upsample slow-learnable examples to reduce simplicity bias.",
     )
@@ -138,6 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--max-classes", type=_POSITIVE, default=10, help="classes in the grid")
     inspect.add_argument("--seed", type=_NON_NEGATIVE, default=0, help="seed of the random images")
+    inspect.add_argument(
+        "--separating-epoch",
+        type=_NON_NEGATIVE,
+        help="t, the epochs of phase 1 (with --epochs: the total cost relative to SGD)",
+    )
+    inspect.add_argument(
+        "--epochs", type=_POSITIVE, help="T, the epochs of the original schedule and of phase 2"
+    )
+    inspect.add_argument(
+        "--epoch-size",
+        type=_POSITIVE,
+        help="M, examples per phase-2 epoch with equal-length epochs "
+        "(UpsampleSampler(epoch_size=M)); default: the whole upsampled set",
+    )
     return parser
 
 
@@ -167,10 +254,22 @@ def _add_select(sub: Any) -> None:
     size.add_argument(
         "--input-size", type=_POSITIVE, nargs=3, metavar=("C", "H", "W"), help="input size C H W"
     )
-    select.add_argument("--crop-pct", type=float, help="eval center-crop fraction")
-    select.add_argument("--mean", type=float, nargs="+", metavar="MEAN", help="normalization mean")
-    select.add_argument("--std", type=float, nargs="+", metavar="STD", help="normalization std")
-    select.add_argument("--interpolation", help="resize interpolation, e.g. bilinear, bicubic")
+    select.add_argument(
+        "--crop-pct", type=_positive_at_most(1.0), help="eval center-crop fraction, in (0, 1]"
+    )
+    select.add_argument(
+        "--mean", type=_finite, nargs="+", metavar="MEAN", help="normalization mean"
+    )
+    select.add_argument(
+        "--std",
+        type=_positive_at_most(math.inf),
+        nargs="+",
+        metavar="STD",
+        help="normalization std",
+    )
+    select.add_argument(
+        "--interpolation", choices=INTERPOLATIONS, help="resize interpolation (default: the run's)"
+    )
     select.add_argument("--use-ema", action="store_true", help="cluster the EMA weights")
     select.add_argument(
         "--batch-size",
@@ -224,14 +323,68 @@ def _device(name: str | None) -> str:
     return name
 
 
+def _check_select_args(args: argparse.Namespace) -> None:
+    """Every ``select`` argument that can be checked without reading a file."""
+    from useful_data._cluster import check_backend
+    from useful_data.timm import check_model_name
+
+    _device(args.device)
+    check_destination("--output", args.output)
+    check_backend(args.backend)  # an unusable cuML fails here, not after the forward pass
+    try:
+        check_model_name(args.model)
+    except ValueError as err:
+        raise ValueError(f"--model: {err}") from None
+    if args.class_map and not os.path.isfile(args.class_map):
+        raise FileNotFoundError(f"--class-map should be a file, but {args.class_map!r} is not one")
+    _check_data_dir(args, remote=args.download and args.dataset.lower().startswith("torch/"))
+
+
+def _input_channels(args: argparse.Namespace, run: dict[str, Any]) -> int:
+    """The model's input channels (the training run's, else timm's default 3), with
+    ``--input-size``, ``--mean`` and ``--std`` checked against them."""
+    channels = int(run["input_size"][0]) if "input_size" in run else 3
+    if args.input_size and args.input_size[0] != channels:
+        raise ValueError(
+            f"--input-size C H W should have C={channels}, the model's input channels (the "
+            f"training run's, else timm's default 3), but got C={args.input_size[0]}"
+        )
+    for flag, values in (("--mean", args.mean), ("--std", args.std)):
+        if values is not None and len(values) != channels:
+            raise ValueError(
+                f"{flag} should have one value per input channel ({channels}), but got "
+                f"{len(values)}: {' '.join(map(str, values))}"
+            )
+    return channels
+
+
+def _check_data_dir(args: argparse.Namespace, *, remote: bool = False) -> None:
+    """``--data-dir`` is a folder (unless torchvision downloads it) and ``--split`` names a
+    split of it (see `useful_data.timm.check_split`)."""
+    from useful_data.timm import check_split
+
+    if not remote and not os.path.isdir(args.data_dir):
+        raise FileNotFoundError(f"--data-dir should be a folder, but {args.data_dir!r} is not one")
+    try:
+        check_split(args.dataset, args.data_dir, args.split)
+    except ValueError as err:
+        raise ValueError(f"--split: {err}") from None
+
+
 def _select(args: argparse.Namespace) -> Selection:
     from useful_data.slow_learnable import find_slow_learnable
     from useful_data.timm import checkpoint_data_config, create_eval_dataset, create_timm_model
 
+    _check_select_args(args)  # before any work: loading, inference, k-means
     device = _device(args.device)
-    check_destination("--output", args.output)  # before any work: loading, inference, k-means
+    run = checkpoint_data_config(args.checkpoint)  # the run's arguments, not its weights
+    channels = _input_channels(args, run)
     model = create_timm_model(
-        args.model, num_classes=args.num_classes, checkpoint=args.checkpoint, use_ema=args.use_ema
+        args.model,
+        num_classes=args.num_classes,
+        checkpoint=args.checkpoint,
+        use_ema=args.use_ema,
+        **({"in_chans": channels} if channels != 3 else {}),
     ).to(device)
     given = {
         "input_size": args.input_size or args.img_size,
@@ -240,7 +393,7 @@ def _select(args: argparse.Namespace) -> Selection:
         "std": args.std,
         "interpolation": args.interpolation,
     }
-    from_run = {k: v for k, v in checkpoint_data_config(args.checkpoint).items() if not given[k]}
+    from_run = {k: v for k, v in run.items() if not given[k]}
     if from_run:
         listed = ", ".join(f"{k}={v}" for k, v in from_run.items())
         print(f"eval data config from the checkpoint's training arguments: {listed}")
@@ -301,46 +454,58 @@ def _plot(args: argparse.Namespace, selection: Selection) -> None:
     )
 
 
+def _one_line(command: str, err: BaseException) -> str:
+    """An error as the one line ``useful-data COMMAND: error: ...`` (a `KeyError`'s message is
+    its key's repr; other unexpected types are named)."""
+    text = str(err) if not isinstance(err, KeyError) else f"no such key {err}"
+    if not isinstance(err, OSError | ValueError | TypeError | ImportError):
+        text = f"{type(err).__name__}: {text}"
+    return f"useful-data {command}: error: {' '.join(text.split())}"
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "select":
+        selection = _select(args)
+        path = selection.save(args.output)
+        print(format_summary(selection))
+        print(f"\nwrote {path}")
+        return 0
+    selection = Selection.load(args.selection)
+    if args.plot:
+        check_destination("--plot", args.plot)
+    if args.data_dir:
+        _check_data_dir(args)
+    cost = format_cost(
+        selection,
+        separating_epoch=args.separating_epoch,
+        total_epochs=args.epochs,
+        epoch_size=args.epoch_size,
+    )
+    print(format_summary(selection))
+    print(cost)
+    if args.plot:
+        _plot(args, selection)
+        print(f"\nwrote {args.plot}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``useful-data`` console script; returns the exit code."""
+    """Entry point of the ``useful-data`` console script; returns the exit code.
+
+    Every error is one line on stderr, ``useful-data COMMAND: error: ...``, with exit code 1
+    (2 for a malformed command line); every ``select`` flag is checked before the model or
+    the data are loaded.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "select":
-        try:
-            selection = _select(args)
-            path = selection.save(args.output)
-        except (OSError, ValueError, TypeError) as err:
-            print(f"useful-data select: error: {err}", file=sys.stderr)
-            return 1
-        print(format_summary(selection))
-        print(f"\nwrote {path}")
-        return 0
-    if args.command == "inspect":
-        try:
-            selection = Selection.load(args.selection)
-            if args.plot:
-                check_destination("--plot", args.plot)
-            if args.data_dir and not os.path.isdir(args.data_dir):
-                raise FileNotFoundError(
-                    f"--data-dir should be a folder, but {args.data_dir!r} is not one"
-                )
-        except (OSError, ValueError) as err:
-            print(f"useful-data inspect: error: {err}", file=sys.stderr)
-            return 1
-        print(format_summary(selection))
-        if args.plot:
-            try:
-                _plot(args, selection)
-            except (ImportError, OSError, ValueError, TypeError, RuntimeError) as err:
-                print(f"useful-data inspect: error: {err}", file=sys.stderr)
-                return 1
-            print(f"\nwrote {args.plot}")
-        return 0
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse guards
-    return 2  # pragma: no cover
+    try:
+        return _run(args)
+    except Exception as err:  # every failure is one line, never a traceback
+        print(_one_line(args.command, err), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

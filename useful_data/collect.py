@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from useful_data._checks import check_positive_int
+from useful_data._checks import check_logits_dtype, check_positive_int, check_sized
 from useful_data._targets import split_batch
 
 __all__ = ["collect_outputs", "default_batch_size", "model_device"]
@@ -257,7 +257,7 @@ def collect_outputs(
         raise ValueError(
             f"channels_last should be None (automatic), True or False, but got {channels_last!r}"
         )
-    num_examples = len(dataset)  # type: ignore[arg-type]
+    num_examples = check_sized("dataset", dataset)
     if num_examples == 0:
         raise ValueError("dataset should hold at least one example, but got an empty dataset")
     if device is None:
@@ -288,6 +288,7 @@ def collect_outputs(
                     "the model should return logits of shape (B, C), but got shape "
                     f"{tuple(logits.shape)}"
                 )
+            check_logits_dtype("the model's outputs", logits)
             stop = start + logits.shape[0]
             if stop > num_examples:
                 raise ValueError(

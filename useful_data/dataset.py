@@ -10,15 +10,16 @@ from __future__ import annotations
 import array
 import copy
 import operator
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from useful_data._checks import check_upsample_factor
+from useful_data._checks import check_sized, check_upsample_factor, check_upsampled_size
 from useful_data._targets import dataset_targets
-from useful_data.selection import SelectionLike, dataset_fingerprint, resolve_selection
+from useful_data.selection import SelectionLike, check_selection_fits, resolve_selection
 
 __all__ = ["USEFULDataset"]
 
@@ -34,7 +35,7 @@ _OWN = frozenset(
         "slow_learnable_mask",
         "selection",
         "_positions",
-        "_remap_cache",
+        "_views",
     }
 )
 # Per-example sequences of torchvision datasets (besides ``targets``, a property below): read
@@ -53,9 +54,12 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
     Other attributes are read from and set on the wrapped dataset (``.transform``,
     ``.classes``, ...). The per-example sequences ``targets``, ``labels``, ``samples`` and
     ``imgs`` are remapped to the upsampled view (entry ``i`` describes item ``i``), e.g. for
-    class-balanced sampling weights; methods that take an index (timm's ``filename(i)``)
-    use the wrapped dataset's indexing: map ``i`` through `index_map` first. ``copy.copy``
-    copies the wrapped dataset too, so a copy's ``transform`` can be changed on its own.
+    class-balanced sampling weights: tensors and arrays as a new tensor or array at each
+    read, lists as a read-only view that reads the wrapped list at each access, so they
+    always agree with the items, even after the wrapped list is edited in place. Methods that
+    take an index (timm's ``filename(i)``) use the wrapped dataset's indexing: map ``i``
+    through `index_map` first. ``copy.copy`` copies the wrapped dataset too, so a copy's
+    ``transform`` can be changed on its own.
 
     Args:
         dataset: The original training set (map-style, with ``__len__``).
@@ -66,7 +70,9 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
 
     Raises:
         ValueError: if the selection does not fit the dataset (length, indices, or a
-            fingerprint mismatch when the dataset exposes its labels).
+            fingerprint mismatch when the dataset exposes its labels, see
+            `useful_data.selection.check_selection_fits`), or the upsampled index would not
+            fit in memory.
         TypeError: if ``upsample_factor`` is not an integer.
 
     Example:
@@ -91,26 +97,18 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         selection: SelectionLike,
         upsample_factor: int | None = None,
     ) -> None:
-        try:
-            num_examples = len(dataset)  # type: ignore[arg-type]
-        except TypeError as err:
-            raise TypeError(
-                "dataset should be a map-style dataset with __len__, "
-                f"but got {type(dataset).__name__}"
-            ) from err
+        num_examples = check_sized("dataset", dataset)
         mask, sel = resolve_selection(selection, num_examples)
         if upsample_factor is None:
             upsample_factor = sel.upsample_factor if sel is not None else 2
         k = check_upsample_factor(upsample_factor)
         if sel is not None:
-            targets = dataset_targets(dataset)
-            if targets is not None and dataset_fingerprint(targets) != sel.fingerprint:
-                raise ValueError(
-                    "selection does not match dataset: same length but different labels "
-                    "(fingerprint mismatch); it was computed on another dataset, split or order"
-                )
+            check_selection_fits(sel, dataset)
         indices = np.flatnonzero(mask).astype(np.int64)
-        index_map = np.concatenate([np.arange(num_examples, dtype=np.int64), *[indices] * (k - 1)])
+        check_upsampled_size(num_examples, len(indices), k)
+        index_map = np.concatenate(
+            [np.arange(num_examples, dtype=np.int64), np.tile(indices, k - 1)]
+        )
         index_map.setflags(write=False)
         mask = np.array(mask, dtype=bool)
         mask.setflags(write=False)
@@ -170,20 +168,18 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         return self._remapped("targets", base)
 
     def _remapped(self, name: str, base: Any) -> Any:
-        """A per-example sequence of the wrapped dataset, in the upsampled order; a list is
-        remapped once and cached while the wrapped one is the same object of the same
-        length (``ds.samples[i]`` in a loop must not rebuild 1.28M entries every time)."""
+        """A per-example sequence of the wrapped dataset, in the upsampled order: a tensor or
+        array indexed anew, anything else as an `_UpsampledView` that reads the wrapped
+        dataset's current ``name`` at each access (``ds.samples[i]`` in a loop must not
+        rebuild 1.28M entries every time, nor go stale when the wrapped list is edited)."""
         if isinstance(base, torch.Tensor):
             return base[torch.from_numpy(np.array(self.index_map))]
         if isinstance(base, np.ndarray):
             return base[self.index_map]
-        cache: dict[str, tuple[Any, int, list[Any]]] = self.__dict__.setdefault("_remap_cache", {})
-        hit = cache.get(name)
-        if hit is not None and hit[0] is base and hit[1] == len(base):
-            return hit[2]
-        remapped = [base[i] for i in self.index_map.tolist()]
-        cache[name] = (base, len(base), remapped)
-        return remapped
+        views: dict[str, _UpsampledView] = self.__dict__.setdefault("_views", {})
+        if name not in views:
+            views[name] = _UpsampledView(self, name)
+        return views[name]
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: delegate to the wrapped dataset. Guard the
@@ -210,7 +206,7 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("_remap_cache", None)  # rebuilt on demand; not shipped to workers
+        state.pop("_views", None)  # rebuilt on demand; not shipped to workers
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -223,6 +219,57 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
             f"upsample_factor={self.upsample_factor}, length={len(self)}, "
             f"dataset={type(self.dataset).__name__})"
         )
+
+
+class _UpsampledView(Sequence[Any]):
+    """``wrapper.<name>`` (a per-example list of the wrapped dataset) in the upsampled order,
+    read-only: entry ``i`` is ``wrapper.dataset.<name>[wrapper.index_map[i]]``, read at each
+    access. Compares equal to a sequence with the same entries; ``list(view)`` copies it."""
+
+    def __init__(self, wrapper: USEFULDataset[Any], name: str) -> None:
+        self._wrapper = wrapper
+        self._name = name
+
+    def _base(self) -> Any:
+        return getattr(self._wrapper.dataset, self._name)
+
+    def __len__(self) -> int:
+        return len(self._wrapper)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        positions = self._wrapper._positions
+        if isinstance(index, slice):
+            base = self._base()
+            return [base[p] for p in positions[index]]
+        try:
+            position = positions[index]
+        except IndexError:
+            raise IndexError(
+                f"index {index} is out of range for {self._name} of length {len(self)}"
+            ) from None
+        return self._base()[position]
+
+    def __iter__(self) -> Iterator[Any]:
+        base = self._base()
+        return (base[p] for p in self._wrapper._positions)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # like a list
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """``np.asarray(view)`` in one vectorised step (not one ``__getitem__`` per entry)."""
+        return np.asarray(self._base(), dtype=dtype)[self._wrapper.index_map]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
 
 
 def _has_length(value: Any, length: int) -> bool:

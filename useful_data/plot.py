@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from useful_data._checks import check_positive_int
 from useful_data._targets import INPUT_KEYS
-from useful_data.selection import Selection
+from useful_data.selection import Selection, check_selection_fits
 
 __all__ = ["plot_selection", "to_image_array"]
 
@@ -103,8 +103,10 @@ def plot_selection(
     Raises:
         ImportError: if matplotlib is not installed.
         TypeError: if ``selection`` is not a `Selection`.
-        ValueError: if ``dataset`` does not have the selection's length, or ``class_names``
-            has too few names.
+        ValueError: if ``dataset`` is not the one the selection was computed on (its length,
+            or its labels where it exposes them: see
+            `useful_data.selection.check_selection_fits`), or ``class_names`` has too few
+            names.
 
     Example:
         >>> import numpy as np
@@ -128,11 +130,8 @@ def plot_selection(
             f"class_names should name every label (index = label), but it has "
             f"{len(class_names)} names and the selection has labels up to {max(labels)}"
         )
-    if dataset is not None and len(dataset) != selection.num_examples:  # type: ignore[arg-type]
-        raise ValueError(
-            f"dataset should be the one the selection was computed on, with "
-            f"{selection.num_examples} examples, but it has {len(dataset)}"  # type: ignore[arg-type]
-        )
+    if dataset is not None:
+        check_selection_fits(selection, dataset)
     if dataset is None:
         grid_labels: list[int] = []
     elif classes is None:

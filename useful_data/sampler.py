@@ -5,30 +5,70 @@ the same multiset as `USEFULDataset`, shuffled with a local
 `torch.Generator` seeded ``seed + epoch``. Sharding for distributed training follows
 `torch.utils.data.DistributedSampler` exactly: pad (or drop) to a multiple of
 ``num_replicas``, then take ``indices[rank:total_size:num_replicas]``.
+
+With ``epoch_size=M`` the epochs keep a fixed length instead (SGD's, for ``M = N``): the
+shuffled multisets of successive cycles are laid end to end, cycle ``c`` shuffled with
+``seed + c``, and epoch ``e`` takes positions ``[e M, (e + 1) M)`` of that stream. Every epoch
+draws without replacement from the multiset (within a cycle), starting where the previous one
+stopped, so each full cycle covers it exactly; the epoch is then sharded as above.
+
+Where training frameworks are concerned, the rule is that exactly one party shards:
+
+* The sampler *is* a ``DistributedSampler`` (a subclass), so PyTorch Lightning and Fabric
+  (``use_distributed_sampler=True``) and Ray Train's ``prepare_data_loader`` keep it as it is
+  instead of replacing or re-wrapping it; the sampler shards.
+* ``num_replicas`` and ``rank`` left unset are read from the process group at every epoch,
+  not when the sampler is built, so building it before ``init_process_group`` (or before a
+  framework launches its processes) shards correctly too.
+* Accelerate's ``prepare`` (and so the Hugging Face ``Trainer``) shards the *batches* of the
+  sampler it is given: under it, the sampler yields the whole multiset, the same on every
+  process, and Accelerate deals it out (`useful_data._frameworks`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import operator
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
-from useful_data._checks import check_bool, check_int, check_positive_int, check_upsample_factor
+from useful_data._checks import (
+    check_bool,
+    check_int,
+    check_positive_int,
+    check_upsample_factor,
+    check_upsampled_size,
+)
+from useful_data._frameworks import sharding_framework
 from useful_data.distributed import get_rank, get_world_size
 from useful_data.selection import SelectionLike, resolve_selection
 
 __all__ = ["UpsampleSampler"]
 
+_STATE_KEYS = ("epoch", "yielded", "seed", "multiset_size")
+_OPTIONAL_STATE_KEYS = ("epoch_size",)  # only with epoch_size=M; absent means the multiset
 
-class UpsampleSampler(Sampler[int]):
+
+class UpsampleSampler(DistributedSampler[int]):
     """Sample base-dataset indices with the slow-learnable ones ``upsample_factor`` times.
 
     Use it with the *original* dataset instead of wrapping it in
     `USEFULDataset`: ``DataLoader(train_set, sampler=sampler, ...)``. Call
-    `set_epoch` at the start of every epoch, as with ``DistributedSampler``.
+    `set_epoch` at the start of every epoch, as with ``DistributedSampler`` (Lightning,
+    Accelerate and the Hugging Face ``Trainer`` call it for you).
+
+    Safe in every common set-up, each epoch giving exactly the upsampled multiset across all
+    processes: a single process; DDP under ``torchrun``, built before or after
+    ``init_process_group``; PyTorch Lightning and Fabric (their default
+    ``use_distributed_sampler=True`` keeps it, as a ``DistributedSampler``); Ray Train;
+    Accelerate's ``prepare`` and the Hugging Face ``Trainer`` (which shard the batches
+    themselves: the sampler then yields the whole multiset on every process and Accelerate
+    deals it out).
 
     Args:
         selection: A `Selection`, a path to a saved one, a boolean mask of
@@ -38,18 +78,25 @@ class UpsampleSampler(Sampler[int]):
         shuffle: Shuffle every epoch (``False`` yields a stable order: base indices, then the
             repeats).
         seed: Seed of the shuffle (any integer); the order of epoch ``e`` depends only on
-            ``seed + e``.
-        num_replicas: Number of distributed processes; defaults to the world size of the
-            initialised process group, or 1.
-        rank: This process's rank; defaults to the process group's rank, or 0.
+            ``seed + e`` (with ``epoch_size``: on ``seed + c`` for the cycles ``c`` it spans).
+        num_replicas: Number of distributed processes. Left unset, it is the world size of
+            the process group *when an epoch starts* (1 outside one).
+        rank: This process's rank; left unset, the process group's rank when an epoch starts.
         drop_last: Drop the tail to make the multiset divisible by ``num_replicas`` instead of
             padding it with repeated indices.
+        epoch_size: ``M``, indices per epoch across all replicas (before padding), drawn
+            without replacement from the upsampled multiset (a fresh shuffle of it once it is
+            used up) and continuing where the previous epoch stopped. ``M = N`` trains at
+            SGD's step count (see `Selection.relative_cost`); ``None`` (default) makes every
+            epoch the whole multiset, ``N + (k - 1) |S|``.
 
     Raises:
-        TypeError: if ``seed`` or ``num_replicas``/``rank`` is not an integer, ``shuffle``
-            or ``drop_last`` not a bool (or 0/1), or the selection is not `SelectionLike`.
-        ValueError: if a number is out of range, ``rank >= num_replicas``, or the
-            selection does not match ``num_examples``.
+        TypeError: if ``seed``, ``num_replicas``/``rank`` or ``epoch_size`` is not an
+            integer, ``shuffle`` or ``drop_last`` not a bool (or 0/1), or the selection is not
+            `SelectionLike`.
+        ValueError: if a number is out of range, ``rank >= num_replicas``, the
+            selection does not match ``num_examples``, ``epoch_size`` is given for an
+            empty dataset, or the upsampled multiset would not fit in memory.
 
     Example:
         >>> sampler = UpsampleSampler([1, 3], num_examples=5, shuffle=False)
@@ -59,6 +106,9 @@ class UpsampleSampler(Sampler[int]):
         ...                                shuffle=False)) for r in range(2)]
         >>> shards
         [[0, 2, 4, 3], [1, 3, 1, 0]]
+        >>> equal = UpsampleSampler([1, 3], num_examples=5, shuffle=False, epoch_size=5)
+        >>> [(equal.set_epoch(e), list(equal))[1] for e in range(3)]  # 7 per cycle, 5 per epoch
+        [[0, 1, 2, 3, 4], [1, 3, 0, 1, 2], [3, 4, 1, 3, 0]]
     """
 
     def __init__(
@@ -72,67 +122,263 @@ class UpsampleSampler(Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
         drop_last: bool = False,
+        epoch_size: int | None = None,
     ) -> None:
+        # DistributedSampler.__init__ is not called: it needs a dataset and, for unset
+        # num_replicas/rank, an initialised process group, which is read here per epoch.
         if num_examples is not None:
             num_examples = check_positive_int("num_examples", num_examples, minimum=0)
         mask, sel = resolve_selection(selection, num_examples)
         if upsample_factor is None:
             upsample_factor = sel.upsample_factor if sel is not None else 2
         self.upsample_factor = check_upsample_factor(upsample_factor)
-        if num_replicas is None:
-            num_replicas = get_world_size()
-        if rank is None:
-            rank = get_rank()
-        self.num_replicas = check_positive_int("num_replicas", num_replicas)
-        rank = check_positive_int("rank", rank, minimum=0)
-        if rank >= self.num_replicas:
-            raise ValueError(
-                f"Invalid rank {rank}, rank should be in the interval [0, {self.num_replicas - 1}]"
-            )
-        self.rank = rank
+        self._num_replicas: int | None = None
+        self._rank: int | None = None
+        if num_replicas is not None:
+            self._num_replicas = check_positive_int("num_replicas", num_replicas)
+        if rank is not None:
+            self._rank = check_positive_int("rank", rank, minimum=0)
+        if self._num_replicas is not None and self._rank is not None:
+            _check_rank(self._rank, self._num_replicas)
         self.shuffle = check_bool("shuffle", shuffle)
         self.seed = check_int("seed", seed)
         self.drop_last = check_bool("drop_last", drop_last)
         self.epoch = 0
         slow = np.flatnonzero(mask).astype(np.int64)
+        check_upsampled_size(len(mask), len(slow), self.upsample_factor)  # before allocating
         multiset = np.concatenate(
-            [np.arange(len(mask), dtype=np.int64), *[slow] * (self.upsample_factor - 1)]
+            [np.arange(len(mask), dtype=np.int64), np.tile(slow, self.upsample_factor - 1)]
         )
         self._multiset = torch.from_numpy(multiset)
-        total = len(multiset)
-        if self.drop_last and total % self.num_replicas != 0:
-            self.num_samples = math.ceil((total - self.num_replicas) / self.num_replicas)
+        self._epoch_size: int | None = None
+        if epoch_size is not None:
+            self._epoch_size = check_positive_int("epoch_size", epoch_size)
+            if len(multiset) == 0:
+                raise ValueError(
+                    f"epoch_size={epoch_size} needs examples to draw from, but the dataset "
+                    "is empty (num_examples=0)"
+                )
+        # Resumption: (epoch, position) to start the next iteration of that epoch from, and
+        # the running epoch's (epoch, start, length, iterator) to tell how far it has got.
+        self._resume: tuple[int, int] | None = None
+        self._running: tuple[int, int, int, Iterator[int]] | None = None
+
+    # --- sharding ---------------------------------------------------------------------------
+    @property
+    def num_replicas(self) -> int:
+        """The number of processes the multiset is sharded over: the value given, else the
+        process group's world size now (1 outside one)."""
+        return self._num_replicas if self._num_replicas is not None else get_world_size()
+
+    @num_replicas.setter
+    def num_replicas(self, value: int) -> None:
+        self._num_replicas = check_positive_int("num_replicas", value)
+
+    @property
+    def rank(self) -> int:
+        """This process's shard: the value given, else the process group's rank now."""
+        return self._rank if self._rank is not None else get_rank()
+
+    @rank.setter
+    def rank(self, value: int) -> None:
+        self._rank = check_positive_int("rank", value, minimum=0)
+
+    def _shard(self, caller: Any) -> tuple[int, int]:
+        """``(num_replicas, rank)`` for the epoch about to run; ``(1, 0)`` where a framework
+        shards the batches itself (``caller``: the frame that asked)."""
+        framework = sharding_framework(caller)
+        if framework is not None:
+            if self._num_replicas is not None and self._num_replicas > 1:
+                raise RuntimeError(
+                    f"UpsampleSampler was built with num_replicas={self._num_replicas}, but "
+                    f"{framework} shards the batches of this DataLoader itself, so every "
+                    "process would see only 1/num_replicas of its own shard; build it "
+                    "without num_replicas and rank (it then yields the whole multiset "
+                    f"and {framework} deals it out)"
+                )
+            return 1, 0
+        replicas, rank = self.num_replicas, self.rank
+        _check_rank(rank, replicas)
+        return replicas, rank
+
+    def _sizes(self, replicas: int) -> tuple[int, int]:
+        """``(num_samples, total_size)`` per ``DistributedSampler``'s arithmetic."""
+        total = self.epoch_size
+        if self.drop_last and total % replicas != 0:
+            num_samples = math.ceil((total - replicas) / replicas)
         else:
-            self.num_samples = math.ceil(total / self.num_replicas)
-        self.total_size = self.num_samples * self.num_replicas
+            num_samples = math.ceil(total / replicas)
+        return num_samples, num_samples * replicas
+
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        """Indices this rank yields per epoch (``DistributedSampler``'s ``num_samples``)."""
+        return self._sizes(self.num_replicas)[0]
+
+    @property
+    def total_size(self) -> int:  # type: ignore[override]
+        """``num_samples * num_replicas``: the epoch padded (or cut) to shard evenly."""
+        return self._sizes(self.num_replicas)[1]
 
     @property
     def multiset_size(self) -> int:
         """``N + (k - 1) |S|``: the size of the upsampled dataset across all replicas."""
         return int(self._multiset.numel())
 
+    @property
+    def epoch_size(self) -> int:
+        """Indices per epoch across all replicas, before padding: ``epoch_size`` if given,
+        else `multiset_size`."""
+        return self._epoch_size if self._epoch_size is not None else self.multiset_size
+
+    # --- epochs -----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch; with ``shuffle=True`` it changes the order, identically on every rank.
+
+        A position restored by `load_state_dict` applies to the epoch it was saved in only:
+        setting another epoch discards it.
 
         Raises:
             TypeError: if ``epoch`` is not an integer.
         """
         self.epoch = check_int("epoch", epoch)
+        if self._resume is not None and self._resume[0] != self.epoch:
+            self._resume = None
 
-    def __iter__(self) -> Iterator[int]:
+    def _cycle_order(self, cycle: int) -> torch.Tensor:
+        """The multiset in the order of one pass: shuffled with ``seed + cycle``, or stable."""
         indices = self._multiset
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed((self.seed + self.epoch) % 2**64)  # any integers, as torch takes
+            g.manual_seed((self.seed + cycle) % 2**64)  # any integers, as torch takes
             indices = indices[torch.randperm(len(indices), generator=g)]
+        return indices
+
+    def _epoch_order(self) -> torch.Tensor:
+        """This epoch's indices across all replicas, before padding."""
+        if self._epoch_size is None:
+            return self._cycle_order(self.epoch)  # one whole pass per epoch
+        # positions [e M, (e + 1) M) of the passes laid end to end
+        size, total = self._epoch_size, self.multiset_size
+        start = self.epoch * size
+        first, last = start // total, (start + size - 1) // total
+        passes = torch.cat([self._cycle_order(c) for c in range(first, last + 1)])
+        offset = start - first * total
+        return passes[offset : offset + size]
+
+    def __iter__(self) -> Iterator[int]:
+        replicas, rank = self._shard(sys._getframe(1))
+        num_samples, total_size = self._sizes(replicas)
+        indices = self._epoch_order()
         if not self.drop_last:
-            padding = self.total_size - len(indices)
+            padding = total_size - len(indices)
             if padding > 0 and len(indices) > 0:
                 repeats = math.ceil(padding / len(indices))
                 indices = torch.cat([indices, indices.repeat(repeats)[:padding]])
         else:
-            indices = indices[: self.total_size]
-        yield from indices[self.rank : self.total_size : self.num_replicas].tolist()
+            indices = indices[:total_size]
+        start = 0
+        if self._resume is not None:
+            epoch, start = self._resume
+            self._resume = None
+            if epoch != self.epoch:  # cannot happen through set_epoch; kept as a guard
+                start = 0
+            start = min(start, num_samples)
+        shard = indices[rank:total_size:replicas][start:].tolist()
+        it = iter(shard)  # a list iterator knows how much it has left (see _position)
+        self._running = (self.epoch, start, len(shard), it)
+        return it
 
     def __len__(self) -> int:
-        return self.num_samples
+        replicas, _ = self._shard(sys._getframe(1))
+        return self._sizes(replicas)[0]
+
+    # --- resumption -------------------------------------------------------------------------
+    def _position(self) -> int:
+        """How many indices of the current epoch this process has been handed."""
+        if self._resume is not None:
+            return self._resume[1]
+        if self._running is None or self._running[0] != self.epoch:
+            return 0
+        _, start, length, it = self._running
+        return start + length - operator.length_hint(it)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this process is in the current epoch, to resume from mid-epoch.
+
+        ``yielded`` counts the indices this process's iterator has handed out this epoch
+        (torchdata's ``StatefulDataLoader`` saves and restores it with the loader, prefetching
+        accounted for). With a plain ``DataLoader`` and ``num_workers > 0`` the loader asks for
+        indices ahead of training: resuming by hand, set ``yielded`` to the number of samples
+        trained on instead (batches done x batch size).
+
+        Example:
+            >>> sampler = UpsampleSampler([1, 3], num_examples=5, seed=0)
+            >>> it = iter(sampler)
+            >>> first = [next(it), next(it), next(it)]
+            >>> state = sampler.state_dict()
+            >>> state["yielded"]
+            3
+            >>> resumed = UpsampleSampler([1, 3], num_examples=5, seed=0)
+            >>> resumed.load_state_dict(state)
+            >>> first + list(resumed) == list(UpsampleSampler([1, 3], num_examples=5, seed=0))
+            True
+        """
+        state = {
+            "epoch": self.epoch,
+            "yielded": self._position(),
+            "seed": self.seed,
+            "multiset_size": self.multiset_size,
+        }
+        if self._epoch_size is not None:  # default states stay as they were before the option
+            state["epoch_size"] = self._epoch_size
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume mid-epoch: the next iteration of the saved epoch skips the ``yielded`` indices
+        this process was already handed, then the epochs after it run in full.
+
+        Raises:
+            TypeError: if ``state_dict`` is not a mapping of integers.
+            ValueError: if a key is missing, ``yielded`` is negative, or the state comes from a
+                sampler with another seed, multiset size (another selection or factor) or
+                ``epoch_size``.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                "state_dict should be a mapping from UpsampleSampler.state_dict(), "
+                f"but got {type(state_dict).__name__}"
+            )
+        missing = [key for key in _STATE_KEYS if key not in state_dict]
+        if missing:
+            raise ValueError(
+                f"state_dict is missing {missing}; it should come from "
+                f"UpsampleSampler.state_dict() (keys {list(_STATE_KEYS)})"
+            )
+        keys = _STATE_KEYS + tuple(k for k in _OPTIONAL_STATE_KEYS if k in state_dict)
+        state = {key: check_int(f"state_dict[{key!r}]", state_dict[key]) for key in keys}
+        state.setdefault("epoch_size", state["multiset_size"])  # saved without the option
+        if state["yielded"] < 0:
+            raise ValueError(f"state_dict['yielded'] should be >= 0, but got {state['yielded']}")
+        own_state = {
+            "seed": self.seed,
+            "multiset_size": self.multiset_size,
+            "epoch_size": self.epoch_size,
+        }
+        for key, own in own_state.items():
+            if state[key] != own:
+                raise ValueError(
+                    f"state_dict comes from another sampler: its {key} is {state[key]}, this "
+                    f"sampler's is {own} (same selection, upsample_factor, seed and "
+                    "epoch_size needed)"
+                )
+        self.epoch = state["epoch"]
+        self._resume = (state["epoch"], state["yielded"])
+        self._running = None
+
+
+def _check_rank(rank: int, num_replicas: int) -> None:
+    if rank >= num_replicas:
+        raise ValueError(
+            f"Invalid rank {rank}, rank should be in the interval [0, {num_replicas - 1}]"
+        )

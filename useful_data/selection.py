@@ -2,8 +2,16 @@
 
 Conventions: ``N`` is the number of training examples, ``C`` the number of classes (logit
 columns). A `Selection` is immutable; its arrays are read-only numpy arrays in dataset
-order. It saves to a portable ``.npz`` file (no pickle) with a format version, written
-atomically, and loads back with its integrity checked.
+order, its ``params`` and ``unsplit`` read-only mappings. It saves to a portable ``.npz`` file
+(no pickle) with a format version, written atomically with the permissions of any file the
+process creates, and loads back with its integrity checked.
+
+What a selection's fingerprint covers: ``N`` and a SHA-256 of the labels, in order, that the
+selection was computed with; and, where those differ from the labels the dataset itself
+exposes (``find_slow_learnable(..., targets=...)`` on a dataset with a ``target_transform``),
+the same for the exposed labels (`Selection.data_fingerprint`). A dataset fits a selection
+when its exposed labels match either, so another split, another dataset or another order of
+the same examples is refused wherever a selection meets data (`check_selection_fits`).
 
 Paper: Nguyen, Haddad, Gan, Mirzasoleiman, "Changing the Training Data Distribution to Reduce
 Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024 (Algorithm 1).
@@ -14,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +31,19 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from useful_data._checks import (
+    as_labels,
     as_numpy,
     check_destination,
+    check_positive_int,
+    check_sized,
     check_upsample_factor,
     indices_to_mask,
 )
 from useful_data._keys import keyed_fingerprint, keys_array
+from useful_data._targets import dataset_targets
 from useful_data._version import __version__
 
 __all__ = [
@@ -38,6 +52,7 @@ __all__ = [
     "Selection",
     "SelectionLike",
     "Separation",
+    "check_selection_fits",
     "dataset_fingerprint",
     "loss_auc",
     "resolve_selection",
@@ -45,6 +60,12 @@ __all__ = [
 
 FORMAT_NAME = "useful-data/selection"
 FORMAT_VERSION = 1
+#: The members of a selection file that `Selection.load` reads (any other is never opened).
+MEMBERS = ("mask", "loss", "targets", "meta")
+#: Metadata larger than this is refused unread (a real selection's is a few KiB).
+MAX_META_BYTES = 2**24
+#: How deeply ``params`` may nest (JSON objects and arrays).
+MAX_PARAMS_DEPTH = 32
 
 #: Below this overall ROC-AUC (loss as a score for membership in the slow-learnable cluster),
 #: the k-means split is called weak: `find_slow_learnable` warns and `Separation.weak` is True.
@@ -196,6 +217,98 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     return array
 
 
+class _ReadOnlyDict(dict[Any, Any]):
+    """A `dict` that refuses changes (a `Selection`'s ``params`` and ``unsplit``): compares,
+    prints, pickles and serialises as a dict; ``dict(d)`` is a mutable copy."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a Selection is immutable: copy it first, e.g. dict(selection.params)")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self),))
+
+    def __copy__(self) -> _ReadOnlyDict:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _ReadOnlyDict:
+        return self
+
+
+def _frozen_json(value: Any, where: str, depth: int = 0) -> Any:
+    """``value`` as read-only JSON data: mappings with string keys become `_ReadOnlyDict`,
+    lists and tuples tuples, numpy scalars Python ones; anything else raises."""
+    if depth > MAX_PARAMS_DEPTH:
+        raise ValueError(f"{where} nests deeper than {MAX_PARAMS_DEPTH} levels")
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        bad = next((k for k in value if not isinstance(k, str)), None)
+        if bad is not None:
+            raise TypeError(
+                f"{where} should have string keys (JSON), but got key {bad!r} of type "
+                f"{type(bad).__name__}"
+            )
+        return _ReadOnlyDict(
+            {k: _frozen_json(v, f"{where}[{k!r}]", depth + 1) for k, v in value.items()}
+        )
+    if isinstance(value, list | tuple):
+        return tuple(_frozen_json(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+    raise TypeError(
+        f"{where} should be JSON data (None, bool, int, float, str, lists and mappings with "
+        f"string keys), but got {value!r} of type {type(value).__name__}"
+    )
+
+
+def _unsplit(unsplit: Any) -> _ReadOnlyDict:
+    """``unsplit`` checked: a mapping from integer labels (or their decimal strings, as in
+    a saved file) to reason strings."""
+    if not isinstance(unsplit, Mapping):
+        raise TypeError(
+            f"unsplit should be a mapping from class label to reason, but got "
+            f"{type(unsplit).__name__}"
+        )
+    checked = {}
+    for key, reason in unsplit.items():
+        label: int | None = None
+        if isinstance(key, int | np.integer) and not isinstance(key, bool | np.bool_):
+            label = int(key)
+        elif isinstance(key, str) and key.lstrip("-").isdecimal():
+            label = int(key)
+        if label is None:
+            raise ValueError(
+                f"unsplit should map integer class labels to reasons, but got key {key!r}"
+            )
+        if not isinstance(reason, str):
+            raise TypeError(
+                f"unsplit should map class labels to reason strings, but got "
+                f"unsplit[{label}]={reason!r}"
+            )
+        checked[label] = reason
+    return _ReadOnlyDict(checked)
+
+
+def _fingerprint(value: Any, name: str) -> _ReadOnlyDict | None:
+    """A fingerprint as `dataset_fingerprint` makes it (or ``None``), checked."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, Mapping)
+        or set(value) != {"num_examples", "targets_sha256"}
+        or not isinstance(value["num_examples"], int)
+        or not isinstance(value["targets_sha256"], str)
+    ):
+        raise ValueError(
+            f"{name} should be a fingerprint as dataset_fingerprint() returns it "
+            f"({{'num_examples': int, 'targets_sha256': str}}), but got {value!r:.200}"
+        )
+    return _ReadOnlyDict(value)
+
+
 @dataclass(frozen=True, eq=False)
 class Selection:
     """Slow-learnable examples of a training set, as found by USEFUL.
@@ -207,8 +320,13 @@ class Selection:
         loss: ``(N,)`` float32 cross-entropy of every example at the separating epoch.
         targets: ``(N,)`` int64 class labels the selection was computed with.
         upsample_factor: How many times a slow-learnable example should appear (the paper: 2).
-        params: The parameters used (strategy, features, n_init, seed, backend, ...).
-        unsplit: Classes that were not split, mapped to the reason (e.g. a single example).
+        params: The parameters used (strategy, features, n_init, seed, backend, ...): a
+            read-only mapping of JSON data (nested lists become tuples).
+        unsplit: Classes that were not split, mapped to the reason (e.g. a single example);
+            read-only.
+        data_fingerprint: `dataset_fingerprint` of the labels the dataset exposes
+            (``.targets``), where they differ from ``targets`` (a ``target_transform``);
+            ``None`` where they are the same or unknown. See `check_selection_fits`.
         keys: ``(N,)`` example keys (int64, or unicode strings) for a selection computed on a
             stream (`useful_data.streaming`), whose examples are addressed by key, not
             position; ``None`` for a map-style dataset. With keys, the fingerprint is taken
@@ -231,6 +349,7 @@ class Selection:
     upsample_factor: int = 2
     params: Mapping[str, Any] = field(default_factory=dict)
     unsplit: Mapping[int, str] = field(default_factory=dict)
+    data_fingerprint: Mapping[str, Any] | None = None
     keys: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -241,7 +360,10 @@ class Selection:
                 f"and shape {mask.shape}"
             )
         n = mask.shape[0]
-        loss = np.asarray(self.loss, dtype=np.float32)
+        loss = np.asarray(self.loss)
+        if loss.dtype.kind not in "iuf":
+            raise ValueError(f"loss should hold real numbers, but got dtype {loss.dtype}")
+        loss = loss.astype(np.float32)
         targets = np.asarray(self.targets)
         for name, array in (("loss", loss), ("targets", targets)):
             if array.shape != (n,):
@@ -253,10 +375,21 @@ class Selection:
         check_upsample_factor(self.upsample_factor)
         object.__setattr__(self, "mask", _readonly(mask))
         object.__setattr__(self, "loss", _readonly(loss))
-        object.__setattr__(self, "targets", _readonly(targets.astype(np.int64)))
+        object.__setattr__(self, "targets", _readonly(as_labels("targets", targets)))
         object.__setattr__(self, "upsample_factor", int(self.upsample_factor))
-        object.__setattr__(self, "params", dict(self.params))
-        object.__setattr__(self, "unsplit", {int(k): str(v) for k, v in self.unsplit.items()})
+        if not isinstance(self.params, Mapping):
+            raise TypeError(
+                f"params should be a mapping of JSON data, but got {type(self.params).__name__}"
+            )
+        object.__setattr__(self, "params", _frozen_json(self.params, "params"))
+        object.__setattr__(self, "unsplit", _unsplit(self.unsplit))
+        data_fp = _fingerprint(self.data_fingerprint, "data_fingerprint")
+        if data_fp is not None and data_fp["num_examples"] != n:
+            raise ValueError(
+                f"data_fingerprint should describe {n} examples like mask, but it describes "
+                f"{data_fp['num_examples']}"
+            )
+        object.__setattr__(self, "data_fingerprint", data_fp)
         if self.keys is not None:
             keys = keys_array(self.keys)
             if keys.shape != (n,):
@@ -287,10 +420,65 @@ class Selection:
             return keyed_fingerprint(self.keys, self.targets)
         return dataset_fingerprint(self.targets)
 
+    def fits(self, targets: np.ndarray) -> bool:
+        """Whether a dataset exposing the labels ``targets`` (in order) is the one this
+        selection was computed on: they match `fingerprint` or `data_fingerprint`."""
+        found = dataset_fingerprint(targets)
+        return found == self.fingerprint or found == self.data_fingerprint
+
     @property
     def upsampled_size(self) -> int:
         """Length of the upsampled training set: ``N + (k - 1) |S|``."""
         return self.num_examples + (self.upsample_factor - 1) * self.num_slow_learnable
+
+    def relative_cost(
+        self, *, separating_epoch: int, total_epochs: int, epoch_size: int | None = None
+    ) -> float:
+        """Compute of USEFUL with this selection, as a multiple of plain training (SGD).
+
+        Phase 1 trains ``t`` epochs of ``N`` examples, phase 2 restarts and trains ``T``
+        epochs, each of the upsampled ``N + (k - 1) |S|`` examples by default or of
+        ``epoch_size = M`` with equal-length epochs (``UpsampleSampler(..., epoch_size=M)``);
+        plain training is ``T`` epochs of ``N``. Hence ``t/T + (N + (k - 1)|S|)/N``, or
+        ``t/T + M/N``. Both counts may be in steps instead of epochs, as long as both are.
+        The padding of a distributed sampler (under ``num_replicas`` examples) is left out.
+
+        Args:
+            separating_epoch: ``t``, the epochs of phase 1 (0 if the selection came for free).
+            total_epochs: ``T``, the epochs of the original schedule (and of phase 2).
+            epoch_size: ``M``, examples per phase-2 epoch across all replicas; ``None`` for
+                the whole upsampled set.
+
+        Returns:
+            The ratio, e.g. ``1.42`` for "1.42x SGD".
+
+        Raises:
+            TypeError: if an argument is not an integer.
+            ValueError: if ``total_epochs < 1``, ``separating_epoch`` is outside
+                ``[0, total_epochs]``, ``epoch_size < 1``, or the selection is empty.
+
+        Example:
+            >>> import numpy as np
+            >>> sel = Selection(mask=np.arange(100) < 20, loss=np.zeros(100),
+            ...                 targets=np.zeros(100, dtype=int))
+            >>> round(sel.relative_cost(separating_epoch=10, total_epochs=200), 2)  # .05 + 1.2
+            1.25
+            >>> round(sel.relative_cost(separating_epoch=10, total_epochs=200, epoch_size=100), 2)
+            1.05
+        """
+        total_epochs = check_positive_int("total_epochs", total_epochs)
+        separating_epoch = check_positive_int("separating_epoch", separating_epoch, minimum=0)
+        if separating_epoch > total_epochs:
+            raise ValueError(
+                f"separating_epoch should be in [0, total_epochs={total_epochs}], but got "
+                f"separating_epoch={separating_epoch}"
+            )
+        if epoch_size is None:
+            epoch_size = self.upsampled_size
+        epoch_size = check_positive_int("epoch_size", epoch_size)
+        if self.num_examples == 0:
+            raise ValueError("relative_cost needs a selection of at least one example, got N=0")
+        return separating_epoch / total_epochs + epoch_size / self.num_examples
 
     def class_summary(self) -> list[ClassSummary]:
         """Per-class counts, mean loss of both clusters and loss ROC-AUC, in label order."""
@@ -356,7 +544,11 @@ class Selection:
         """Write the selection to ``path`` (an ``.npz`` file, no pickle), atomically.
 
         The file is written to a temporary name in the same folder and renamed over ``path``,
-        so a crash never leaves a half-written selection behind.
+        so a crash never leaves a half-written selection behind. Otherwise it behaves like
+        ``open(path, "w")``: a new file gets the permissions the process's umask gives any
+        new file (``0o666 & ~umask``); an existing file keeps its permissions; a symbolic
+        link is followed (the file it points to is replaced, the link kept); a read-only
+        file, a FIFO, a socket or a device is refused.
 
         Args:
             path: Destination file. Its folder must exist.
@@ -367,8 +559,10 @@ class Selection:
         Raises:
             FileNotFoundError: if the folder of ``path`` does not exist.
             IsADirectoryError: if ``path`` is a folder.
+            PermissionError: if ``path`` is a read-only file.
+            ValueError: if ``path`` is a FIFO, socket or device.
         """
-        path = check_destination("path", path)
+        target = check_destination("path", path)
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -378,12 +572,11 @@ class Selection:
             "unsplit": {str(k): v for k, v in self.unsplit.items()},
             "fingerprint": self.fingerprint,
         }
-        try:
-            meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
-        except TypeError as err:
-            raise ValueError(f"Selection.params should be JSON-serialisable: {err}") from err
+        if self.data_fingerprint is not None:
+            meta["data_fingerprint"] = self.data_fingerprint
+        meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
+        fd, tmp = _create_beside(target)
         arrays: dict[str, Any] = {} if self.keys is None else {"keys": self.keys}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(
@@ -396,61 +589,149 @@ class Selection:
                 )
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Selection:
         """Read a selection written by `save`.
 
+        Only the members a selection needs are read (``mask``, ``loss``, ``targets``,
+        ``meta``); any other member of the file is never decompressed.
+
         Raises:
             FileNotFoundError: if ``path`` does not exist.
+            IsADirectoryError: if ``path`` is a folder.
             ValueError: if the file is not a useful-data selection, is of an unknown format
-                version, or is corrupt (its labels do not match its fingerprint).
+                version, is malformed (the message names the field) or is corrupt (its
+                labels do not match its fingerprint).
         """
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"selection file {str(path)!r} is a folder; pass the file Selection.save wrote"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"selection file {str(path)!r} does not exist")
+        where = str(path)
         try:
             with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
+                info = {
+                    m: data.zip.getinfo(f"{m}.npy") for m in (*MEMBERS, "keys") if m in data.files
+                }
+                if "meta" in info and info["meta"].file_size > MAX_META_BYTES:
+                    raise ValueError(
+                        f"its metadata is {info['meta'].file_size} bytes, more than the "
+                        f"{MAX_META_BYTES} a selection's can be"
+                    )
+                arrays = {m: data[m] for m in info}
         except Exception as err:  # zipfile / numpy raise many types for a bad file
             raise ValueError(
-                f"{str(path)!r} is not a readable useful-data selection file ({err})"
+                f"{where!r} is not a readable useful-data selection file ({err})"
             ) from err
-        missing = {"mask", "loss", "targets", "meta"} - arrays.keys()
+        missing = set(MEMBERS) - arrays.keys()
         if missing:
             raise ValueError(
-                f"{str(path)!r} is not a useful-data selection file: missing {sorted(missing)}"
+                f"{where!r} is not a useful-data selection file: missing {sorted(missing)}"
             )
         try:
             meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{str(path)!r} has unreadable metadata ({err})") from err
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            reason = "nested too deeply" if isinstance(err, RecursionError) else err
+            raise ValueError(f"{where!r} has unreadable metadata ({reason})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-            raise ValueError(f"{str(path)!r} is not a useful-data selection file")
+            raise ValueError(f"{where!r} is not a useful-data selection file")
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(
-                f"{str(path)!r} has selection format_version={version!r}, but this version of "
+                f"{where!r} has selection format_version={version!r}, but this version of "
                 f"useful-data ({__version__}) reads format_version={FORMAT_VERSION}; "
                 "recompute the selection or install a matching useful-data"
             )
-        selection = cls(
-            mask=arrays["mask"],
-            loss=arrays["loss"],
-            targets=arrays["targets"],
-            upsample_factor=meta.get("upsample_factor", 2),
-            params=meta.get("params", {}),
-            unsplit={int(k): v for k, v in meta.get("unsplit", {}).items()},
-            keys=arrays.get("keys"),
-        )
+        factor = meta.get("upsample_factor", 2)
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(
+                f"{where!r} is malformed: upsample_factor should be an integer >= 1, "
+                f"but got {factor!r:.100}"
+            )
+        for name in ("params", "unsplit", "fingerprint"):
+            if not isinstance(meta.get(name, {}), dict):
+                raise ValueError(
+                    f"{where!r} is malformed: {name} should be a JSON object, but got "
+                    f"{type(meta[name]).__name__}"
+                )
+        try:
+            selection = cls(
+                mask=arrays["mask"],
+                loss=arrays["loss"],
+                targets=arrays["targets"],
+                upsample_factor=factor,
+                params=meta.get("params", {}),
+                unsplit=meta.get("unsplit", {}),
+                data_fingerprint=meta.get("data_fingerprint"),
+                keys=arrays.get("keys"),
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where!r} is malformed: {err}") from None
         if meta.get("fingerprint") != selection.fingerprint:
-            raise ValueError(f"{str(path)!r} is corrupt: its labels do not match its fingerprint")
+            raise ValueError(f"{where!r} is corrupt: its labels do not match its fingerprint")
         return selection
+
+
+def _create_beside(target: Path) -> tuple[int, Path]:
+    """Create a new, empty temporary file next to ``target``; return its descriptor and path.
+
+    Created with mode ``0o666``, so the kernel applies the umask (and a default ACL) as it
+    does to any new file; ``target``'s own permissions if it exists (a save over a file
+    keeps them, as ``open(target, "w")`` would).
+    """
+    try:
+        keep: int | None = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        keep = None
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
+        if keep is not None and hasattr(os, "fchmod"):  # (POSIX)
+            os.fchmod(fd, keep)
+        return fd, tmp
+
+
+def check_selection_fits(
+    selection: Selection, dataset: Dataset[Any], *, name: str = "selection"
+) -> None:
+    """Raise a `ValueError` if ``dataset`` is not the one ``selection`` was computed on.
+
+    The check every entry point that pairs a selection with data makes (`USEFULDataset`,
+    `useful_data.plot.plot_selection`, ``useful-data inspect --plot --data-dir``): the same
+    length, and, where the dataset exposes its labels without loading items (``.targets``,
+    ``.labels``, a `TensorDataset`, a timm reader), labels that match the selection's
+    fingerprint or its `Selection.data_fingerprint`, in order.
+
+    Raises:
+        ValueError: if the length or the labels differ.
+        TypeError: if ``dataset`` has no length.
+    """
+    num_examples = check_sized("dataset", dataset)
+    if num_examples != selection.num_examples:
+        raise ValueError(
+            f"{name} was computed on {selection.num_examples} examples, but the dataset has "
+            f"{num_examples}; was it computed on another dataset or split?"
+        )
+    targets = dataset_targets(dataset)
+    if targets is not None and not selection.fits(targets):
+        raise ValueError(
+            f"{name} does not match dataset: same length but different labels "
+            "(fingerprint mismatch); it was computed on another dataset, split or order. "
+            "(A selection computed from logits with targets= other than the dataset's "
+            ".targets records them only if find_slow_learnable is given the dataset too.)"
+        )
 
 
 def resolve_selection(

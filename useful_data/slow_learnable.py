@@ -13,6 +13,7 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024, Section 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import warnings
@@ -30,6 +31,7 @@ from useful_data._checks import (
     check_outputs,
     check_positive_int,
     check_seed,
+    check_sized,
     check_upsample_factor,
 )
 from useful_data._cluster import KMeans2, check_backend
@@ -40,7 +42,7 @@ from useful_data.distributed import (
     resolve_distributed,
     select_across_ranks,
 )
-from useful_data.selection import WEAK_SEPARATION_AUC, Selection
+from useful_data.selection import WEAK_SEPARATION_AUC, Selection, dataset_fingerprint
 from useful_data.strategies import (
     STRATEGIES,
     select_loss_quantile,
@@ -120,7 +122,10 @@ def find_slow_learnable(
         logits: Precomputed ``(N, C)`` outputs, instead of ``model``.
         targets: ``(N,)`` integer labels; when omitted, read from ``dataset.targets`` /
             ``dataset.labels`` (with ``logits=``: needed then) or, with a model, from the
-            items.
+            items. When they differ from the labels ``dataset`` exposes (a
+            ``target_transform``), the exposed labels' fingerprint is recorded too
+            (`Selection.data_fingerprint`), so ``USEFULDataset(dataset, selection)`` accepts
+            the dataset and still refuses another split or order.
         eval_dataset: A view of ``dataset`` with eval transforms, used to compute the outputs;
             it must have the same length (checked) and the same labels in the same order
             (checked where ``dataset`` exposes its labels without loading items: ``.targets``,
@@ -261,7 +266,24 @@ def find_slow_learnable(
         from useful_data.streaming import with_keys
 
         return with_keys(selection, keys[0], key)
-    return selection
+    return _record_dataset_labels(selection, dataset)
+
+
+def _record_dataset_labels(selection: Selection, dataset: Dataset[Any] | None) -> Selection:
+    """``selection`` with the fingerprint of the labels ``dataset`` exposes, where they are
+    not the labels it was computed with (``targets=`` given for a ``target_transform``)."""
+    if dataset is None:
+        return selection
+    num_examples = check_sized("dataset", dataset)
+    if num_examples != selection.num_examples:
+        raise ValueError(
+            f"dataset should hold the {selection.num_examples} examples the outputs are of, "
+            f"but it has {num_examples}"
+        )
+    exposed = dataset_targets(dataset)
+    if exposed is None or selection.fits(exposed):
+        return selection
+    return dataclasses.replace(selection, data_fingerprint=dataset_fingerprint(exposed))
 
 
 def _cluster_device(
@@ -291,15 +313,19 @@ def _outputs_from_model(
     **collect_kwargs: Any,
 ) -> tuple[torch.Tensor, np.ndarray]:
     source = dataset if eval_dataset is None else eval_dataset
-    n = len(dataset)  # type: ignore[arg-type]
-    if eval_dataset is not None and len(eval_dataset) != n:  # type: ignore[arg-type]
+    n = check_sized("dataset", dataset)
+    if eval_dataset is not None and check_sized("eval_dataset", eval_dataset) != n:
         raise ValueError(
             f"eval_dataset should be a view of dataset with the same examples, but it has "
             f"{len(eval_dataset)} examples and dataset has {n}"  # type: ignore[arg-type]
         )
-    known = as_numpy("targets", targets) if targets is not None else dataset_targets(dataset)
-    if known is not None and eval_dataset is not None:
-        _check_same_targets(known, dataset_targets(eval_dataset), "eval_dataset.targets")
+    exposed = dataset_targets(dataset)
+    known = as_numpy("targets", targets) if targets is not None else exposed
+    # the eval view exposes what the training set exposes (its raw labels, where targets=
+    # holds transformed ones): compare like with like
+    reference = exposed if exposed is not None else known
+    if reference is not None and eval_dataset is not None:
+        _check_same_targets(reference, dataset_targets(eval_dataset), "eval_dataset.targets")
     elif eval_dataset is not None:
         warnings.warn(
             "cannot check that eval_dataset holds dataset's examples in the same order: "

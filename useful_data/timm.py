@@ -12,6 +12,9 @@ after ``dataset_train = create_dataset(...)``::
     from useful_data import USEFULDataset
     dataset_train = USEFULDataset(dataset_train, args.useful_selection)
 
+For USEFUL at the original epoch length instead (``UpsampleSampler(..., epoch_size=N)``),
+`with_sampler` puts the sampler into the loader ``create_loader`` built, which takes none.
+
 Paper: Nguyen et al., "Changing the Training Data Distribution to Reduce Simplicity Bias
 Improves In-distribution Generalization", NeurIPS 2024, Algorithm 1.
 """
@@ -26,20 +29,32 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 __all__ = [
+    "INTERPOLATIONS",
+    "check_model_name",
+    "check_split",
     "checkpoint_data_config",
     "create_eval_dataset",
     "create_timm_model",
     "extract_state_dict",
     "load_timm_checkpoint",
+    "with_sampler",
 ]
 
 #: Keys under which timm (and most training scripts) store weights, in the order tried.
 STATE_DICT_KEYS: tuple[str, ...] = ("state_dict", "model")
 #: Keys under which timm stores the EMA weights (``--model-ema``).
 EMA_KEYS: tuple[str, ...] = ("state_dict_ema", "model_ema")
+#: The resize interpolations timm's eval transform takes (``--interpolation``).
+INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+#: Split names timm treats as the training split: with no such subfolder, an image folder
+#: dataset is read from the data folder itself (as timm's ``train.py`` reads it).
+_TRAIN_SPLITS = ("train", "training")
+_EVAL_SPLITS = ("val", "valid", "validation", "eval", "evaluation")
+#: Dataset name prefixes that are not read from a folder of images (no split subfolder).
+_NOT_FOLDERS = ("hfds", "hfids", "tfds", "wds")
 #: Prefixes added by DistributedDataParallel and ``torch.compile``, stripped on load.
 WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 
@@ -192,6 +207,19 @@ def _classifier_weight_key(model: nn.Module) -> str | None:
     return None
 
 
+def check_model_name(name: str) -> None:
+    """Raise a `ValueError` (with similar names) if ``name`` is not a timm model name."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise ValueError(
+            f"model={name!r} is not a timm model name; similar names: {close}"
+            if close
+            else f"model={name!r} is not a timm model name (see timm.list_models())"
+        )
+
+
 def create_timm_model(
     name: str,
     *,
@@ -222,13 +250,7 @@ def create_timm_model(
     """
     import timm
 
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        raise ValueError(
-            f"model={name!r} is not a timm model name; similar names: {close}"
-            if close
-            else f"model={name!r} is not a timm model name (see timm.list_models())"
-        )
+    check_model_name(name)
     model = timm.create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
     if checkpoint is not None:
         load_timm_checkpoint(model, checkpoint, use_ema=use_ema)
@@ -274,6 +296,43 @@ def checkpoint_data_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
+def check_split(name: str, root: str | os.PathLike[str], split: str) -> None:
+    """Raise a `ValueError` if ``split`` names no folder of an image-folder dataset.
+
+    timm's ``create_dataset`` reads an image folder's split from ``root/split`` (or a synonym:
+    ``train``/``training``, ``val``/``validation``/...) and, where none exists, from
+    ``root`` itself. That fallback is kept for a training split (``--data-dir`` pointing at
+    the training images, as timm's ``train.py`` reads them) and refused for any other split
+    name, which would otherwise silently be the training images. Datasets that are not image
+    folders (``torch/cifar10``, ``hfds/...``) are not checked here.
+
+    Example:
+        >>> import tempfile
+        >>> check_split("", tempfile.gettempdir(), "train")  # falls back to the folder
+        >>> check_split("", tempfile.gettempdir(), "no-such-split")
+        Traceback (most recent call last):
+        ...
+        ValueError: split='no-such-split' names no subfolder of ...
+    """
+    prefix, sep, rest = name.partition("/")
+    prefix = prefix.lower() if sep else ""
+    folder = prefix not in (*_NOT_FOLDERS, "torch") or rest.lower() in ("image_folder", "folder")
+    if not folder or not os.path.isdir(root):
+        return
+    base = split.split("[")[0]
+    names = [base]
+    for synonyms in (_TRAIN_SPLITS, _EVAL_SPLITS):
+        if base in synonyms:
+            names += synonyms
+    if base in _TRAIN_SPLITS or any(os.path.exists(os.path.join(root, n)) for n in names):
+        return
+    raise ValueError(
+        f"split={split!r} names no subfolder of data_dir={str(root)!r} (tried "
+        f"{', '.join(dict.fromkeys(names))}); only a training split falls back to the folder "
+        "itself, so pass the split the images are in, or point the data folder at them"
+    )
+
+
 def create_eval_dataset(
     name: str,
     root: str | os.PathLike[str],
@@ -314,12 +373,14 @@ def create_eval_dataset(
         The dataset, with ``.transform`` set to the eval transform.
 
     Raises:
-        ValueError: if the dataset cannot be built or holds no examples.
+        ValueError: if the dataset cannot be built or holds no examples, or ``split`` names
+            no folder of an image folder (see `check_split`).
     """
     from timm.data import create_dataset, create_transform, resolve_data_config
 
     if not os.path.isdir(root) and not (download and name.lower().startswith("torch/")):
         raise ValueError(f"data_dir={str(root)!r} is not a folder")
+    check_split(name, root, split)
     try:
         dataset = create_dataset(
             name,
@@ -359,3 +420,77 @@ def create_eval_dataset(
     config = resolve_data_config(args, model=model)
     dataset.transform = create_transform(**config, is_training=False)
     return dataset
+
+
+def with_sampler(loader: Any, sampler: Sampler[int]) -> Any:
+    """The training loader timm's ``create_loader`` built, drawing its examples with ``sampler``.
+
+    ``create_loader`` chooses its own sampler (a shuffle, or a ``DistributedSampler`` with
+    ``distributed=True``) and takes none, so an `UpsampleSampler`
+    (``epoch_size=N`` for USEFUL at the original epoch length) goes in afterwards: the inner
+    ``DataLoader`` is rebuilt with the same dataset, batch size, ``drop_last``, workers, collate
+    function (``fast_collate``, mixup), ``pin_memory``, worker seeding and persistent workers,
+    around ``sampler``, and put back into timm's ``PrefetchLoader`` if there is one (its
+    normalisation and random erasing stay). A ``MultiEpochsDataLoader`` stays one. Call this
+    before ``len(loader_train)`` sizes the LR schedule, as timm's ``train.py`` does right
+    after building the loaders.
+
+    Args:
+        loader: What ``timm.data.create_loader`` returned (or any ``DataLoader`` with a
+            ``batch_size``).
+        sampler: The sampler to draw with; it shards itself (an `UpsampleSampler`
+            reads the process group).
+
+    Returns:
+        ``loader`` with the new inner loader if it was a ``PrefetchLoader``, else the new
+        ``DataLoader``.
+
+    Raises:
+        TypeError: if ``loader`` is not a ``DataLoader`` or a ``PrefetchLoader`` around one.
+        ValueError: if it batches with a custom batch sampler (timm's scheduled batching),
+            which has no single batch size to keep.
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from useful_data import UpsampleSampler
+        >>> loader = DataLoader(TensorDataset(torch.arange(10)), batch_size=4, shuffle=True)
+        >>> sampler = UpsampleSampler([0, 1, 2, 3, 4], num_examples=10, epoch_size=10)
+        >>> loader = with_sampler(loader, sampler)
+        >>> loader.sampler is sampler, len(loader)
+        (True, 3)
+    """
+    inner = getattr(loader, "loader", loader)  # timm's PrefetchLoader keeps it as .loader
+    if not isinstance(inner, DataLoader):
+        raise TypeError(
+            "loader should be a DataLoader or a timm PrefetchLoader around one, but got "
+            f"{type(loader).__name__}"
+        )
+    batch_sampler = inner.batch_sampler
+    if not isinstance(batch_sampler, BatchSampler):  # MultiEpochsDataLoader's _RepeatSampler
+        batch_sampler = getattr(batch_sampler, "sampler", batch_sampler)
+    if inner.batch_size is None or type(batch_sampler) is not BatchSampler:
+        raise ValueError(
+            f"loader batches with {type(inner.batch_sampler).__name__}, not a plain batch "
+            "size (timm's scheduled batching?); with_sampler keeps a fixed batch_size only"
+        )
+    rebuilt = type(inner)(
+        inner.dataset,
+        batch_size=inner.batch_size,
+        sampler=sampler,
+        drop_last=inner.drop_last,
+        num_workers=inner.num_workers,
+        collate_fn=inner.collate_fn,
+        pin_memory=inner.pin_memory,
+        timeout=inner.timeout,
+        worker_init_fn=inner.worker_init_fn,
+        multiprocessing_context=inner.multiprocessing_context,
+        generator=inner.generator,
+        prefetch_factor=inner.prefetch_factor,
+        persistent_workers=inner.persistent_workers,
+        pin_memory_device=inner.pin_memory_device,
+    )
+    if inner is loader:
+        return rebuilt
+    loader.loader = rebuilt
+    return loader
