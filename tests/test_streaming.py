@@ -397,6 +397,16 @@ def test_seeded_and_epoch_dependent():
     assert run() != run(seed=1) and run() != run(epoch=1)
     assert sorted(run()) == sorted(run(epoch=1))
 
+    class Epochs(Plain):
+        epoch = None
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    stream = Epochs(keys)
+    USEFULIterableDataset(stream, keys[:2]).set_epoch(3)  # a HF stream reshuffles with it
+    assert stream.epoch == 3
+
 
 def test_selection_sources_defaults_and_transform(tmp_path):
     x, y, _ = _rows()
