@@ -11,6 +11,8 @@ import collections
 import json
 import os
 import socket
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -116,6 +118,15 @@ def hf_stream(x, y, ids, num_shards: int = 4):
 def _keys_of(batch, field="__key__"):
     keys = batch[field]
     return keys.tolist() if isinstance(keys, torch.Tensor) else list(keys)
+
+
+def test_import_useful_data_loads_neither_streaming_framework():
+    code = "import sys, useful_data; print(sorted({'webdataset', 'datasets'} & set(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 # --- keys and their table -------------------------------------------------------------------------
@@ -525,6 +536,9 @@ def _rank(rank: int, port: int, folder: str) -> None:
         )
         result["selected"] = sorted(sel.keys[sel.mask].tolist())
         result["fingerprint"] = sel.fingerprint
+        repeats_on_rank1 = Rows(x, y, KEYS, order=[0, 1, 2, 3, 4, 1])  # rank 1: 1, 3, 1
+        with pytest.raises(ValueError, match="on rank 1: key 'ex0001' appeared twice"):
+            find_slow_learnable(_identity_model(), repeats_on_rank1, progress=False)  # no hang
         with pytest.raises(ValueError, match="seen by more than one rank"):
             find_slow_learnable(_identity_model(), Rows(x, y, KEYS, split=False), progress=False)
         Path(folder, f"rank{rank}.json").write_text(json.dumps(result))

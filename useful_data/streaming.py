@@ -264,8 +264,8 @@ def stream_outputs(
             model, stream, key=key, progress=progress, **collect_kwargs
         )
     else:
-        outputs, labels, keys = _gather(
-            collect_stream_outputs(
+        try:
+            local: Any = collect_stream_outputs(
                 _unwrap(model),
                 stream,
                 key=key,
@@ -273,7 +273,9 @@ def stream_outputs(
                 allow_empty=True,
                 **collect_kwargs,
             )
-        )
+        except (TypeError, ValueError) as err:  # every rank raises it, none waits forever
+            local = err
+        outputs, labels, keys = _gather(local)
     # Rows in key-hash order: k-means++ seeding depends on the order of the rows, and a
     # stream's order depends on workers, ranks and shuffling; its key set does not.
     hashes = hash_keys(keys)
@@ -294,10 +296,16 @@ def stream_outputs(
 
 
 def _gather(
-    local: tuple[torch.Tensor, np.ndarray, np.ndarray],
+    local: tuple[torch.Tensor, np.ndarray, np.ndarray] | Exception,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Every rank's ``(outputs, labels, keys)``, concatenated in rank order on every rank."""
-    parts = [p for p in _all_gather_object((local[0].numpy(), *local[1:])) if len(p[2])]
+    """Every rank's ``(outputs, labels, keys)``, concatenated in rank order on every rank;
+    if a rank failed (passes its exception), every rank raises it."""
+    sent = local if isinstance(local, Exception) else (local[0].numpy(), *local[1:])
+    gathered = _all_gather_object(sent)
+    for rank, part in enumerate(gathered):
+        if isinstance(part, Exception):
+            raise type(part)(f"on rank {rank}: {part}")
+    parts = [p for p in gathered if len(p[2])]
     if not parts:
         raise ValueError("the stream should yield at least one example, but no rank got any")
     if len({p[2].dtype.kind for p in parts}) > 1:
