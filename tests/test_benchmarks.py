@@ -5,6 +5,7 @@ No assertion on time: these machines are shared and noisy (see docs/benchmarks.m
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+LIGHTNING = importlib.util.find_spec("lightning") is not None
 
 
 def _tables(stdout: str) -> list[tuple[list[str], list[list[str]]]]:
@@ -54,6 +56,11 @@ def _run(script: str) -> str:
             ],
         ),
         ("bench_data.py", [("ratio", "ratio of best")] * 3),
+        pytest.param(
+            "bench_lightning.py",
+            [("ratio", "min ratio"), ("extra time / baseline epoch (median)",)],
+            marks=pytest.mark.skipif(not LIGHTNING, reason="needs the [lightning] extra"),
+        ),
         (
             "bench_streaming.py",
             [("pass ratio (CPU)", "pass ratio (wall)"), ("bytes/key", "lookup µs (Python)")],

@@ -146,3 +146,15 @@ def test_train_cifar_separating_epoch_auto(tmp_path, capsys):
     assert f'"separating_epoch": {expected}' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         train_cifar.main([*argv[:4], "--separating-epoch", "soon"])
+
+
+@pytest.mark.parametrize("method", ["sgd+useful", "sam+useful"])
+def test_train_lightning(capsys, method):
+    pytest.importorskip("lightning")
+    train_lightning = load_example("train_lightning")
+    argv = ["--num-examples", "200", "--epochs", "2", "--separating-epoch", "1"]
+    accuracy = train_lightning.main([*argv, "--batch-size", "50", "--method", method])
+    assert 0.0 <= accuracy <= 1.0
+    out = capsys.readouterr().out
+    assert "separating epoch 1: selected" in out and "precision" in out
+    assert f"{method}: 3 epochs on 1 process(es)" in out

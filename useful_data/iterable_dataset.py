@@ -83,9 +83,10 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
     Every item of the wrapped stream is yielded once, as it comes; an item whose key is
     selected is also yielded ``upsample_factor - 1`` more times, each copy after a random
     number (``1`` to ``buffer_size``, seeded; sooner when ``buffer_size`` copies wait) of
-    later items, so copies rarely share a batch with their original. The copy is the same item object: put random augmentation after
-    the wrapper (``transform=``, or in the training loop), not before it, so each copy is
-    augmented afresh, as `USEFULDataset` re-reads an example.
+    later items, so copies rarely share a batch with their original. The copy is the same
+    item object: put random augmentation after the wrapper (``transform=``, or in the
+    training loop), not before it, so each copy is augmented afresh, as `USEFULDataset`
+    re-reads an example.
 
     Under DataLoader workers and DDP the wrapped stream must split itself (see the module
     docstring); the wrapper does not split again, so every example is yielded once and every

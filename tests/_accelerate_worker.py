@@ -1,0 +1,100 @@
+"""Worker of tests/test_accelerate.py, run under ``torchrun --nproc_per_node 2`` (CPU, gloo).
+
+A hand-written loop under ``accelerator.prepare``, two epochs on N=40 examples of which 10 are
+slow-learnable (batch 5 per process), in every way a user would pass the upsampled data:
+`USEFULDataset` with ``shuffle=True``; `UpsampleSampler` with its defaults, built before or
+after ``Accelerator()``; and the recipe of docs/guides/accelerate.md (``num_replicas=1``).
+The loop records the dataset index of every item it trains on; rank 0 writes what all ranks
+saw, epoch by epoch, to the JSON file named by ``argv[1]``. Also: the selection on both ranks,
+and a resumed epoch through ``accelerator.skip_first_batches``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _two_processes import BATCH, Items, N, fixed_selection, flat, gathered
+
+from useful_data import UpsampleSampler, USEFULDataset, find_slow_learnable
+
+
+def main(out: str) -> None:
+    data = Items()
+    selection = fixed_selection(data)
+    before = UpsampleSampler(selection, N, seed=0)  # no process group yet
+
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    results: dict = {"world": accelerator.num_processes}
+
+    rank_epochs: dict[str, list[list[int]]] = {}  # this rank's items, per case and epoch
+
+    def train(case: str, loader: DataLoader) -> list[list[int]]:
+        model = torch.nn.Linear(4, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        epochs = []
+        for epoch in range(2):
+            loader.set_epoch(epoch)  # the prepared loader passes it on to the sampler
+            seen = []
+            for batch in loader:
+                seen += batch["index"].tolist()
+                loss = F.cross_entropy(model(batch["x"]), batch["labels"])
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            epochs.append(seen)
+        rank_epochs[case] = epochs
+        return [flat(ranks) for ranks in zip(*gathered(epochs), strict=True)]
+
+    after = UpsampleSampler(selection, N, seed=0)
+    recipe = UpsampleSampler(selection, N, seed=0, num_replicas=1, rank=0)
+
+    def loader(dataset, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=BATCH, sampler=sampler, shuffle=sampler is None)
+
+    results["counts"] = {
+        "dataset": train("dataset", loader(USEFULDataset(data, selection))),
+        "sampler_before_accelerator": train("sampler_before_accelerator", loader(data, before)),
+        "sampler_after_accelerator": train("sampler_after_accelerator", loader(data, after)),
+        "recipe": train("recipe", loader(data, recipe)),
+    }
+
+    # the selection, on every rank, from the prepared (DDP-wrapped) model
+    model = accelerator.prepare(torch.nn.Linear(4, 2))
+    found = find_slow_learnable(
+        accelerator.unwrap_model(model), data, backend="sklearn", progress=False
+    )
+    alone = find_slow_learnable(
+        accelerator.unwrap_model(model), data, backend="sklearn", progress=False,
+        distributed=False,
+    )  # fmt: skip
+    results["selection_masks"] = gathered(found.mask.tolist())
+    results["selection_alone"] = alone.mask.tolist()
+
+    # resuming two batches into epoch 1, as a new process would: a new sampler and loader;
+    # set the epoch on the prepared loader, then skip (the skipping loader wraps the
+    # sampler out of reach of its own set_epoch)
+    def epoch1(skip: int) -> list[int]:
+        sampler = UpsampleSampler(selection, N, seed=0, num_replicas=1, rank=0)
+        prepared = accelerator.prepare(loader(data, sampler))
+        prepared.set_epoch(1)
+        batches = accelerator.skip_first_batches(prepared, skip) if skip else prepared
+        return flat(batch["index"].tolist() for batch in batches)
+
+    results["resume"] = gathered([rank_epochs["recipe"][1], epoch1(2)])
+    if accelerator.is_main_process:
+        Path(out).write_text(json.dumps(results))
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,430 @@
+"""useful_data.lightning: USEFUL inside Trainer.fit, counted item by item on every rank."""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from _lightning_helpers import SLOW, Data, IndexedData, Model, N, Stream, trainer  # noqa: E402
+from torch.utils.data import DataLoader, WeightedRandomSampler  # noqa: E402
+
+from useful_data import SAM, UpsampleSampler, find_slow_learnable  # noqa: E402
+from useful_data.lightning import USEFUL  # noqa: E402
+from useful_data.separating_epoch import SeparatingEpoch, find_separating_epoch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+HELPERS = Path(__file__).resolve().parent / "_lightning_helpers.py"
+SKLEARN = {"backend": "sklearn"}
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+
+def upsampled(selection, epoch=0, shuffle=True, num_replicas=1, rank=0):
+    sampler = UpsampleSampler(
+        selection, N, shuffle=shuffle, num_replicas=num_replicas, rank=rank, seed=0
+    )
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def expected_counts(slow):
+    return Counter({i: 2 if i in set(slow) else 1 for i in range(N)})
+
+
+# --- two processes, gloo, Trainer(strategy="ddp") under torchrun --------------------------
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """One torchrun launch runs every scenario of _lightning_helpers.py; {scenario: [rank 0,
+    rank 1]} of what each rank trained on."""
+    from test_distributed import free_port
+
+    out = tmp_path_factory.mktemp("lightning_ddp")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(HELPERS), str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = {}
+    for path in sorted(out.glob("*_rank*.json")):
+        name, rank = path.stem.rsplit("_rank", 1)
+        runs.setdefault(name, {})[int(rank)] = json.loads(path.read_text())
+    return {name: [ranks[0], ranks[1]] for name, ranks in runs.items()}
+
+
+@pytest.mark.parametrize("scenario", ["sampler_early", "sampler", "dataset"])
+def test_user_built_upsampling_under_ddp_trains_on_the_whole_multiset(ddp_runs, scenario):
+    """UpsampleSampler built in train_dataloader() or before the process group exists, or
+    USEFULDataset, with Lightning's default use_distributed_sampler=True: every epoch the two
+    ranks together train on 50 items, the 40 examples with the 10 slow-learnable ones twice."""
+    ranks = ddp_runs[scenario]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    for epoch in ("0", "1"):
+        per_rank = [r["seen"][epoch] for r in ranks]
+        assert [len(items) for items in per_rank] == [25, 25]
+        assert Counter(per_rank[0] + per_rank[1]) == expected_counts(SLOW)
+    assert ranks[0]["seen"]["0"] != ranks[0]["seen"]["1"]  # set_epoch reached the shuffle
+
+
+@pytest.mark.parametrize("scenario", ["useful", "useful_sam"])
+def test_callback_under_ddp(ddp_runs, scenario):
+    """The whole workflow on 2 ranks (SGD + StepLR, or SAM with manual optimization): phase 1
+    on the 40 examples, one selection on both ranks, then a restart from W0 with a fresh
+    optimizer in which each rank trains on exactly its shard of the upsampled multiset."""
+    ranks = ddp_runs[scenario]
+    selection = ranks[0]["selection"]
+    assert ranks[1]["selection"] == selection and 0 < len(selection) < N
+    for epoch in ("0", "1"):  # phase 1: t=2 epochs of the plain data, sharded by Lightning
+        per_rank = [r["seen"][epoch] for r in ranks]
+        assert [len(items) for items in per_rank] == [20, 20]
+        assert Counter(per_rank[0] + per_rank[1]) == expected_counts([])
+    mask = np.isin(np.arange(N), selection)
+    for epoch in (2, 3):  # phase 2: max_epochs=2 more epochs, upsampled
+        for rank, record in enumerate(ranks):
+            shard = upsampled(mask, epoch, num_replicas=2, rank=rank)
+            assert record["seen"][str(epoch)] == shard
+        both = Counter(ranks[0]["seen"][str(epoch)] + ranks[1]["seen"][str(epoch)])
+        padding = both - expected_counts(selection)  # DistributedSampler's padding, < 2
+        assert (
+            both - padding == expected_counts(selection)
+            and padding.total() == (N + len(selection)) % 2
+        )
+    assert all(r["restarted_from_w0"] and r["fresh_optimizer"] for r in ranks)
+    assert set(ranks[0]["seen"]) == {"0", "1", "2", "3"}
+
+
+# --- one process -------------------------------------------------------------------------
+def test_workflow_is_the_hand_written_one():
+    """Phase 1 for t epochs, the selection find_slow_learnable gives on those weights, then
+    T epochs from W0 with a fresh optimizer and scheduler on the upsampled data."""
+    model, useful = Model(), USEFUL(separating_epoch=2, find_kwargs=SKLEARN)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    fit = trainer(max_epochs=3, callbacks=[useful])
+    fit.fit(model, datamodule=Data(shuffle=False))
+
+    by_hand = Model()  # the same two epochs without the callback, then the selection
+    trainer(max_epochs=2).fit(by_hand, datamodule=Data(shuffle=False))
+    expected = find_slow_learnable(by_hand, IndexedData(), progress=False, **SKLEARN)
+    np.testing.assert_array_equal(useful.selection.mask, expected.mask)
+    assert useful.separating_epoch == 2 and useful.phase == "upsampled"
+
+    assert fit.current_epoch == 2 + 3
+    assert [model.seen[e] for e in (0, 1)] == [list(range(N))] * 2
+    for epoch in (2, 3, 4):
+        assert model.seen[epoch] == upsampled(expected.mask, epoch, shuffle=False)
+    restart = model.epoch_start[2]
+    assert all(torch.equal(a, b) for a, b in zip(restart["weights"], w0, strict=True))
+    assert restart["optimizer_state"] == 0  # no momentum carried over
+    assert restart["lr"] == 0.1 and model.epoch_start[1]["lr"] == 0.05  # the schedule restarts
+    assert model.epoch_start[4]["lr"] == 0.025
+    # a schedule built in configure_optimizers spans phase 2: T epochs of upsampled batches
+    upsampled_batches = -(-(N + useful.selection.num_slow_learnable) // 5)
+    assert model.estimated_steps == [3 * N // 5, 3 * upsampled_batches]
+
+
+class AutoSAMModel(Model):
+    """SAM returned to Lightning's automatic optimization: step(closure), two passes a batch."""
+
+    def configure_optimizers(self):
+        return SAM(self.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+
+
+def test_sam_with_automatic_optimization_restarts_with_a_fresh_sam():
+    model, useful = AutoSAMModel(), USEFUL(separating_epoch=2, find_kwargs=SKLEARN)
+    trainer(max_epochs=2, callbacks=[useful]).fit(model, datamodule=Data())
+    assert model.epoch_start[1]["optimizer_state"] > 0  # SAM's buffers of phase 1
+    assert model.epoch_start[2]["optimizer_state"] == 0  # a new SAM at the restart
+    for epoch in (2, 3):  # training_step runs twice per batch, once per SAM pass
+        assert Counter(model.seen[epoch]) == Counter(
+            {i: 2 * n for i, n in expected_counts(useful.selection.indices).items()}
+        )
+
+
+class CurveModel(Model):
+    """Logs a prescribed training-error curve, one value per epoch."""
+
+    curve = (30.0, 12.0, 11.0, 10.5, 10.2, 10.0, 9.9, 9.8, 9.7)
+
+    def training_step(self, batch, batch_idx):
+        self.log("train_error", self.curve[self.current_epoch], on_epoch=True)
+        return super().training_step(batch, batch_idx)
+
+
+def test_separating_epoch_detected_from_the_logged_error():
+    detector = SeparatingEpoch(6, min_epochs=2, smoothing=1, patience=1, max_fraction=1.0)
+    model = CurveModel()
+    useful = USEFUL(detector, monitor="train_error", find_kwargs=SKLEARN)
+    fit = trainer(max_epochs=6, callbacks=[useful])
+    fit.fit(model, datamodule=Data())
+    rule = find_separating_epoch(
+        CurveModel.curve, total_epochs=6, min_epochs=2, smoothing=1, patience=1, max_fraction=1
+    )
+    assert useful.separating_epoch == rule == 3
+    assert detector.errors == list(CurveModel.curve[:3])
+    assert fit.current_epoch == 3 + 6
+    assert len(model.seen[3]) == N + useful.selection.num_slow_learnable
+
+
+def test_resuming_phase_one_keeps_the_detected_curve(tmp_path):
+    """The default detector is built when the fit starts; a resumed one replays the curve."""
+    every_epoch = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, filename="{epoch}", save_top_k=-1, every_n_epochs=1
+    )
+    useful = USEFUL(monitor="train_error", find_kwargs=SKLEARN)
+    fit = trainer(max_epochs=6, callbacks=[useful, every_epoch], enable_checkpointing=True)
+    fit.fit(CurveModel(), datamodule=Data())
+    resumed = USEFUL(monitor="train_error", find_kwargs=SKLEARN)
+    trainer(max_epochs=6, callbacks=[resumed]).fit(
+        CurveModel(), datamodule=Data(), ckpt_path=tmp_path / "epoch=0.ckpt"
+    )
+    assert resumed.separating_epoch == useful.separating_epoch == 3  # the cap of T=6
+    assert resumed._detector.errors == list(CurveModel.curve[:3])
+
+
+def test_precomputed_selection_upsamples_from_the_first_epoch(tmp_path):
+    model = Model()
+    mask = np.isin(np.arange(N), SLOW)
+    fit = trainer(max_epochs=2, callbacks=[USEFUL(selection=mask)])
+    fit.fit(model, datamodule=Data())
+    assert fit.current_epoch == 2
+    for epoch in (0, 1):
+        assert model.seen[epoch] == upsampled(mask, epoch)
+    assert model.epoch_start[0]["lr"] == 0.1  # no restart: nothing was reset
+
+
+def test_equal_length_epochs():
+    """epoch_size=N: phase 2 keeps SGD's epoch length, continuing through the multiset."""
+    model, mask = Model(), np.isin(np.arange(N), SLOW)
+    trainer(max_epochs=5, callbacks=[USEFUL(selection=mask, epoch_size=N)]).fit(model, Data())
+    stream = UpsampleSampler(mask, N, seed=0, epoch_size=N)
+    for epoch in range(5):
+        stream.set_epoch(epoch)
+        assert model.seen[epoch] == list(stream) and len(model.seen[epoch]) == N
+    assert Counter(i for e in range(5) for i in model.seen[e]) == Counter(
+        {i: 4 * n for i, n in expected_counts(SLOW).items()}
+    )  # 200 items: the 50-item multiset four times over
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+def fit_with_checkpoints(path, max_epochs, separating_epoch, data=None, ckpt=None, seed=0):
+    model, useful = Model(seed=seed), USEFUL(separating_epoch, find_kwargs=SKLEARN)
+    every_epoch = pl.callbacks.ModelCheckpoint(
+        dirpath=path, filename="{epoch}", save_top_k=-1, every_n_epochs=1
+    )
+    fit = trainer(max_epochs=max_epochs, callbacks=[useful, every_epoch], enable_checkpointing=True)
+    fit.fit(model, datamodule=data or Data(), ckpt_path=ckpt)
+    return model, useful
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "epochs_left"),
+    [("epoch=0.ckpt", [1, 2, 3]), ("epoch=1.ckpt", [2, 3])],  # restart pending; in phase 2
+)
+def test_resuming_phase_two_trains_on_the_same_selection(tmp_path, checkpoint, epochs_left):
+    model, useful = fit_with_checkpoints(tmp_path, 3, 1)
+    resumed, useful2 = fit_with_checkpoints(
+        tmp_path / "resumed", 3, 1, ckpt=tmp_path / checkpoint, seed=1
+    )
+    np.testing.assert_array_equal(useful2.selection.mask, useful.selection.mask)
+    assert useful2.selection.params == useful.selection.params
+    assert sorted(resumed.seen) == epochs_left
+    assert [resumed.seen[e] for e in epochs_left] == [model.seen[e] for e in epochs_left]
+    for a, b in zip(resumed.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # W0 travels until the restart, then no longer
+    state = torch.load(tmp_path / checkpoint, weights_only=True)["callbacks"]["USEFUL"]
+    assert (state["initial_state"] is None) == (checkpoint == "epoch=1.ckpt")
+    assert state["selection"]["mask"].sum() > 0
+
+
+def test_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(N, 3, generator=g), torch.arange(N) % 3
+    selection = find_slow_learnable(logits=logits, targets=targets, backend="sklearn")
+    mask = np.isin(np.arange(N), SLOW)
+    for given, expected in ((selection, selection.mask), (SLOW, SLOW), (mask, mask)):
+        torch.save({"state": USEFUL(selection=given).state_dict()}, tmp_path / "state.pt")
+        loaded = USEFUL()
+        loaded.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True)["state"])
+        assert loaded.phase == "upsampled" and loaded.separating_epoch == 0
+        upsampled_from = loaded.selection.mask if loaded.selection else loaded._upsample_from
+        np.testing.assert_array_equal(np.asarray(upsampled_from), expected)
+        if given is selection:  # the whole Selection travels, not only its mask
+            for field in ("mask", "loss", "targets"):
+                np.testing.assert_array_equal(
+                    getattr(loaded.selection, field), getattr(selection, field)
+                )
+            assert loaded.selection.params == selection.params
+            assert loaded.selection.unsplit == selection.unsplit
+        else:
+            assert loaded.selection is None
+
+
+def test_resuming_phase_one_restarts_from_the_initial_weights(tmp_path):
+    data = Data(shuffle=False)
+    model, useful = fit_with_checkpoints(tmp_path, 2, 2, data=data)
+    # a module initialised differently resumes after epoch 1 of phase 1
+    resumed, useful2 = fit_with_checkpoints(
+        tmp_path / "resumed", 2, 2, data=data, ckpt=tmp_path / "epoch=0.ckpt", seed=1
+    )
+    w0 = [p.detach() for p in Model(seed=0).parameters()]
+    restart = resumed.epoch_start[2]["weights"]
+    assert all(torch.equal(a, b) for a, b in zip(restart, w0, strict=True))
+    np.testing.assert_array_equal(useful2.selection.mask, useful.selection.mask)
+    for a, b in zip(resumed.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class StatefulData(Data):
+    def train_dataloader(self):
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        return StatefulDataLoader(self.train_set, batch_size=5, shuffle=True)
+
+
+class ConstantLR(Model):
+    """No estimated_stepping_batches: reading it makes Lightning load the training data
+    before it restores the loader's state, which it then never restores."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_mid_epoch_resume_with_a_stateful_dataloader(tmp_path):
+    """torchdata's StatefulDataLoader keeps its type when USEFUL swaps its sampler, and its
+    state (the UpsampleSampler's position) travels in the checkpoint: resuming mid-epoch in
+    phase 2 trains exactly on the indices that epoch had not reached."""
+    pytest.importorskip("torchdata")
+    every_3 = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, filename="{epoch}-{step}", save_top_k=-1, every_n_train_steps=3
+    )
+    model, useful = ConstantLR(), USEFUL(1, find_kwargs=SKLEARN)
+    fit = trainer(max_epochs=2, callbacks=[useful, every_3], enable_checkpointing=True)
+    fit.fit(model, datamodule=StatefulData())
+    resumed = ConstantLR(seed=1)
+    trainer(max_epochs=2, callbacks=[USEFUL(1, find_kwargs=SKLEARN)]).fit(
+        resumed, datamodule=StatefulData(), ckpt_path=tmp_path / "epoch=1-step=12.ckpt"
+    )
+    done = (12 - N // 5) * 5  # items of phase 2's first epoch trained before step 12
+    assert resumed.seen[1] == model.seen[1][done:]
+    assert resumed.seen[2] == model.seen[2]
+    assert len(model.seen[1]) == N + useful.selection.num_slow_learnable
+
+
+def test_checkpoint_whose_selection_does_not_match_the_data(tmp_path):
+    fit_with_checkpoints(tmp_path, 2, 1)
+    with pytest.raises(ValueError, match=r"selection does not match the training set.*fingerpr"):
+        fit_with_checkpoints(
+            tmp_path / "b", 2, 1, data=Data(flip=True), ckpt=tmp_path / "epoch=1.ckpt"
+        )
+    with pytest.raises(ValueError, match="separated at epoch 1, but this callback has"):
+        fit_with_checkpoints(tmp_path / "c", 2, 2, ckpt=tmp_path / "epoch=1.ckpt")
+
+
+def test_checkpoint_without_the_callback_state(tmp_path):
+    every_epoch = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="{epoch}")
+    trainer(max_epochs=1, callbacks=[every_epoch], enable_checkpointing=True).fit(
+        Model(), datamodule=Data()
+    )
+    with pytest.raises(RuntimeError, match=r"holds no USEFUL state.*W0"):
+        fit_with_checkpoints(tmp_path / "b", 2, 1, ckpt=tmp_path / "epoch=0.ckpt")
+
+
+# --- bad input -----------------------------------------------------------------------------
+class StreamData(Data):
+    def train_dataloader(self):
+        return DataLoader(Stream(), batch_size=5)
+
+
+class WeightedData(Data):
+    def train_dataloader(self):
+        sampler = WeightedRandomSampler(torch.ones(N), N)
+        return DataLoader(self.train_set, batch_size=5, sampler=sampler)
+
+
+class NoTrainingSet(pl.LightningDataModule):
+    def val_dataloader(self):
+        return DataLoader(IndexedData(), batch_size=5)
+
+
+def fit_one(useful, data, max_epochs=2, **kwargs):
+    trainer(max_epochs=max_epochs, callbacks=[useful], **kwargs).fit(Model(), datamodule=data)
+
+
+def test_iterable_dataset_is_refused_before_training():
+    with pytest.raises(TypeError, match=r"the training set to be a map-style.*Stream"):
+        fit_one(USEFUL(1), StreamData())
+    with pytest.raises(TypeError, match="eval_dataset to be a map-style"):
+        fit_one(USEFUL(1, eval_dataset=lambda: Stream()), Data())
+
+
+def test_datamodule_without_a_training_set():
+    with pytest.raises(ValueError, match="USEFUL needs a training set, but neither"):
+        fit_one(USEFUL(1), NoTrainingSet())
+
+
+def test_separating_epoch_past_max_epochs():
+    with pytest.raises(ValueError, match="separating_epoch=5 and max_epochs=3"):
+        fit_one(USEFUL(5), Data(), max_epochs=3)
+    with pytest.raises(ValueError, match="as late as epoch 40, past max_epochs=3"):
+        fit_one(USEFUL(SeparatingEpoch(200)), Data(), max_epochs=3)
+    with pytest.raises(ValueError, match=r"finite schedule.*max_epochs=-1"):
+        fit_one(USEFUL(1), Data(), max_epochs=-1)
+    with pytest.raises(ValueError, match="max_steps=3"):
+        fit_one(USEFUL(1), Data(), max_steps=3)
+
+
+@pytest.mark.parametrize("name", ["DeepSpeedStrategy", "FSDPStrategy", "XLAStrategy"])
+def test_sharded_and_xla_strategies_are_refused(name):
+    strategy = object.__new__(getattr(pl.strategies, name))  # needs no deepspeed/XLA install
+    fake_trainer = type("FakeTrainer", (), {"strategy": strategy})()
+    with pytest.raises(ValueError, match=f"single-device and DDP.*strategy={name}"):
+        USEFUL(1).setup(fake_trainer, Model(), "fit")
+
+
+def test_bad_arguments_and_data():
+    with pytest.raises(TypeError, match="not both"):
+        USEFUL(2, selection=SLOW)
+    with pytest.raises(ValueError, match=r"find_kwargs should not hold \['model'\]"):
+        USEFUL(2, find_kwargs={"model": None})
+    with pytest.raises(ValueError, match="separating_epoch"):
+        USEFUL(0)
+    with pytest.raises(TypeError, match=r"shuffle=True or shuffle=False.*WeightedRandomSampler"):
+        fit_one(USEFUL(selection=SLOW), WeightedData())
+    with pytest.raises(RuntimeError, match=r"'train_acc', which was not logged.*train_loss"):
+        fit_one(USEFUL(monitor="train_acc"), Data(), max_epochs=3)
+
+
+def test_missing_lightning_names_the_extra(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_lightning(name, *args, **kwargs):
+        if name == "lightning" or name.startswith("lightning."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_lightning)
+    monkeypatch.delitem(sys.modules, "useful_data.lightning")
+    for name in [m for m in sys.modules if m == "lightning" or m.startswith("lightning.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ImportError, match=r"pip install 'useful-data\[lightning\]'"):
+        importlib.import_module("useful_data.lightning")
+
+
+def test_import_useful_data_does_not_import_lightning():
+    code = "import sys, useful_data; print(any(m.startswith('lightning') for m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.strip() == "False", result.stderr

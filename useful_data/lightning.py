@@ -1,0 +1,497 @@
+"""PyTorch Lightning integration: USEFUL's three phases in one ``Trainer.fit``.
+
+`USEFUL` is a Lightning `Callback`. Add it to a ``Trainer`` whose ``max_epochs`` is your full
+schedule ``T`` and fit your own ``LightningModule`` and ``LightningDataModule``, unchanged:
+
+1. **Phase 1**: train from the initial weights ``W0`` for ``t`` epochs, ``t`` fixed or
+   detected by `useful_data.separating_epoch.SeparatingEpoch` from the training error or loss
+   your module logs (``self.log("train_loss", ..., on_epoch=True)``).
+2. **Selection**: at the end of epoch ``t``, `find_slow_learnable` runs the module over an
+   eval view of the training set (on every rank under DDP, each rank 1/W of the batches).
+3. **Phase 2**: the next epoch restarts from ``W0`` with a fresh optimizer and LR scheduler
+   (your ``configure_optimizers`` is called again) on the upsampled training set, for the full
+   ``T`` epochs (so the fit runs ``t + T`` epochs in all). Your training ``DataLoader`` is
+   rebuilt with an `UpsampleSampler` in place of its sampler, the way Lightning itself
+   injects a ``DistributedSampler``; since an `UpsampleSampler` is a ``DistributedSampler``
+   that shards by the process group, Lightning leaves it in place and every epoch trains on
+   exactly the upsampled multiset across all ranks.
+
+Checkpoints carry ``W0`` (until the restart), the separating-epoch state and the `Selection`
+(in the callback's ``state_dict``, like ``StochasticWeightAveraging``'s average model), so a
+run resumed from a Lightning checkpoint in phase 1 still restarts from ``W0``, and one resumed
+in phase 2 trains on the same selection, checked against the training set.
+
+Two places touch Lightning internals (the version pinned in the ``dev`` extra is tested): the
+fit loop's training-data source is wrapped so that the loader your hook returns is upsampled,
+and the fit loop's training loader is dropped at the switch so that Lightning requests it again.
+
+Needs ``pip install 'useful-data[lightning]'``.
+
+Paper: Nguyen, Haddad, Gan, Mirzasoleiman, "Changing the Training Data Distribution to Reduce
+Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024 (Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
+
+from useful_data._checks import check_int, check_positive_int
+from useful_data._targets import dataset_targets
+from useful_data.sampler import UpsampleSampler
+from useful_data.selection import Selection, SelectionLike, dataset_fingerprint, resolve_selection
+from useful_data.separating_epoch import SeparatingEpoch
+from useful_data.slow_learnable import find_slow_learnable
+
+try:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.strategies import (
+        DDPStrategy,
+        DeepSpeedStrategy,
+        SingleDeviceStrategy,
+        SingleDeviceXLAStrategy,
+        XLAStrategy,
+    )
+    from lightning.pytorch.trainer.connectors.data_connector import _DataLoaderSource
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.data import _update_dataloader
+except ImportError as err:  # pragma: no cover - exercised by simulating a missing install
+    raise ImportError(
+        "useful_data.lightning needs PyTorch Lightning: pip install 'useful-data[lightning]'"
+    ) from err
+
+__all__ = ["USEFUL"]
+
+logger = logging.getLogger(__name__)
+
+# find_slow_learnable arguments the callback fills in itself
+_OWN_FIND_ARGS = frozenset({"model", "dataset", "logits", "targets", "eval_dataset"})
+_STATE_VERSION = 1
+
+
+class _UpsampledSource(_DataLoaderSource):
+    """The fit loop's training-data source, with the loader it returns upsampled."""
+
+    def __init__(self, source: _DataLoaderSource, callback: USEFUL) -> None:
+        super().__init__(source.instance, source.name)
+        self.original = source
+        self.callback = callback
+
+    def dataloader(self) -> Any:
+        return self.callback._upsample(super().dataloader())
+
+
+class USEFUL(Callback):
+    """Run USEFUL inside ``Trainer.fit``: phase 1, selection, restart from ``W0`` upsampled.
+
+    ``Trainer(max_epochs=T)`` is the full schedule: phase 1 trains ``t`` epochs, then phase 2
+    trains ``T`` epochs from ``W0`` with a fresh optimizer and LR scheduler (``t + T`` in
+    all; ``trainer.current_epoch`` keeps counting). ``configure_optimizers`` is called again
+    at the restart, so a schedule built from ``self.trainer.estimated_stepping_batches`` spans
+    phase 2's ``T`` epochs of upsampled data. Works with one device and with DDP
+    (``strategy="ddp"``, launched by Lightning or ``torchrun``), automatic and manual
+    optimization (`SAM` included). With ``"ddp_spawn"`` the fit runs too, but the attributes
+    below are set in the spawned processes only.
+
+    With ``selection=`` (computed beforehand, e.g. from logits of ``trainer.predict``), there
+    is no phase 1: the whole fit trains on the upsampled data from the module's current
+    weights (load ``W0`` into it first).
+
+    The module's ``forward(x)`` must return the logits (or a tuple or output object holding
+    them, as `find_slow_learnable` accepts), and the training ``DataLoader`` must be a single
+    map-style one with a ``RandomSampler`` (``shuffle=True``) or ``SequentialSampler``.
+
+    Args:
+        separating_epoch: ``t``, the number of phase-1 epochs (``1 <= t <= max_epochs``), or a
+            `SeparatingEpoch` detector fed the logged ``monitor`` value after every epoch.
+            ``None`` (default): ``SeparatingEpoch(total_epochs=max_epochs)`` with its defaults.
+        selection: A precomputed selection (a `Selection`, a saved ``.npz`` path, a mask or
+            indices) to upsample from the first epoch; excludes ``separating_epoch``.
+        eval_dataset: The training set with eval transforms, in the same order (its labels
+            are checked), or a function of no arguments returning it (called after your
+            datamodule's ``setup``: when training starts, to check it, and at the end of
+            phase 1). ``None``: the training loader's own dataset, with its training
+            transforms.
+        monitor: The logged metric the detector reads, a per-epoch training error or loss
+            (log it with ``on_epoch=True``, and ``sync_dist=True`` under DDP for the mean over
+            ranks; rank 0's value decides on every rank).
+        seed: Seed of the upsampled shuffle; ``None``: ``PL_GLOBAL_SEED`` (set by
+            ``seed_everything``) or 0, as Lightning seeds its ``DistributedSampler``.
+        epoch_size: ``M``, phase 2's items per epoch across all ranks (`UpsampleSampler`'s
+            ``epoch_size``: ``M = N`` keeps SGD's steps per epoch, the epochs then continue
+            through the upsampled multiset); ``None``: every epoch is the whole multiset.
+        find_kwargs: More keyword arguments for `find_slow_learnable` (``upsample_factor``,
+            ``backend``, ``n_init``, ``batch_size``, ``strategy``, ...); ``progress`` defaults
+            to ``False``.
+
+    Attributes:
+        selection: The `Selection` once computed (or given as one, or as a file), else
+            ``None``.
+        separating_epoch: ``t`` once known (0 with ``selection=``), else ``None``.
+
+    Raises:
+        TypeError: if both ``separating_epoch`` and ``selection`` are given, or an argument has
+            the wrong type.
+        ValueError: if ``separating_epoch < 1`` or ``find_kwargs`` names an argument the
+            callback fills in. Errors about the trainer, the data and checkpoints are raised
+            when the fit starts (see the Lightning guide).
+
+    Example:
+        >>> from useful_data.lightning import USEFUL
+        >>> useful = USEFUL(separating_epoch=2, find_kwargs={"backend": "sklearn"})
+        >>> useful.phase
+        'early'
+    """
+
+    def __init__(
+        self,
+        separating_epoch: int | SeparatingEpoch | None = None,
+        *,
+        selection: SelectionLike | None = None,
+        eval_dataset: Dataset[Any] | Callable[[], Dataset[Any]] | None = None,
+        monitor: str = "train_loss",
+        seed: int | None = None,
+        epoch_size: int | None = None,
+        find_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if separating_epoch is not None and selection is not None:
+            raise TypeError(
+                "USEFUL takes either separating_epoch= (phase 1 runs inside the fit) or "
+                "selection= (computed beforehand, no phase 1), not both"
+            )
+        self._fixed_epoch: int | None = None
+        self._detector: SeparatingEpoch | None = None
+        if isinstance(separating_epoch, SeparatingEpoch):
+            self._detector = separating_epoch
+        elif separating_epoch is not None:
+            self._fixed_epoch = check_positive_int("separating_epoch", separating_epoch)
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor should be a str, but got monitor={monitor!r}")
+        self.monitor = monitor
+        self.seed = None if seed is None else check_int("seed", seed)
+        self.epoch_size = (
+            None if epoch_size is None else check_positive_int("epoch_size", epoch_size)
+        )
+        self.eval_dataset = eval_dataset
+        find_kwargs = dict(find_kwargs or {})
+        if own := sorted(_OWN_FIND_ARGS & find_kwargs.keys()):
+            raise ValueError(
+                f"find_kwargs should not hold {own}: USEFUL passes the module and the "
+                "training set itself (use eval_dataset= for an eval view)"
+            )
+        self.find_kwargs = {"progress": False, **find_kwargs}
+        self.selection: Selection | None = None
+        self.separating_epoch: int | None = None
+        self._upsample_from: SelectionLike | None = None  # what the sampler is built from
+        self._initial_state: dict[str, torch.Tensor] | None = None
+        self._restart_pending = False
+        self._replay: list[float] = []  # the monitored curve of a resumed phase 1
+        self._total_epochs = 0
+        if selection is not None:  # set now: configure_optimizers may load the data early
+            self._set_selection(selection, 0)
+
+    @property
+    def phase(self) -> str:
+        """``"early"`` before the selection, ``"upsampled"`` once it is made."""
+        return "early" if self._upsample_from is None else "upsampled"
+
+    # --- Lightning hooks ---------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        strategy = trainer.strategy
+        if not isinstance(strategy, SingleDeviceStrategy | DDPStrategy) or isinstance(
+            strategy, DeepSpeedStrategy | XLAStrategy | SingleDeviceXLAStrategy
+        ):
+            raise ValueError(
+                "USEFUL supports the single-device and DDP strategies (it restores W0 into "
+                "the module and rebuilds its optimizers), but got "
+                f"strategy={type(strategy).__name__}"
+            )
+        source = trainer.fit_loop._data_source
+        if not source.is_defined() or source.instance is None:
+            raise ValueError(
+                "USEFUL needs a training set, but neither the LightningModule nor the "
+                "datamodule defines train_dataloader() and no train_dataloaders= was passed"
+            )
+        if not isinstance(source, _UpsampledSource):
+            trainer.fit_loop._data_source = _UpsampledSource(source, self)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        source = trainer.fit_loop._data_source
+        if isinstance(source, _UpsampledSource):
+            trainer.fit_loop._data_source = source.original
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = trainer.max_epochs
+        if total is None or total < 1:
+            raise ValueError(
+                "USEFUL needs a finite schedule: set Trainer(max_epochs=T) to the full number "
+                f"of epochs (phase 2 trains T epochs), but got max_epochs={total}"
+            )
+        if trainer.max_steps != -1:
+            raise ValueError(
+                "USEFUL counts the schedule in epochs (max_epochs); leave max_steps unset, "
+                f"but got max_steps={trainer.max_steps}"
+            )
+        self._total_epochs = total
+        if self._upsample_from is None:
+            self._check_phase_one(total)
+            if self._initial_state is None:
+                if trainer.ckpt_path is not None:
+                    raise RuntimeError(
+                        f"the checkpoint {trainer.ckpt_path!r} holds no USEFUL state, so the "
+                        "initial weights W0 are unknown; resume from a checkpoint written by a "
+                        "Trainer with the USEFUL callback, or start a new fit"
+                    )
+                self._initial_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
+                }
+        else:
+            self._extend_schedule(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._upsample_from is None:  # fail now, not after phase 1
+            self._training_set(trainer)
+            self._eval_view()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._upsample_from is not None:
+            return
+        epochs_done = trainer.current_epoch + 1
+        if self._detector is not None:
+            value = trainer.strategy.broadcast(self._logged_value(trainer), src=0)
+            separate = self._detector.update(value)
+        else:
+            separate = epochs_done == self._fixed_epoch
+        if not separate:
+            return
+        train_set = self._training_set(trainer)
+        eval_set = self._eval_view()
+        selection = find_slow_learnable(
+            pl_module, train_set, eval_dataset=eval_set, **self.find_kwargs
+        )
+        self._set_selection(selection, epochs_done)
+        self._restart_pending = True
+        self._extend_schedule(trainer)
+        # drop the phase-1 loader: Lightning requests the (now upsampled) one at the next epoch
+        fit_loop = trainer.fit_loop
+        if fit_loop._data_fetcher is not None:
+            fit_loop._data_fetcher.teardown()
+        fit_loop._combined_loader = None
+        if trainer.is_global_zero:
+            logger.info(
+                "USEFUL: separating epoch %d, %d of %d examples slow-learnable; restarting "
+                "from the initial weights for %d epochs",
+                epochs_done,
+                selection.num_slow_learnable,
+                selection.num_examples,
+                self._total_epochs,
+            )
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._restart_pending:
+            return
+        if self._initial_state is None:  # pragma: no cover - the state always holds W0 here
+            raise RuntimeError("USEFUL lost the initial weights W0 before the restart")
+        pl_module.load_state_dict(self._initial_state)
+        # a fresh optimizer and scheduler; the schedule they see is phase 2's T epochs
+        fit_loop = trainer.fit_loop
+        full = fit_loop.max_epochs
+        fit_loop.max_epochs = self._total_epochs
+        try:
+            trainer.strategy.setup_optimizers(trainer)
+        finally:
+            fit_loop.max_epochs = full
+        self._initial_state = None
+        self._restart_pending = False
+
+    def state_dict(self) -> dict[str, Any]:
+        selection = None
+        if self.selection is not None:
+            sel = self.selection
+            selection = {
+                "mask": torch.from_numpy(np.array(sel.mask)),
+                "loss": torch.from_numpy(np.array(sel.loss)),
+                "targets": torch.from_numpy(np.array(sel.targets)),
+                "upsample_factor": sel.upsample_factor,
+                "params": json.dumps(sel.params, sort_keys=True, default=str),
+                "unsplit": sorted(sel.unsplit.items()),
+            }
+        elif self._upsample_from is not None:  # a mask or indices given as selection=
+            selection = {"given": torch.as_tensor(np.asarray(self._upsample_from))}
+        return {
+            "version": _STATE_VERSION,
+            "separating_epoch": self.separating_epoch,
+            "restart_pending": self._restart_pending,
+            "initial_state": self._initial_state,
+            "monitored": None if self._detector is None else list(self._detector.errors),
+            "selection": selection,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version = state_dict.get("version")
+        if version != _STATE_VERSION:
+            raise ValueError(
+                f"the checkpoint's USEFUL state has version={version!r}; this useful-data "
+                f"reads version {_STATE_VERSION}"
+            )
+        epoch = state_dict["separating_epoch"]
+        if self._fixed_epoch is not None and epoch not in (None, self._fixed_epoch):
+            raise ValueError(
+                f"the checkpoint separated at epoch {epoch}, but this callback has "
+                f"separating_epoch={self._fixed_epoch}; resume with the same setting"
+            )
+        saved = state_dict["selection"]
+        if saved is not None:
+            if "given" in saved:  # a mask or indices given as selection=
+                selection: SelectionLike = saved["given"].numpy()
+            else:
+                selection = Selection(
+                    mask=saved["mask"].numpy(),
+                    loss=saved["loss"].numpy(),
+                    targets=saved["targets"].numpy(),
+                    upsample_factor=saved["upsample_factor"],
+                    params=json.loads(saved["params"]),
+                    unsplit=dict(saved["unsplit"]),
+                )
+            self._set_selection(selection, epoch)
+        else:  # replayed into the detector once it exists (the default one: at fit start)
+            self._replay = list(state_dict["monitored"] or [])
+        self._restart_pending = bool(state_dict["restart_pending"])
+        self._initial_state = state_dict["initial_state"]
+
+    # --- helpers -----------------------------------------------------------------------
+    def _check_phase_one(self, total: int) -> None:
+        if self._fixed_epoch is not None and self._fixed_epoch > total:
+            raise ValueError(
+                f"separating_epoch should be <= max_epochs (phase 1 is a few early epochs of "
+                f"the schedule), but got separating_epoch={self._fixed_epoch} and "
+                f"max_epochs={total}"
+            )
+        if self._fixed_epoch is None and self._detector is None:
+            self._detector = SeparatingEpoch(total)
+        if self._detector is not None and self._detector.max_epoch > total:
+            raise ValueError(
+                f"the SeparatingEpoch detector may separate as late as epoch "
+                f"{self._detector.max_epoch}, past max_epochs={total}; build it with "
+                f"SeparatingEpoch(total_epochs={total})"
+            )
+        if self._detector is not None:
+            for value in self._replay:  # the curve up to the checkpoint restores the detector
+                self._detector.update(value)
+        self._replay = []
+
+    def _extend_schedule(self, trainer: pl.Trainer) -> None:
+        """Phase 1's ``t`` epochs come before phase 2's full schedule of ``T`` epochs."""
+        assert self.separating_epoch is not None
+        trainer.fit_loop.max_epochs = self.separating_epoch + self._total_epochs
+
+    def _set_selection(self, selection: SelectionLike, epoch: int | None) -> None:
+        if isinstance(selection, str | os.PathLike):
+            selection = Selection.load(selection)
+        self.selection = selection if isinstance(selection, Selection) else None
+        self._upsample_from = selection  # a mask or indices is checked once N is known
+        self.separating_epoch = epoch
+
+    def _logged_value(self, trainer: pl.Trainer) -> float:
+        metrics = trainer.callback_metrics
+        if self.monitor not in metrics:
+            raise RuntimeError(
+                f"USEFUL detects the separating epoch from the logged {self.monitor!r}, which "
+                f"was not logged this epoch (logged: {sorted(metrics)}); log the training "
+                f"error or loss with self.log({self.monitor!r}, ..., on_epoch=True), or pass "
+                "monitor= or a fixed separating_epoch="
+            )
+        return float(metrics[self.monitor])
+
+    def _training_set(self, trainer: pl.Trainer) -> Dataset[Any]:
+        loader = trainer.train_dataloader
+        if not isinstance(loader, DataLoader):
+            raise TypeError(
+                "USEFUL needs train_dataloader() to return one DataLoader, but got "
+                f"{type(loader).__name__}"
+            )
+        return _map_style("the training set", loader.dataset)
+
+    def _eval_view(self) -> Dataset[Any] | None:
+        view = self.eval_dataset
+        if view is not None and callable(view) and not isinstance(view, Dataset):
+            view = view()
+        if view is None:
+            return None
+        return _map_style("eval_dataset", view)
+
+    def _upsample(self, loader: Any) -> Any:
+        """The training loader with an `UpsampleSampler` in place of its sampler."""
+        selection = self._upsample_from
+        if selection is None:
+            return loader
+        if not isinstance(loader, DataLoader):
+            raise TypeError(
+                "USEFUL upsamples one training DataLoader, but train_dataloader() returned "
+                f"{type(loader).__name__}; return a single DataLoader"
+            )
+        dataset = _map_style("the training set", loader.dataset)
+        num_examples = len(dataset)  # type: ignore[arg-type]
+        try:
+            resolve_selection(selection, num_examples)
+            targets = dataset_targets(dataset)
+            if (
+                self.selection is not None
+                and targets is not None
+                and dataset_fingerprint(targets) != self.selection.fingerprint
+            ):
+                raise ValueError(
+                    "same length but different labels (fingerprint mismatch); it was computed "
+                    "on another dataset, split or order"
+                )
+        except ValueError as err:
+            raise ValueError(
+                f"USEFUL's selection does not match the training set: {err}. Resume from a "
+                "checkpoint of a run on the same training data"
+            ) from err
+        shuffle = _shuffles(loader.sampler)
+        if shuffle is None:
+            raise TypeError(
+                "USEFUL replaces the training sampler by an UpsampleSampler, so it needs a "
+                "DataLoader built with shuffle=True or shuffle=False, but got sampler="
+                f"{type(loader.sampler).__name__}"
+            )
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sampler = UpsampleSampler(
+            selection, num_examples, shuffle=shuffle, seed=seed, epoch_size=self.epoch_size
+        )
+        return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+
+
+def _shuffles(sampler: object) -> bool | None:
+    """Whether a loader's sampler is a shuffling one (``None``: a custom sampler)."""
+    if isinstance(sampler, SequentialSampler):
+        return False
+    if isinstance(sampler, RandomSampler):
+        return True
+    # torchdata's StatefulDataLoader(shuffle=True) has its own RandomSampler
+    stateful = sys.modules.get("torchdata.stateful_dataloader.sampler")
+    if stateful is not None and isinstance(sampler, stateful.RandomSampler):
+        return True
+    return None
+
+
+def _map_style(name: str, dataset: Any) -> Dataset[Any]:
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        raise TypeError(
+            f"USEFUL needs {name} to be a map-style dataset (with __len__ and __getitem__, "
+            f"indexable by example), but got {type(dataset).__name__}; an IterableDataset "
+            "cannot be upsampled by index"
+        )
+    return dataset
