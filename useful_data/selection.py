@@ -703,6 +703,15 @@ def _create_beside(target: Path) -> tuple[int, Path]:
         return fd, tmp
 
 
+def _refuse_keyed(selection: Selection, name: str) -> None:
+    """Raise if ``selection`` is addressed by key (computed on a stream), not by position."""
+    if selection.keys is not None:
+        raise ValueError(
+            f"{name} was computed on a stream and addresses its examples by key, not by "
+            "position; upsample the stream with useful_data.USEFULIterableDataset"
+        )
+
+
 def check_selection_fits(
     selection: Selection, dataset: Dataset[Any], *, name: str = "selection"
 ) -> None:
@@ -718,6 +727,7 @@ def check_selection_fits(
         ValueError: if the length or the labels differ.
         TypeError: if ``dataset`` has no length.
     """
+    _refuse_keyed(selection, name)
     num_examples = check_sized("dataset", dataset)
     if num_examples != selection.num_examples:
         raise ValueError(
@@ -759,12 +769,8 @@ def resolve_selection(
         sel = Selection.load(selection)
     elif isinstance(selection, Selection):
         sel = selection
-    if sel is not None and sel.keys is not None:
-        raise ValueError(
-            f"{name} was computed on a stream and addresses its examples by key, not by "
-            "position; upsample the stream with useful_data.USEFULIterableDataset"
-        )
     if sel is not None:
+        _refuse_keyed(sel, name)
         if num_examples is not None and sel.num_examples != num_examples:
             raise ValueError(
                 f"{name} was computed on {sel.num_examples} examples, but the dataset has "
