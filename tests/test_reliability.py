@@ -641,12 +641,18 @@ def test_indices_beyond_int64_are_reported_as_given():
 
 def test_a_dataset_without_length_is_named():
     for call in (
-        lambda: find_slow_learnable(nn.Linear(2, 2), _Stream(), progress=False),
         lambda: collect_outputs(nn.Linear(2, 2), _Stream(), progress=False),
         lambda: USEFULDataset(_Stream(), [0]),
     ):
         with pytest.raises(TypeError, match=r"dataset should be a map-style dataset .* _Stream"):
             call()
+
+
+def test_a_stream_without_example_keys_is_named():
+    """find_slow_learnable takes a stream (issue #17), addressed by example key: items
+    without one get an error naming the key and what to pass instead (not "has no len()")."""
+    with pytest.raises(ValueError, match=r"example key in the field '__key__'.* pass key="):
+        find_slow_learnable(nn.Linear(2, 2), _Stream(), progress=False)
 
 
 @pytest.mark.parametrize(
