@@ -61,6 +61,10 @@ def _run(script: str) -> str:
             [("ratio", "min ratio"), ("extra time / baseline epoch (median)",)],
             marks=pytest.mark.skipif(not LIGHTNING, reason="needs the [lightning] extra"),
         ),
+        (
+            "bench_streaming.py",
+            [("pass ratio (CPU)", "pass ratio (wall)"), ("bytes/key", "lookup µs (Python)")],
+        ),
     ],
 )
 def test_quick_run_prints_ratio_tables(script, headers):

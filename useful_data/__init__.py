@@ -10,6 +10,7 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024.
 
 from useful_data._version import __version__
 from useful_data.dataset import USEFULDataset
+from useful_data.iterable_dataset import USEFULIterableDataset
 from useful_data.sam import SAM
 from useful_data.sampler import UpsampleSampler
 from useful_data.selection import ClassSummary, Selection
@@ -20,6 +21,7 @@ __all__ = [
     "ClassSummary",
     "Selection",
     "USEFULDataset",
+    "USEFULIterableDataset",
     "UpsampleSampler",
     "__version__",
     "find_slow_learnable",

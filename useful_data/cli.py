@@ -81,6 +81,9 @@ def format_summary(selection: Selection) -> str:
         _fmt_separation(selection),
         "",
     ]
+    if selection.keys is not None:  # computed on a stream: addressed by key
+        kind = "string" if selection.keys.dtype.kind == "U" else "integer"
+        head.insert(2, f"keys: {n} {kind} keys (a stream; upsample with USEFULIterableDataset)")
     return "\n".join(head + lines)
 
 

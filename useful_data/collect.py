@@ -168,6 +168,34 @@ def _eval_mode(model: nn.Module):  # type: ignore[no-untyped-def]
             module.training = training
 
 
+def _loader(
+    dataset: Dataset[Any],
+    batch_size: int,
+    num_workers: int,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    device: torch.device,
+) -> DataLoader[Any]:
+    """The in-order DataLoader of an eval pass (map-style or a stream)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=device.type == "cuda",
+        # its base seed (for workers) is drawn from this one, not torch's global generator;
+        # on the default device, where the DataLoader draws it (torch.set_default_device)
+        generator=torch.Generator(device=torch.get_default_device()),
+    )
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """`torch.autocast` on ``device`` with ``dtype``, or a no-op context for ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def collect_outputs(
     model: nn.Module,
     dataset: Dataset[Any],
@@ -240,22 +268,8 @@ def collect_outputs(
     if batch_size is None:
         batch_size = default_batch_size(device)
     batch_size = check_positive_int("batch_size", batch_size)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        pin_memory=device.type == "cuda",
-        # its base seed (for workers) is drawn from this one, not torch's global generator;
-        # on the default device, where the DataLoader draws it (torch.set_default_device)
-        generator=torch.Generator(device=torch.get_default_device()),
-    )
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
+    loader = _loader(dataset, batch_size, num_workers, collate_fn, device)
+    autocast = _autocast(device, autocast_dtype)
     outputs: torch.Tensor | None = None
     targets = torch.empty(num_examples, dtype=torch.int64)
     has_targets = True

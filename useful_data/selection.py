@@ -42,6 +42,7 @@ from useful_data._checks import (
     check_upsample_factor,
     indices_to_mask,
 )
+from useful_data._keys import keyed_fingerprint, keys_array
 from useful_data._targets import dataset_targets
 from useful_data._version import __version__
 
@@ -326,6 +327,10 @@ class Selection:
         data_fingerprint: `dataset_fingerprint` of the labels the dataset exposes
             (``.targets``), where they differ from ``targets`` (a ``target_transform``);
             ``None`` where they are the same or unknown. See `check_selection_fits`.
+        keys: ``(N,)`` example keys (int64, or unicode strings) for a selection computed on a
+            stream (`useful_data.streaming`), whose examples are addressed by key, not
+            position; ``None`` for a map-style dataset. With keys, the fingerprint is taken
+            over the key set (any order), see `useful_data._keys.keyed_fingerprint`.
 
     Example:
         >>> import numpy as np
@@ -345,6 +350,7 @@ class Selection:
     params: Mapping[str, Any] = field(default_factory=dict)
     unsplit: Mapping[int, str] = field(default_factory=dict)
     data_fingerprint: Mapping[str, Any] | None = None
+    keys: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         mask = np.asarray(self.mask)
@@ -384,6 +390,11 @@ class Selection:
                 f"{data_fp['num_examples']}"
             )
         object.__setattr__(self, "data_fingerprint", data_fp)
+        if self.keys is not None:
+            keys = keys_array(self.keys)
+            if keys.shape != (n,):
+                raise ValueError(f"keys should have shape ({n},) like mask, but got {keys.shape}")
+            object.__setattr__(self, "keys", _readonly(keys))
 
     # --- derived views -------------------------------------------------------------------
     @property
@@ -403,7 +414,10 @@ class Selection:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        """The dataset fingerprint (``N`` and a label hash), see `dataset_fingerprint`."""
+        """The dataset fingerprint (``N`` and a label hash), see `dataset_fingerprint`; for
+        a keyed selection, over its ``(key, label)`` pairs in any order."""
+        if self.keys is not None:
+            return keyed_fingerprint(self.keys, self.targets)
         return dataset_fingerprint(self.targets)
 
     def fits(self, targets: np.ndarray) -> bool:
@@ -562,6 +576,7 @@ class Selection:
             meta["data_fingerprint"] = self.data_fingerprint
         meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
         fd, tmp = _create_beside(target)
+        arrays: dict[str, Any] = {} if self.keys is None else {"keys": self.keys}
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(
@@ -570,6 +585,7 @@ class Selection:
                     loss=self.loss,
                     targets=self.targets,
                     meta=np.frombuffer(meta_bytes, dtype=np.uint8),
+                    **arrays,
                 )
                 f.flush()
                 os.fsync(f.fileno())
@@ -603,7 +619,9 @@ class Selection:
         where = str(path)
         try:
             with np.load(path, allow_pickle=False) as data:
-                info = {m: data.zip.getinfo(f"{m}.npy") for m in MEMBERS if m in data.files}
+                info = {
+                    m: data.zip.getinfo(f"{m}.npy") for m in (*MEMBERS, "keys") if m in data.files
+                }
                 if "meta" in info and info["meta"].file_size > MAX_META_BYTES:
                     raise ValueError(
                         f"its metadata is {info['meta'].file_size} bytes, more than the "
@@ -654,6 +672,7 @@ class Selection:
                 params=meta.get("params", {}),
                 unsplit=meta.get("unsplit", {}),
                 data_fingerprint=meta.get("data_fingerprint"),
+                keys=arrays.get("keys"),
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where!r} is malformed: {err}") from None
@@ -684,6 +703,15 @@ def _create_beside(target: Path) -> tuple[int, Path]:
         return fd, tmp
 
 
+def _refuse_keyed(selection: Selection, name: str) -> None:
+    """Raise if ``selection`` is addressed by key (computed on a stream), not by position."""
+    if selection.keys is not None:
+        raise ValueError(
+            f"{name} was computed on a stream and addresses its examples by key, not by "
+            "position; upsample the stream with useful_data.USEFULIterableDataset"
+        )
+
+
 def check_selection_fits(
     selection: Selection, dataset: Dataset[Any], *, name: str = "selection"
 ) -> None:
@@ -699,6 +727,7 @@ def check_selection_fits(
         ValueError: if the length or the labels differ.
         TypeError: if ``dataset`` has no length.
     """
+    _refuse_keyed(selection, name)
     num_examples = check_sized("dataset", dataset)
     if num_examples != selection.num_examples:
         raise ValueError(
@@ -741,6 +770,7 @@ def resolve_selection(
     elif isinstance(selection, Selection):
         sel = selection
     if sel is not None:
+        _refuse_keyed(sel, name)
         if num_examples is not None and sel.num_examples != num_examples:
             raise ValueError(
                 f"{name} was computed on {sel.num_examples} examples, but the dataset has "

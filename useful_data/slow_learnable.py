@@ -17,13 +17,14 @@ import dataclasses
 import functools
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from useful_data._checks import (
     as_numpy,
@@ -93,6 +94,8 @@ def find_slow_learnable(
     progress: bool = True,
     strategy: Literal["kmeans", "misclassified", "loss_quantile", "random"] = "kmeans",
     distributed: bool | None = None,
+    key: str | Callable[[Any], Any] | None = None,
+    max_examples: int | None = None,
 ) -> Selection:
     """Find the slow-learnable examples of a training set (USEFUL, Algorithm 1).
 
@@ -166,6 +169,15 @@ def find_slow_learnable(
             rank. ``None`` (default) does this whenever a process group with more than one
             rank is initialised; ``False`` makes every rank do all the work alone. See
             `useful_data.distributed`.
+        key: For a ``dataset`` that is a stream (a torch ``IterableDataset``: WebDataset,
+            Hugging Face ``datasets`` in streaming mode or ``to_iterable_dataset()``): how
+            to read each item's example key, the name of a field of dict items (default
+            ``"__key__"``, WebDataset's) or a function item -> key (a string or an integer).
+            The `Selection` then records the keys (``Selection.keys``) and is upsampled with
+            `useful_data.USEFULIterableDataset`; see `useful_data.streaming`.
+        max_examples: For a stream: raise once it yields more examples than this, a bound
+            for a stream that may never end (``None``: no bound; a stream that repeats a
+            key is refused either way).
 
     Returns:
         The `Selection` of slow-learnable examples.
@@ -208,7 +220,13 @@ def find_slow_learnable(
         if dataset is None:
             raise TypeError("find_slow_learnable(model, dataset) needs a dataset")
         device = torch.device(device) if device is not None else model_device(model)
-        logits, targets = _outputs_from_model(
+        collect: Callable[..., tuple[Any, ...]] = _outputs_from_model
+        keys: list[np.ndarray] = []  # a stream's keys, row for row
+        if isinstance(dataset, IterableDataset):  # a stream: its examples are named by key
+            from useful_data.streaming import stream_outputs
+
+            collect = functools.partial(stream_outputs, key=key, max_examples=max_examples)
+        logits, targets, *keys = collect(
             model,
             dataset,
             eval_dataset=eval_dataset,
@@ -245,6 +263,10 @@ def find_slow_learnable(
         selection = select_across_ranks(select, logits, targets)
     else:
         selection = select(logits, targets)
+    if model is not None and isinstance(dataset, IterableDataset):
+        from useful_data.streaming import with_keys
+
+        return with_keys(selection, keys[0], key)
     return _record_dataset_labels(selection, dataset)
 
 
