@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from useful_data import SAM, UpsampleSampler, USEFULDataset
+from useful_data.dynamics import TrainingDynamics, select_from_dynamics
 from useful_data.lightning import USEFUL
 
 N = 40
@@ -58,9 +59,11 @@ class Data(pl.LightningDataModule):
     ``"sampler"`` (UpsampleSampler in train_dataloader) or ``"sampler_early"`` (built in
     ``__init__``, before any process group exists)."""
 
-    def __init__(self, mode: str = "plain", shuffle: bool = True, flip: bool = False) -> None:
+    def __init__(
+        self, mode: str = "plain", shuffle: bool = True, flip: bool = False, num_workers: int = 0
+    ) -> None:
         super().__init__()
-        self.mode, self.shuffle = mode, shuffle
+        self.mode, self.shuffle, self.num_workers = mode, shuffle, num_workers
         self.train_set = IndexedData(flip=flip)
         self.early_sampler = (
             UpsampleSampler(SLOW, num_examples=N, seed=0) if mode == "sampler_early" else None
@@ -74,15 +77,24 @@ class Data(pl.LightningDataModule):
             return DataLoader(self.train_set, batch_size=5, sampler=sampler)
         if self.mode == "sampler_early":
             return DataLoader(self.train_set, batch_size=5, sampler=self.early_sampler)
-        return DataLoader(self.train_set, batch_size=5, shuffle=self.shuffle)
+        return DataLoader(
+            self.train_set, batch_size=5, shuffle=self.shuffle, num_workers=self.num_workers
+        )
 
 
 class Model(pl.LightningModule):
-    """A small MLP that records what it trains on; ``sam=True``: SAM, manual optimization."""
+    """A small MLP that records what it trains on; ``sam=True``: SAM, manual optimization.
 
-    def __init__(self, sam: bool = False, seed: int = 0) -> None:
+    ``record_epochs=t``: its first ``t`` epochs also feed ``self.reference``, a
+    `TrainingDynamics`, with the indices the items carry, and ``training_step`` returns the
+    logits (``{"loss": ..., "logits": ...}``) for ``USEFUL(dynamics=...)`` to record.
+    """
+
+    def __init__(self, sam: bool = False, seed: int = 0, record_epochs: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
+        self.record_epochs = record_epochs
+        self.reference = TrainingDynamics(N) if record_epochs else None
         self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
         self.sam = sam
         self.automatic_optimization = not sam
@@ -96,16 +108,26 @@ class Model(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y, index = batch
         self.seen[self.current_epoch] += index.tolist()
-        loss = F.cross_entropy(self(x), y)
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        output = loss
+        if self.reference is not None:
+            output = {"loss": loss, "logits": logits}
+            if self.current_epoch < self.record_epochs:
+                self.reference.update(logits, y, index)
         if not self.sam:
-            return loss
+            return output
         optimizer = self.optimizers().optimizer
         self.manual_backward(loss)
         optimizer.first_step(zero_grad=True)
         self.manual_backward(F.cross_entropy(self(x), y))
         optimizer.second_step(zero_grad=True)
-        return loss
+        return output
+
+    def on_train_epoch_end(self) -> None:
+        if self.reference is not None and self.current_epoch < self.record_epochs:
+            self.reference.end_epoch()
 
     def on_train_epoch_start(self) -> None:
         optimizer = self.trainer.optimizers[0]
@@ -138,7 +160,13 @@ def trainer(**kwargs) -> pl.Trainer:
 
 
 def _run_scenario(name: str, out: Path) -> None:
-    if name.startswith("useful"):
+    if name == "useful_dynamics":  # recorded with one DataLoader worker, SAM
+        model = Model(sam=True, record_epochs=2)
+        data = Data(num_workers=1)
+        useful = USEFUL(separating_epoch=2, dynamics="confidence")
+        callbacks = [useful]
+        max_epochs = 2
+    elif name.startswith("useful"):
         model = Model(sam=name == "useful_sam")
         data = Data()
         useful = USEFUL(separating_epoch=2, find_kwargs={"backend": "sklearn"})
@@ -157,10 +185,20 @@ def _run_scenario(name: str, out: Path) -> None:
             torch.equal(a, b) for a, b in zip(restart["weights"], initial, strict=True)
         )
         record["fresh_optimizer"] = restart["optimizer_state"] == 0
+    if model.reference is not None:  # what the callback recorded, against the true indices
+        recorded, reference = useful.training_dynamics.state_dict(), model.reference.state_dict()
+        record["same_record"] = recorded.keys() == reference.keys() and all(
+            torch.equal(torch.as_tensor(v), torch.as_tensor(reference[k]))
+            for k, v in recorded.items()
+        )
+        record["epochs_seen"] = useful.training_dynamics.epochs_seen.tolist()
+        record["reference_selection"] = select_from_dynamics(
+            model.reference, strategy="confidence"
+        ).indices.tolist()
     (out / f"{name}_rank{fit.global_rank}.json").write_text(json.dumps(record))
 
 
-SCENARIOS = ("sampler_early", "sampler", "dataset", "useful", "useful_sam")
+SCENARIOS = ("sampler_early", "sampler", "dataset", "useful", "useful_sam", "useful_dynamics")
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

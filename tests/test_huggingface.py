@@ -22,11 +22,13 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from useful_data import Selection
+from useful_data.dynamics import TrainingDynamics, select_from_dynamics
 from useful_data.huggingface import (
     SELECTION_FILE,
+    DynamicsTrainer,
     SeparatingEpochCallback,
     USEFULTrainer,
     select_with_trainer,
@@ -104,6 +106,16 @@ def test_resume_mid_epoch_trains_the_batches_not_yet_seen(two_ranks):
         assert resumed == [original[1][done_in_epoch:], original[2]]
 
 
+def test_dynamics_trainer_on_two_ranks(two_ranks):
+    """DynamicsTrainer under torchrun, a DataLoader worker per rank: each rank's record (from
+    the index its collator carries past Accelerate's sharding) equals the one fed with the
+    items' own indices, covers every example at both epochs, and selects the same on both."""
+    assert two_ranks["dynamics_same_record"] == [True, True]
+    assert two_ranks["dynamics_epochs_seen"] == [2] * N
+    first, second = two_ranks["dynamics_selections"]
+    assert first == second and 0 < sum(first) < N
+
+
 # --- one process ---------------------------------------------------------------------------
 def arguments(tmp_path, **overrides) -> TrainingArguments:
     kwargs = dict(
@@ -159,15 +171,23 @@ def test_equal_length_epochs_keep_sgds_step_count(tmp_path):
     data = Items()
     selection = fixed_selection(data)
     trainer = USEFULTrainer(
-        TinyModel(TinyConfig()), arguments(tmp_path), train_dataset=data, selection=selection,
+        TinyModel(TinyConfig()),
+        arguments(tmp_path),
+        train_dataset=data,
+        selection=selection,
         epoch_size=N,
     )
     trainer.train()
     assert trainer.useful_sampler is not None and trainer.useful_sampler.epoch_size == N
     assert trainer.state.global_step == 2 * N // 5
     with pytest.raises(ValueError, match="epoch_size"):
-        USEFULTrainer(TinyModel(TinyConfig()), arguments(tmp_path), train_dataset=data,
-                      selection=selection, epoch_size=0)
+        USEFULTrainer(
+            TinyModel(TinyConfig()),
+            arguments(tmp_path),
+            train_dataset=data,
+            selection=selection,
+            epoch_size=0,
+        )
 
 
 def test_a_datasets_dataset_trains_and_is_checked(tmp_path):
@@ -354,3 +374,65 @@ def test_benchmark_quick_run_prints_ratio_tables():
         assert header[-2:] == ["ratio", "ratio of best"]
         for row in rows:
             assert float(row[-2]) > 0 and float(row[-1]) > 0
+
+
+class _ReferenceEpoch(TrainerCallback):
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        model.reference.end_epoch()
+
+
+@pytest.mark.parametrize("source", ["torch", "datasets"])
+def test_dynamics_trainer_records_the_true_indices(tmp_path, source):
+    """Phase 1 with DynamicsTrainer, shuffled (with 2 workers for the torch dataset; a
+    datasets.Dataset has its unused columns removed): the record equals the one fed with the
+    indices the items carry, the model never sees the added key, and select_from_dynamics on
+    it is the selection; evaluation passes through untouched."""
+    data = Items()
+    workers = 2
+    if source == "datasets":
+        datasets = pytest.importorskip("datasets")
+        data = datasets.Dataset.from_dict(
+            {
+                "x": data.x.tolist(),
+                "labels": data.targets.tolist(),
+                "index": list(range(N)),
+                "unused": ["a"] * N,
+            }
+        ).with_format("torch")
+        workers = 0
+    torch.manual_seed(0)
+    model = TinyModel(TinyConfig())
+    model.reference = TrainingDynamics(N)
+    args = arguments(
+        tmp_path, num_train_epochs=3, dataloader_num_workers=workers, eval_strategy="epoch"
+    )
+    trainer = DynamicsTrainer(
+        model,
+        args,
+        train_dataset=data,
+        eval_dataset=data,
+        callbacks=[SeparatingEpochCallback(2), _ReferenceEpoch()],
+    )
+    trainer.train()
+    recorded, reference = trainer.dynamics.state_dict(), model.reference.state_dict()
+    assert recorded["num_epochs"] == 2
+    for key, value in reference.items():
+        assert torch.equal(torch.as_tensor(recorded[key]), torch.as_tensor(value)), key
+    assert trainer.dynamics.epochs_seen.tolist() == [2] * N
+    selection = select_from_dynamics(trainer.dynamics, strategy="confidence")
+    assert 0 < selection.num_slow_learnable < N
+
+
+def test_dynamics_trainer_errors(tmp_path):
+    args = arguments(tmp_path)
+    with pytest.raises(TypeError, match="TrainingDynamics"):
+        DynamicsTrainer(TinyModel(TinyConfig()), args, train_dataset=Items(), dynamics=[0])
+    with pytest.raises(ValueError, match="records 7 examples"):
+        DynamicsTrainer(
+            TinyModel(TinyConfig()), args, train_dataset=Items(), dynamics=TrainingDynamics(7)
+        )
+    with pytest.raises(TypeError, match="map-style"):
+        DynamicsTrainer(TinyModel(TinyConfig()), args, train_dataset=Stream())
+    trainer = DynamicsTrainer(TinyModel(TinyConfig()), args, train_dataset=Items())
+    with pytest.raises(ValueError, match="cannot resume"):
+        trainer.train(resume_from_checkpoint=True)

@@ -78,7 +78,7 @@ def test_user_built_upsampling_under_ddp_trains_on_the_whole_multiset(ddp_runs, 
     assert ranks[0]["seen"]["0"] != ranks[0]["seen"]["1"]  # set_epoch reached the shuffle
 
 
-@pytest.mark.parametrize("scenario", ["useful", "useful_sam"])
+@pytest.mark.parametrize("scenario", ["useful", "useful_sam", "useful_dynamics"])
 def test_callback_under_ddp(ddp_runs, scenario):
     """The whole workflow on 2 ranks (SGD + StepLR, or SAM with manual optimization): phase 1
     on the 40 examples, one selection on both ranks, then a restart from W0 with a fresh
@@ -105,7 +105,94 @@ def test_callback_under_ddp(ddp_runs, scenario):
     assert set(ranks[0]["seen"]) == {"0", "1", "2", "3"}
 
 
+def test_dynamics_under_ddp_record_the_true_indices(ddp_runs):
+    """USEFUL(dynamics=...) on 2 ranks with a DataLoader worker each (SAM): the record each
+    rank holds, from the sampler's order, equals the one fed with the indices the items carry,
+    covers every example at both epochs, and gives the same selection on both ranks."""
+    ranks = ddp_runs["useful_dynamics"]
+    for record in ranks:
+        assert record["same_record"]
+        assert record["epochs_seen"] == [2] * N
+        assert record["selection"] == record["reference_selection"]
+    assert ranks[0]["selection"] == ranks[1]["selection"]
+
+
 # --- one process -------------------------------------------------------------------------
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dynamics_record_the_true_indices(num_workers):
+    """One device, shuffled, with or without workers: the callback's record (indices from the
+    sampler's order, labels from the dataset's targets) equals the record fed with the indices
+    the items carry, and the selection is select_from_dynamics' on it; phase 2 then trains on
+    that selection, from W0."""
+    from useful_data.dynamics import select_from_dynamics
+
+    model = Model(record_epochs=2)
+    initial = [p.detach().clone() for p in model.parameters()]
+    useful = USEFUL(separating_epoch=2, dynamics="learned_epoch")
+    trainer(max_epochs=2, callbacks=[useful]).fit(model, datamodule=Data(num_workers=num_workers))
+    recorded, reference = useful.training_dynamics.state_dict(), model.reference.state_dict()
+    assert recorded["num_epochs"] == 2
+    for key, value in reference.items():
+        assert torch.equal(torch.as_tensor(recorded[key]), torch.as_tensor(value)), key
+    assert model.seen[0] != model.seen[1]  # shuffled, differently at every epoch
+    expected = select_from_dynamics(model.reference, strategy="learned_epoch")
+    assert np.array_equal(useful.selection.mask, expected.mask)
+    assert useful.selection.params["source"] == "dynamics"
+    assert Counter(model.seen[2]) == expected_counts(useful.selection.indices.tolist())
+    restart = model.epoch_start[2]["weights"]
+    assert all(torch.equal(a, b) for a, b in zip(restart, initial, strict=True))
+
+
+def test_dynamics_take_the_labels_the_step_returns():
+    """A training set without a targets attribute: the labels come from the step's output,
+    and without them there the error says to return them."""
+
+    class NoTargets(torch.utils.data.Dataset):
+        def __init__(self):
+            self.items = IndexedData()
+
+        def __len__(self):
+            return N
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    class Unlabelled(Data):
+        def train_dataloader(self):
+            return DataLoader(NoTargets(), batch_size=5, shuffle=True)
+
+    class Returns(Model):
+        with_targets = True
+
+        def training_step(self, batch, batch_idx):
+            output = super().training_step(batch, batch_idx)
+            return {**output, "targets": batch[1]} if self.with_targets else output
+
+    model = Returns(record_epochs=1)
+    useful = USEFUL(separating_epoch=1, dynamics="confidence")
+    trainer(max_epochs=1, callbacks=[useful]).fit(model, datamodule=Unlabelled())
+    recorded, reference = useful.training_dynamics.state_dict(), model.reference.state_dict()
+    assert torch.equal(recorded["targets"], reference["targets"])
+    assert torch.equal(recorded["conf"], reference["conf"])
+    model = Returns(record_epochs=1)
+    model.with_targets = False
+    useful = USEFUL(separating_epoch=1, dynamics="confidence")
+    with pytest.raises(TypeError, match="return them too"):
+        trainer(max_epochs=1, callbacks=[useful]).fit(model, datamodule=Unlabelled())
+
+
+def test_dynamics_need_the_logits_and_valid_arguments():
+    with pytest.raises(TypeError, match='"logits": logits'):
+        fit = trainer(max_epochs=1, callbacks=[USEFUL(separating_epoch=1, dynamics="forgetting")])
+        fit.fit(Model(), datamodule=Data())
+    with pytest.raises(ValueError, match="dynamics should be None"):
+        USEFUL(separating_epoch=1, dynamics="loss")
+    with pytest.raises(TypeError, match="eval_dataset"):
+        USEFUL(separating_epoch=1, dynamics="confidence", eval_dataset=IndexedData())
+    with pytest.raises(ValueError, match="may only hold"):
+        USEFUL(separating_epoch=1, dynamics="confidence", find_kwargs=SKLEARN)
+
+
 def test_workflow_is_the_hand_written_one():
     """Phase 1 for t epochs, the selection find_slow_learnable gives on those weights, then
     T epochs from W0 with a fresh optimizer and scheduler on the upsampled data."""
@@ -218,10 +305,20 @@ def test_equal_length_epochs():
 
 
 # --- checkpoints ---------------------------------------------------------------------------
-def fit_with_checkpoints(path, max_epochs, separating_epoch, data=None, ckpt=None, seed=0):
-    model, useful = Model(seed=seed), USEFUL(separating_epoch, find_kwargs=SKLEARN)
+def fit_with_checkpoints(
+    path, max_epochs, separating_epoch, data=None, ckpt=None, seed=0, dynamics=None, every=None
+):
+    if dynamics is None:
+        model, useful = Model(seed=seed), USEFUL(separating_epoch, find_kwargs=SKLEARN)
+    else:
+        model = Model(seed=seed, record_epochs=separating_epoch)
+        useful = USEFUL(separating_epoch, dynamics=dynamics)
     every_epoch = pl.callbacks.ModelCheckpoint(
-        dirpath=path, filename="{epoch}", save_top_k=-1, every_n_epochs=1
+        dirpath=path,
+        filename="{epoch}" if every is None else "{epoch}-{step}",
+        save_top_k=-1,
+        every_n_epochs=None if every else 1,
+        every_n_train_steps=every,
     )
     fit = trainer(max_epochs=max_epochs, callbacks=[useful, every_epoch], enable_checkpointing=True)
     fit.fit(model, datamodule=data or Data(), ckpt_path=ckpt)
@@ -285,6 +382,27 @@ def test_resuming_phase_one_restarts_from_the_initial_weights(tmp_path):
     np.testing.assert_array_equal(useful2.selection.mask, useful.selection.mask)
     for a, b in zip(resumed.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_resuming_phase_one_keeps_the_recorded_dynamics(tmp_path):
+    """A fit with dynamics= resumed from the checkpoint after epoch 0 (a module initialised
+    differently): the record of epoch 0 comes from the checkpoint, the recording sampler deals
+    epoch 1 as before (seed + epoch), so the record and the selection are the uninterrupted
+    run's. A mid-epoch checkpoint is refused: the record holds whole epochs only."""
+    _, useful = fit_with_checkpoints(tmp_path, 2, 2, dynamics="confidence")
+    _, useful2 = fit_with_checkpoints(
+        tmp_path / "resumed", 2, 2, ckpt=tmp_path / "epoch=0.ckpt", seed=1, dynamics="confidence"
+    )
+    for key, value in useful.training_dynamics.state_dict().items():
+        assert torch.equal(torch.as_tensor(useful2.training_dynamics.state_dict()[key]),
+                           torch.as_tensor(value)), key  # fmt: skip
+    np.testing.assert_array_equal(useful2.selection.mask, useful.selection.mask)
+    fit_with_checkpoints(tmp_path / "steps", 2, 2, dynamics="confidence", every=3)
+    with pytest.raises(RuntimeError, match="mid-epoch checkpoint"):
+        fit_with_checkpoints(
+            tmp_path / "again", 2, 2, ckpt=tmp_path / "steps" / "epoch=0-step=3.ckpt",
+            dynamics="confidence",
+        )  # fmt: skip
 
 
 class StatefulData(Data):

@@ -24,6 +24,13 @@ multiset, in the same order on every rank (seeded by ``args.data_seed`` or ``arg
 plus the epoch), and Accelerate does the sharding, once. A plain ``Trainer`` on
 `useful_data.USEFULDataset` is the other door to the same multiset.
 
+Beyond the paper, `DynamicsTrainer` is a phase-1 ``Trainer`` that also records a
+`useful_data.dynamics.TrainingDynamics` from the logits of every training step, for
+`useful_data.dynamics.select_from_dynamics` instead of step 2. It knows each batch's dataset
+indices without touching your data: the items of its training loader carry their index
+(`useful_data.dynamics.IndexedDataset`) and its collator takes it out before yours runs, so
+the index stays right under Accelerate's sharding, workers and any sampler.
+
 Needs the ``huggingface`` extra: ``pip install 'useful-data[huggingface]'``.
 
 Paper: Nguyen, Haddad, Gan, Mirzasoleiman, "Changing the Training Data Distribution to Reduce
@@ -33,6 +40,7 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024, Algorith
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +61,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 
 from useful_data._checks import check_positive_int
 from useful_data._targets import dataset_targets
+from useful_data.dynamics import IndexedDataset, TrainingDynamics
 from useful_data.sampler import UpsampleSampler
 from useful_data.selection import Selection, dataset_fingerprint
 from useful_data.separating_epoch import SeparatingEpoch
@@ -60,6 +69,7 @@ from useful_data.slow_learnable import find_slow_learnable
 
 __all__ = [
     "SELECTION_FILE",
+    "DynamicsTrainer",
     "SeparatingEpochCallback",
     "USEFULTrainer",
     "select_with_trainer",
@@ -69,6 +79,8 @@ __all__ = [
 SELECTION_FILE = "useful_selection.npz"
 #: Dataset columns read as class labels (``datasets.Dataset``), in the order tried.
 _LABEL_COLUMNS = ("labels", "label")
+#: The batch key under which `DynamicsTrainer` carries the indices (never seen by the model).
+_INDEX_KEY = "useful_data_index"
 
 
 def _check_map_style(name: str, dataset: Any) -> None:
@@ -82,6 +94,15 @@ def _check_map_style(name: str, dataset: Any) -> None:
             "indexes every example, which an iterable (streaming) dataset cannot do; "
             "materialise it first (datasets: load it without streaming=True)"
         )
+
+
+def _check_train_dataset_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """A map-style ``train_dataset`` among a ``Trainer``'s arguments, checked before the
+    Trainer's own checks (which ask an iterable dataset for ``max_steps``)."""
+    # Trainer's signature is (model, args, data_collator, train_dataset, ...)
+    train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
+    if train_dataset is not None:
+        _check_map_style("train_dataset", train_dataset)
 
 
 def _labels(dataset: Any) -> np.ndarray | None:
@@ -371,10 +392,7 @@ class USEFULTrainer(Trainer):
         epoch_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        # Trainer's signature is (model, args, data_collator, train_dataset, ...)
-        train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
-        if train_dataset is not None:
-            _check_map_style("train_dataset", train_dataset)
+        _check_train_dataset_argument(args, kwargs)
         super().__init__(*args, **kwargs)
         self.selection: Selection | None = None if selection is None else _as_selection(selection)
         self.useful_sampler: UpsampleSampler | None = None
@@ -463,3 +481,158 @@ class USEFULTrainer(Trainer):
             epoch_size=self.epoch_size,
         )
         return self.useful_sampler
+
+
+class _IndexCollator:
+    """The Trainer's collator, run on the items without the index they carry; the indices
+    are added to the batch as an int64 tensor under ``_INDEX_KEY``."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, features: list[Any]) -> Any:
+        if not all(isinstance(f, Mapping) for f in features):
+            raise TypeError(
+                "DynamicsTrainer needs dict items (what the Trainer's collators take), but got "
+                f"{type(features[0]).__name__} items"
+            )
+        indices = [f[_INDEX_KEY] for f in features]
+        batch = self.collate([{k: v for k, v in f.items() if k != _INDEX_KEY} for f in features])
+        batch[_INDEX_KEY] = torch.tensor(indices, dtype=torch.int64)
+        return batch
+
+
+class _EndEpoch(TrainerCallback):
+    """`DynamicsTrainer`'s own callback: close the record's epoch (on every rank)."""
+
+    def __init__(self, trainer: DynamicsTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.trainer.dynamics is not None:
+            self.trainer.dynamics.end_epoch()
+
+
+class DynamicsTrainer(Trainer):
+    """Phase 1 that also records the training dynamics (beyond the paper).
+
+    A ``transformers.Trainer`` whose every training step feeds its logits, labels and the
+    batch's dataset indices to ``dynamics``, a `useful_data.dynamics.TrainingDynamics`, and
+    closes the record's epoch at every epoch's end; with `SeparatingEpochCallback` it stops
+    after epoch ``t``, and `useful_data.dynamics.select_from_dynamics` then selects from the
+    record (the same on every rank under ``torchrun``), instead of `select_with_trainer`.
+
+    The indices come with the items: the training loader reads ``train_dataset`` through an
+    `useful_data.dynamics.IndexedDataset`, and the collator removes the index before your
+    collator (or the Trainer's column removal) sees the items, so your dataset, collator and
+    model are unchanged. The items must be dicts (as for any Trainer collator) and the model
+    must return a mapping with ``"logits"`` (every ``transformers`` model does); the labels
+    are the batch's ``label_names[0]`` (``"labels"``).
+
+    Args:
+        *args: Positional arguments of ``Trainer`` (``model``, ``args``, ...).
+        dynamics: The recorder to feed; ``None`` (default): a new
+            ``TrainingDynamics(len(train_dataset))``, built when training starts.
+        **kwargs: Keyword arguments of ``Trainer``.
+
+    Attributes:
+        dynamics: The `useful_data.dynamics.TrainingDynamics` recorded (``None`` until
+            training starts, when not given).
+
+    Raises:
+        TypeError: if ``dynamics`` is not a ``TrainingDynamics``, or ``train_dataset`` is
+            iterable.
+        ValueError: if ``dynamics`` was built for another number of examples than
+            ``train_dataset`` holds, or ``train(resume_from_checkpoint=...)`` is asked (the
+            record is not checkpointed: run phase 1 again).
+    """
+
+    def __init__(self, *args: Any, dynamics: TrainingDynamics | None = None, **kwargs: Any) -> None:
+        if dynamics is not None and not isinstance(dynamics, TrainingDynamics):
+            raise TypeError(
+                "dynamics should be a useful_data.dynamics.TrainingDynamics or None, but got "
+                f"{type(dynamics).__name__}"
+            )
+        _check_train_dataset_argument(args, kwargs)
+        super().__init__(*args, **kwargs)
+        self.dynamics = dynamics
+        if self.train_dataset is not None:
+            self._check_dynamics(self.train_dataset)
+        self.add_callback(_EndEpoch(self))
+
+    def _check_dynamics(self, dataset: Any) -> None:
+        _check_map_style("train_dataset", dataset)
+        if self.dynamics is None:
+            self.dynamics = TrainingDynamics(len(dataset))
+        elif self.dynamics.num_examples != len(dataset):
+            raise ValueError(
+                f"dynamics records {self.dynamics.num_examples} examples, but train_dataset "
+                f"has {len(dataset)}; build it with TrainingDynamics(len(train_dataset))"
+            )
+
+    def train(  # type: ignore[override]
+        self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any
+    ) -> Any:
+        """``Trainer.train``; resuming is refused, since checkpoints do not hold the record."""
+        if resume_from_checkpoint:
+            raise ValueError(
+                "DynamicsTrainer cannot resume: the training dynamics of the epochs before the "
+                f"checkpoint are not in it (resume_from_checkpoint={resume_from_checkpoint!r}); "
+                "run phase 1 again from W0"
+            )
+        return super().train(**kwargs)
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader[Any]:
+        """The Trainer's training loader, over items that carry their dataset index."""
+        dataset = self.train_dataset
+        if dataset is None:
+            return super().get_train_dataloader()  # the Trainer's own error
+        self._check_dynamics(dataset)
+        return self._get_dataloader(
+            dataset=IndexedDataset(dataset, key=_INDEX_KEY),
+            description="Training",
+            batch_size=self._train_batch_size,
+            # the Trainer's sampler, over the dataset itself (None for no sampler, as there)
+            sampler_fn=lambda _: self._get_train_sampler(dataset),  # type: ignore[arg-type,return-value]
+            is_training=True,
+        )
+
+    def _get_collator_with_removed_columns(
+        self, data_collator: Callable[..., Any], description: str | None = None
+    ) -> Callable[..., Any]:
+        collate = super()._get_collator_with_removed_columns(data_collator, description)
+        return _IndexCollator(collate) if description == "Training" else collate
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        """``Trainer.compute_loss``; a training batch's outputs are recorded first."""
+        if _INDEX_KEY not in inputs:  # evaluation, prediction
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        indices = inputs[_INDEX_KEY]
+        inputs = {k: v for k, v in inputs.items() if k != _INDEX_KEY}
+        label = self.label_names[0] if self.label_names else "labels"
+        targets = inputs.get(label)
+        if targets is None:
+            raise TypeError(
+                f"DynamicsTrainer records each example's label, but the batch has no {label!r} "
+                f"(keys: {sorted(inputs)}); the items should carry it, or set label_names"
+            )
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(
+                "DynamicsTrainer records the logits, but the model's output has none: return "
+                'a mapping (a ModelOutput or dict) with "logits"'
+            )
+        assert self.dynamics is not None  # set with the training loader
+        self.dynamics.update(logits, targets, indices)
+        return (loss, outputs) if return_outputs else loss

@@ -16,6 +16,14 @@ schedule ``T`` and fit your own ``LightningModule`` and ``LightningDataModule``,
    that shards by the process group, Lightning leaves it in place and every epoch trains on
    exactly the upsampled multiset across all ranks.
 
+With ``dynamics=`` (beyond the paper, `useful_data.dynamics`), phase 1 also feeds a
+`TrainingDynamics` from the logits your ``training_step`` returns (``{"loss": loss,
+"logits": logits}``), and the selection comes from the recorded dynamics instead of the
+snapshot's k-means (no eval pass). The dataset indices of every batch are known without
+touching your data: phase 1's sampler is the ``DistributedSampler`` Lightning itself would
+inject under DDP (built by the callback, on one device too), and it remembers the order it
+deals, which the DataLoader keeps (``in_order=True``), with any number of workers.
+
 Checkpoints carry ``W0`` (until the restart), the separating-epoch state and the `Selection`
 (in the callback's ``state_dict``, like ``StochasticWeightAveraging``'s average model), so a
 run resumed from a Lightning checkpoint in phase 1 still restarts from ``W0``, and one resumed
@@ -37,15 +45,29 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
 
 from useful_data._checks import check_int, check_positive_int
 from useful_data._targets import dataset_targets
+from useful_data.dynamics import (
+    DYNAMICS_STRATEGIES,
+    DynamicsStrategy,
+    TrainingDynamics,
+    select_from_dynamics,
+)
 from useful_data.sampler import UpsampleSampler
 from useful_data.selection import Selection, SelectionLike, dataset_fingerprint, resolve_selection
 from useful_data.separating_epoch import SeparatingEpoch
@@ -75,19 +97,47 @@ logger = logging.getLogger(__name__)
 
 # find_slow_learnable arguments the callback fills in itself
 _OWN_FIND_ARGS = frozenset({"model", "dataset", "logits", "targets", "eval_dataset"})
+# the find_kwargs that mean something to a selection from the dynamics
+_DYNAMICS_FIND_ARGS = frozenset({"upsample_factor", "progress"})
 _STATE_VERSION = 1
 
 
 class _UpsampledSource(_DataLoaderSource):
     """The fit loop's training-data source, with the loader it returns upsampled."""
 
-    def __init__(self, source: _DataLoaderSource, callback: USEFUL) -> None:
+    def __init__(self, source: _DataLoaderSource, callback: USEFUL, trainer: pl.Trainer) -> None:
         super().__init__(source.instance, source.name)
         self.original = source
         self.callback = callback
+        self.trainer = trainer
 
     def dataloader(self) -> Any:
-        return self.callback._upsample(super().dataloader())
+        return self.callback._upsample(super().dataloader(), self.trainer)
+
+
+class _RecordingSampler(DistributedSampler[int]):
+    """The ``DistributedSampler`` Lightning injects, remembering the indices it deals.
+
+    The DataLoader asks its sampler for indices in the main process and returns the batches
+    in that order (``in_order=True``), with or without workers, so the ``k``-th training batch
+    of the epoch holds the ``k``-th ``batch_size`` indices dealt: `take` pops them.
+    """
+
+    def __init__(
+        self, dataset: Dataset[Any], *, num_replicas: int, rank: int, shuffle: bool, seed: int
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.dealt: deque[int] = deque()
+
+    def __iter__(self) -> Iterator[int]:
+        self.dealt.clear()  # a new epoch: what the last one dealt and never trained on goes
+        for index in super().__iter__():
+            self.dealt.append(index)
+            yield index
+
+    def take(self, count: int) -> list[int]:
+        """The next ``count`` indices dealt (fewer at the end of the epoch)."""
+        return [self.dealt.popleft() for _ in range(min(count, len(self.dealt)))]
 
 
 class USEFUL(Callback):
@@ -131,19 +181,29 @@ class USEFUL(Callback):
             through the upsampled multiset); ``None``: every epoch is the whole multiset.
         find_kwargs: More keyword arguments for `find_slow_learnable` (``upsample_factor``,
             ``backend``, ``n_init``, ``batch_size``, ``strategy``, ...); ``progress`` defaults
-            to ``False``.
+            to ``False``. With ``dynamics=``, only ``upsample_factor``.
+        dynamics: Beyond the paper: a strategy of `select_from_dynamics`
+            (``"learned_epoch"``, ``"cumulative_accuracy"``, ``"forgetting"`` or
+            ``"confidence"``). Phase 1 then records a `TrainingDynamics` from the logits
+            ``training_step`` returns as ``{"loss": loss, "logits": logits}`` (optionally
+            ``"targets"``, else the labels are read from the training set's ``targets``), and
+            the selection is made from it. ``None`` (default): the paper's k-means on the
+            snapshot at epoch ``t``.
 
     Attributes:
         selection: The `Selection` once computed (or given as one, or as a file), else
             ``None``.
         separating_epoch: ``t`` once known (0 with ``selection=``), else ``None``.
+        training_dynamics: With ``dynamics=``, the `TrainingDynamics` recorded during phase 1
+            (the same on every rank under DDP), else ``None``.
 
     Raises:
         TypeError: if both ``separating_epoch`` and ``selection`` are given, or an argument has
             the wrong type.
-        ValueError: if ``separating_epoch < 1`` or ``find_kwargs`` names an argument the
-            callback fills in. Errors about the trainer, the data and checkpoints are raised
-            when the fit starts (see the Lightning guide).
+        ValueError: if ``separating_epoch < 1``, ``find_kwargs`` names an argument the
+            callback fills in (or, with ``dynamics=``, one the dynamics do not use), or
+            ``dynamics`` is not a strategy name. Errors about the trainer, the data and
+            checkpoints are raised when the fit starts (see the Lightning guide).
 
     Example:
         >>> from useful_data.lightning import USEFUL
@@ -162,6 +222,7 @@ class USEFUL(Callback):
         seed: int | None = None,
         epoch_size: int | None = None,
         find_kwargs: Mapping[str, Any] | None = None,
+        dynamics: DynamicsStrategy | None = None,
     ) -> None:
         if separating_epoch is not None and selection is not None:
             raise TypeError(
@@ -189,6 +250,27 @@ class USEFUL(Callback):
                 "training set itself (use eval_dataset= for an eval view)"
             )
         self.find_kwargs = {"progress": False, **find_kwargs}
+        if dynamics is not None:
+            if dynamics not in DYNAMICS_STRATEGIES:
+                raise ValueError(
+                    f"dynamics should be None (the paper's k-means) or one of "
+                    f"{DYNAMICS_STRATEGIES}, but got dynamics={dynamics!r}"
+                )
+            if selection is not None or eval_dataset is not None:
+                raise TypeError(
+                    "dynamics= selects from what phase 1 records, so it takes neither "
+                    "selection= (no phase 1) nor eval_dataset= (no eval pass)"
+                )
+            if unused := sorted(find_kwargs.keys() - _DYNAMICS_FIND_ARGS):
+                raise ValueError(
+                    f"with dynamics={dynamics!r}, find_kwargs may only hold "
+                    f"{sorted(_DYNAMICS_FIND_ARGS)}, but got {unused}"
+                )
+        self.dynamics = dynamics
+        self.training_dynamics: TrainingDynamics | None = None
+        self._recorder: _RecordingSampler | None = None  # phase 1's sampler, with dynamics=
+        self._batch_size = 0
+        self._labels: np.ndarray | None = None
         self.selection: Selection | None = None
         self.separating_epoch: int | None = None
         self._upsample_from: SelectionLike | None = None  # what the sampler is built from
@@ -224,7 +306,7 @@ class USEFUL(Callback):
                 "datamodule defines train_dataloader() and no train_dataloaders= was passed"
             )
         if not isinstance(source, _UpsampledSource):
-            trainer.fit_loop._data_source = _UpsampledSource(source, self)
+            trainer.fit_loop._data_source = _UpsampledSource(source, self, trainer)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         source = trainer.fit_loop._data_source
@@ -263,10 +345,54 @@ class USEFUL(Callback):
         if self._upsample_from is None:  # fail now, not after phase 1
             self._training_set(trainer)
             self._eval_view()
+            if self.dynamics is not None and trainer.fit_loop.restarted_mid_epoch:
+                raise RuntimeError(
+                    "USEFUL(dynamics=...) cannot resume phase 1 from a mid-epoch checkpoint: "
+                    "the record holds whole epochs only. Resume from a checkpoint written at "
+                    "the end of an epoch (ModelCheckpoint(every_n_epochs=1)), or start again"
+                )
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self._recorder is None or self._upsample_from is not None:
+            return
+        assert self.training_dynamics is not None  # built with the recorder
+        indices = self._recorder.take(self._batch_size)
+        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(
+                "USEFUL(dynamics=...) records the logits training_step returns: return "
+                '{"loss": loss, "logits": logits}, but got '
+                + (f"keys {sorted(outputs)}" if isinstance(outputs, Mapping) else repr(outputs))
+            )
+        if logits.shape[0] != len(indices):
+            raise RuntimeError(
+                f"USEFUL(dynamics=...) expected the logits of the {len(indices)} examples the "
+                f"sampler dealt for this batch, but got shape {tuple(logits.shape)}; return "
+                "the logits of the whole batch, in its order"
+            )
+        targets = outputs.get("targets")
+        if targets is None:
+            if self._labels is None:
+                raise TypeError(
+                    "USEFUL(dynamics=...) needs the labels: the training set exposes no "
+                    'targets attribute, so return them too: {"loss": loss, "logits": logits, '
+                    '"targets": y}'
+                )
+            targets = torch.from_numpy(self._labels[indices])
+        self.training_dynamics.update(logits, targets, indices)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._upsample_from is not None:
             return
+        if self.training_dynamics is not None:
+            self.training_dynamics.end_epoch()  # on every rank: it gathers under DDP
         epochs_done = trainer.current_epoch + 1
         if self._detector is not None:
             value = trainer.strategy.broadcast(self._logged_value(trainer), src=0)
@@ -275,11 +401,18 @@ class USEFUL(Callback):
             separate = epochs_done == self._fixed_epoch
         if not separate:
             return
-        train_set = self._training_set(trainer)
-        eval_set = self._eval_view()
-        selection = find_slow_learnable(
-            pl_module, train_set, eval_dataset=eval_set, **self.find_kwargs
-        )
+        if self.training_dynamics is not None:
+            assert self.dynamics is not None  # the recorder exists only with dynamics=
+            selection = select_from_dynamics(
+                self.training_dynamics,
+                strategy=self.dynamics,
+                upsample_factor=self.find_kwargs.get("upsample_factor", 2),
+            )
+        else:
+            train_set = self._training_set(trainer)
+            selection = find_slow_learnable(
+                pl_module, train_set, eval_dataset=self._eval_view(), **self.find_kwargs
+            )
         self._set_selection(selection, epochs_done)
         self._restart_pending = True
         self._extend_schedule(trainer)
@@ -329,6 +462,7 @@ class USEFUL(Callback):
             }
         elif self._upsample_from is not None:  # a mask or indices given as selection=
             selection = {"given": torch.as_tensor(np.asarray(self._upsample_from))}
+        dynamics = self.training_dynamics if self._upsample_from is None else None
         return {
             "version": _STATE_VERSION,
             "separating_epoch": self.separating_epoch,
@@ -336,6 +470,7 @@ class USEFUL(Callback):
             "initial_state": self._initial_state,
             "monitored": None if self._detector is None else list(self._detector.errors),
             "selection": selection,
+            "dynamics": None if dynamics is None else dynamics.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -367,6 +502,10 @@ class USEFUL(Callback):
             self._set_selection(selection, epoch)
         else:  # replayed into the detector once it exists (the default one: at fit start)
             self._replay = list(state_dict["monitored"] or [])
+        recorded = state_dict.get("dynamics")  # phase 1 with dynamics=: the closed epochs
+        if recorded is not None and saved is None:
+            self.training_dynamics = TrainingDynamics(int(recorded["num_examples"]))
+            self.training_dynamics.load_state_dict(recorded)
         self._restart_pending = bool(state_dict["restart_pending"])
         self._initial_state = state_dict["initial_state"]
 
@@ -431,11 +570,12 @@ class USEFUL(Callback):
             return None
         return _map_style("eval_dataset", view)
 
-    def _upsample(self, loader: Any) -> Any:
-        """The training loader with an `UpsampleSampler` in place of its sampler."""
+    def _upsample(self, loader: Any, trainer: pl.Trainer) -> Any:
+        """The training loader with an `UpsampleSampler` in place of its sampler (phase 1 with
+        dynamics=: a `_RecordingSampler`)."""
         selection = self._upsample_from
         if selection is None:
-            return loader
+            return loader if self.dynamics is None else self._recording(loader, trainer)
         if not isinstance(loader, DataLoader):
             raise TypeError(
                 "USEFUL upsamples one training DataLoader, but train_dataloader() returned "
@@ -460,22 +600,59 @@ class USEFUL(Callback):
                 f"USEFUL's selection does not match the training set: {err}. Resume from a "
                 "checkpoint of a run on the same training data"
             ) from err
-        shuffle = _shuffles(loader.sampler)
-        if shuffle is None:
-            raise TypeError(
-                "USEFUL replaces the training sampler by an UpsampleSampler, so it needs a "
-                "DataLoader built with shuffle=True or shuffle=False, but got sampler="
-                f"{type(loader.sampler).__name__}"
-            )
-        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        shuffle = _shuffles(loader.sampler, "an UpsampleSampler")
         sampler = UpsampleSampler(
-            selection, num_examples, shuffle=shuffle, seed=seed, epoch_size=self.epoch_size
+            selection, num_examples, shuffle=shuffle, seed=self._seed(), epoch_size=self.epoch_size
         )
         return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
 
+    def _seed(self) -> int:
+        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
-def _shuffles(sampler: object) -> bool | None:
-    """Whether a loader's sampler is a shuffling one (``None``: a custom sampler)."""
+    def _recording(self, loader: Any, trainer: pl.Trainer) -> Any:
+        """Phase 1's loader with dynamics=: a `_RecordingSampler` in place of its sampler."""
+        if not isinstance(loader, DataLoader):
+            raise TypeError(
+                "USEFUL(dynamics=...) records one training DataLoader, but train_dataloader() "
+                f"returned {type(loader).__name__}; return a single DataLoader"
+            )
+        if not getattr(loader, "in_order", True):
+            raise ValueError(
+                "USEFUL(dynamics=...) knows each batch's indices from the order the sampler "
+                "deals them, which DataLoader(in_order=False) does not keep; leave in_order=True"
+            )
+        dataset = _map_style("the training set", loader.dataset)
+        num_examples = len(dataset)  # type: ignore[arg-type]
+        if self.training_dynamics is None:
+            self.training_dynamics = TrainingDynamics(num_examples)
+        elif self.training_dynamics.num_examples != num_examples:
+            raise ValueError(
+                "USEFUL's training dynamics were recorded for "
+                f"{self.training_dynamics.num_examples} examples, but the training set has "
+                f"{num_examples}; resume on the same data"
+            )
+        if loader.batch_size is None:
+            raise ValueError(
+                "USEFUL(dynamics=...) reads each batch's indices in batch_size steps, so it needs "
+                "a DataLoader with a batch_size, not batch_sampler= or batch_size=None"
+            )
+        # the sampler Lightning injects under DDP (same shuffle, seed and sharding), on one
+        # device too, so that it can tell the indices of every batch
+        replicas = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}
+        self._recorder = _RecordingSampler(
+            dataset,
+            num_replicas=int(replicas.get("num_replicas", 1)),
+            rank=int(replicas.get("rank", 0)),
+            shuffle=_shuffles(loader.sampler, "a DistributedSampler that records the order"),
+            seed=self._seed(),
+        )
+        self._batch_size = loader.batch_size
+        self._labels = dataset_targets(dataset)
+        return _update_dataloader(loader, self._recorder, mode=RunningStage.TRAINING)
+
+
+def _shuffles(sampler: object, replacement: str) -> bool:
+    """Whether a loader's sampler is a shuffling one; a custom one cannot be replaced."""
     if isinstance(sampler, SequentialSampler):
         return False
     if isinstance(sampler, RandomSampler):
@@ -484,7 +661,10 @@ def _shuffles(sampler: object) -> bool | None:
     stateful = sys.modules.get("torchdata.stateful_dataloader.sampler")
     if stateful is not None and isinstance(sampler, stateful.RandomSampler):
         return True
-    return None
+    raise TypeError(
+        f"USEFUL replaces the training sampler by {replacement}, so it needs a DataLoader "
+        f"built with shuffle=True or shuffle=False, but got sampler={type(sampler).__name__}"
+    )
 
 
 def _map_style(name: str, dataset: Any) -> Dataset[Any]:
