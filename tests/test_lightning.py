@@ -399,6 +399,8 @@ def test_bad_arguments_and_data():
         USEFUL(2, selection=SLOW)
     with pytest.raises(ValueError, match=r"find_kwargs should not hold \['model'\]"):
         USEFUL(2, find_kwargs={"model": None})
+    with pytest.raises(ValueError, match=r"find_slow_learnable takes no \['upsample_facter'\]"):
+        USEFUL(2, find_kwargs={"upsample_facter": 3})  # a typo fails now, not after phase 1
     with pytest.raises(ValueError, match="separating_epoch"):
         USEFUL(0)
     with pytest.raises(TypeError, match=r"shuffle=True or shuffle=False.*WeightedRandomSampler"):

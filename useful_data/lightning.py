@@ -33,6 +33,7 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024 (Algorith
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -142,8 +143,9 @@ class USEFUL(Callback):
         TypeError: if both ``separating_epoch`` and ``selection`` are given, or an argument has
             the wrong type.
         ValueError: if ``separating_epoch < 1`` or ``find_kwargs`` names an argument the
-            callback fills in. Errors about the trainer, the data and checkpoints are raised
-            when the fit starts (see the Lightning guide).
+            callback fills in or one `find_slow_learnable` does not take. Errors about the
+            trainer, the data and checkpoints are raised when the fit starts (see the
+            Lightning guide).
 
     Example:
         >>> from useful_data.lightning import USEFUL
@@ -187,6 +189,12 @@ class USEFUL(Callback):
             raise ValueError(
                 f"find_kwargs should not hold {own}: USEFUL passes the module and the "
                 "training set itself (use eval_dataset= for an eval view)"
+            )
+        accepted = inspect.signature(find_slow_learnable).parameters.keys() - _OWN_FIND_ARGS
+        if unknown := sorted(find_kwargs.keys() - accepted):
+            raise ValueError(  # now, not after phase 1 has trained for t epochs
+                f"find_kwargs: find_slow_learnable takes no {unknown}; it accepts "
+                f"{sorted(accepted)}"
             )
         self.find_kwargs = {"progress": False, **find_kwargs}
         self.selection: Selection | None = None
