@@ -78,11 +78,12 @@ def test_user_built_upsampling_under_ddp_trains_on_the_whole_multiset(ddp_runs, 
     assert ranks[0]["seen"]["0"] != ranks[0]["seen"]["1"]  # set_epoch reached the shuffle
 
 
-@pytest.mark.parametrize("scenario", ["useful", "useful_sam"])
+@pytest.mark.parametrize("scenario", ["useful", "useful_sam", "useful_stateful"])
 def test_callback_under_ddp(ddp_runs, scenario):
-    """The whole workflow on 2 ranks (SGD + StepLR, or SAM with manual optimization): phase 1
-    on the 40 examples, one selection on both ranks, then a restart from W0 with a fresh
-    optimizer in which each rank trains on exactly its shard of the upsampled multiset."""
+    """The whole workflow on 2 ranks (SGD + StepLR, SAM with manual optimization, or
+    torchdata's StatefulDataLoader): phase 1 on the 40 examples, one selection on both ranks,
+    then a restart from W0 with a fresh optimizer in which each rank trains on exactly its
+    shard of the upsampled multiset."""
     ranks = ddp_runs[scenario]
     selection = ranks[0]["selection"]
     assert ranks[1]["selection"] == selection and 0 < len(selection) < N

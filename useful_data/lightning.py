@@ -54,6 +54,7 @@ from useful_data.slow_learnable import find_slow_learnable
 
 try:
     import lightning.pytorch as pl
+    from lightning.fabric.utilities.data import _reinstantiate_wrapped_cls
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.strategies import (
         DDPStrategy,
@@ -64,7 +65,7 @@ try:
     )
     from lightning.pytorch.trainer.connectors.data_connector import _DataLoaderSource
     from lightning.pytorch.trainer.states import RunningStage
-    from lightning.pytorch.utilities.data import _update_dataloader
+    from lightning.pytorch.utilities.data import _get_dataloader_init_args_and_kwargs
 except ImportError as err:  # pragma: no cover - exercised by simulating a missing install
     raise ImportError(
         "useful_data.lightning needs PyTorch Lightning: pip install 'useful-data[lightning]'"
@@ -479,7 +480,22 @@ class USEFUL(Callback):
         sampler = UpsampleSampler(
             selection, num_examples, shuffle=shuffle, seed=seed, epoch_size=self.epoch_size
         )
-        return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+        args, kwargs = _get_dataloader_init_args_and_kwargs(
+            loader, sampler, mode=RunningStage.TRAINING
+        )
+        if kwargs.get("batch_sampler") is not None and _stateful_batches(loader):
+            # torchdata's StatefulDataLoader batches with its own BatchSampler subclass, which
+            # Lightning rebuilds as a custom batch sampler around ours, leaving the loader's
+            # .sampler a SequentialSampler: under DDP Lightning would then replace ours by a
+            # DistributedSampler of the plain data. Pass the sampler itself instead.
+            positional = getattr(loader, "__pl_saved_arg_names", ())
+            kwargs.update(sampler=sampler, batch_sampler=None)
+            for key in ("batch_size", "drop_last"):
+                if key in positional:
+                    kwargs.pop(key, None)
+                else:
+                    kwargs[key] = getattr(loader, key)
+        return _reinstantiate_wrapped_cls(loader, *args, **kwargs)
 
 
 def _shuffles(sampler: object) -> bool | None:
@@ -493,6 +509,12 @@ def _shuffles(sampler: object) -> bool | None:
     if stateful is not None and isinstance(sampler, stateful.RandomSampler):
         return True
     return None
+
+
+def _stateful_batches(loader: DataLoader) -> bool:
+    """Whether the loader batches with torchdata's ``StatefulDataLoader`` batch sampler."""
+    stateful = sys.modules.get("torchdata.stateful_dataloader.sampler")
+    return stateful is not None and type(loader.batch_sampler) is stateful.BatchSampler
 
 
 def _map_style(name: str, dataset: Any) -> Dataset[Any]:
