@@ -18,7 +18,7 @@ import torch
 pl = pytest.importorskip("lightning.pytorch")
 
 from _lightning_helpers import SLOW, Data, IndexedData, Model, N, Stream, trainer  # noqa: E402
-from torch.utils.data import DataLoader, WeightedRandomSampler  # noqa: E402
+from torch.utils.data import DataLoader, SequentialSampler, WeightedRandomSampler  # noqa: E402
 
 from useful_data import SAM, UpsampleSampler, find_slow_learnable  # noqa: E402
 from useful_data.lightning import USEFUL  # noqa: E402
@@ -322,6 +322,26 @@ def test_mid_epoch_resume_with_a_stateful_dataloader(tmp_path):
     assert resumed.seen[1] == model.seen[1][done:]
     assert resumed.seen[2] == model.seen[2]
     assert len(model.seen[1]) == N + useful.selection.num_slow_learnable
+
+
+class StatefulBatchSamplerData(Data):
+    def train_dataloader(self):
+        from torchdata.stateful_dataloader import StatefulDataLoader
+        from torchdata.stateful_dataloader.sampler import BatchSampler
+
+        batches = BatchSampler(SequentialSampler(self.train_set), batch_size=5, drop_last=False)
+        return StatefulDataLoader(self.train_set, batch_sampler=batches)
+
+
+def test_stateful_dataloader_given_a_batch_sampler_is_upsampled_in_batches():
+    """A StatefulDataLoader built with batch_sampler= (no batch_size) is rebuilt by Lightning's
+    own rule, still in batches of 5, over the upsampled multiset."""
+    pytest.importorskip("torchdata")
+    model = Model()
+    trainer(max_epochs=1, callbacks=[USEFUL(selection=SLOW)]).fit(
+        model, datamodule=StatefulBatchSamplerData()
+    )
+    assert Counter(model.seen[0]) == expected_counts(SLOW)  # unbatched, the step would fail
 
 
 def test_checkpoint_whose_selection_does_not_match_the_data(tmp_path):

@@ -483,7 +483,11 @@ class USEFUL(Callback):
         args, kwargs = _get_dataloader_init_args_and_kwargs(
             loader, sampler, mode=RunningStage.TRAINING
         )
-        if kwargs.get("batch_sampler") is not None and _stateful_batches(loader):
+        if (
+            kwargs.get("batch_sampler") is not None
+            and loader.batch_size is not None  # not a batch_sampler= of the user's
+            and _stateful_batches(loader)
+        ):
             # torchdata's StatefulDataLoader batches with its own BatchSampler subclass, which
             # Lightning rebuilds as a custom batch sampler around ours, leaving the loader's
             # .sampler a SequentialSampler: under DDP Lightning would then replace ours by a
