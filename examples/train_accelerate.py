@@ -29,8 +29,17 @@ from useful_data import UpsampleSampler, find_slow_learnable
 from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
 
 
-def train(accelerator, model, loader, *, epochs: int, total_epochs: int, lr: float) -> None:
-    """SGD with a cosine schedule over ``total_epochs``, stopped after ``epochs``."""
+def upsampled_loader(train_set, selection, *, batch_size: int, seed: int) -> DataLoader:
+    """Phase 2's loader. ``num_replicas=1, rank=0``: Accelerate deals the batches out, so
+    ``len(loader)`` before ``prepare`` counts the whole epoch, as for any dataset, and the
+    schedule sized from it spans phase 2 (Accelerate steps it once per process)."""
+    sampler = UpsampleSampler(selection, len(train_set), seed=seed, num_replicas=1, rank=0)
+    return DataLoader(train_set, batch_size=batch_size, sampler=sampler)
+
+
+def train(accelerator, model, loader, *, epochs: int, total_epochs: int, lr: float) -> float:
+    """SGD with a cosine schedule over ``total_epochs``, stopped after ``epochs``; returns the
+    last learning rate."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     steps = total_epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -43,6 +52,7 @@ def train(accelerator, model, loader, *, epochs: int, total_epochs: int, lr: flo
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
+    return optimizer.param_groups[0]["lr"]
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -83,14 +93,13 @@ def main(argv: list[str] | None = None) -> float:
     # 3. phase 2: W0, a fresh optimizer and schedule, the upsampled multiset
     model = ToyCNN(seed=args.seed)
     model.load_state_dict(w0)
-    sampler = UpsampleSampler(selection, len(train_set), seed=args.seed)
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler)
+    loader = upsampled_loader(train_set, selection, batch_size=args.batch_size, seed=args.seed)
     train(accelerator, model, loader, epochs=args.epochs, total_epochs=args.epochs, lr=args.lr)
     test = make_simplicity_bias_data(args.num_examples, seed=args.seed + 1000)
     with torch.no_grad():
         logits = model(test.inputs.to(accelerator.device)).cpu()
     accuracy = float((logits.argmax(1) == test.targets).float().mean())
-    accelerator.print(f"phase 2: {sampler.multiset_size} examples per epoch; "
+    accelerator.print(f"phase 2: {selection.upsampled_size} examples per epoch; "
                       f"test accuracy {accuracy:.4f}")  # fmt: skip
     accelerator.end_training()
     return accuracy

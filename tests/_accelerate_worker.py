@@ -15,12 +15,13 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _two_processes import BATCH, Items, N, fixed_selection, flat, gathered
+from _two_processes import BATCH, Items, N, fixed_selection, flat, gathered, load_example
 
 from useful_data import UpsampleSampler, USEFULDataset, find_slow_learnable
 
@@ -91,6 +92,18 @@ def main(out: str) -> None:
         return flat(batch["index"].tolist() for batch in batches)
 
     results["resume"] = gathered([rank_epochs["recipe"][1], epoch1(2)])
+
+    # the example's phase 2: a cosine schedule sized by len(loader) before prepare, as
+    # Accelerate's own examples size theirs, should end at 0 after its last epoch
+    from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
+
+    example = load_example("train_accelerate")
+    toy = make_simplicity_bias_data(100, seed=0)
+    toy_selection = np.arange(100) % 5 == 0  # 120 items: 12 batches of 10, 6 per rank
+    toy_loader = example.upsampled_loader(toy, toy_selection, batch_size=10, seed=0)
+    results["example_last_lr"] = example.train(
+        accelerator, ToyCNN(seed=0), toy_loader, epochs=2, total_epochs=2, lr=0.1
+    )
     if accelerator.is_main_process:
         Path(out).write_text(json.dumps(results))
     accelerator.wait_for_everyone()

@@ -56,8 +56,9 @@ class Stream(torch.utils.data.IterableDataset):
 
 class Data(pl.LightningDataModule):
     """``mode``: ``"plain"``, ``"dataset"`` (USEFULDataset in train_dataloader),
-    ``"sampler"`` (UpsampleSampler in train_dataloader) or ``"sampler_early"`` (built in
-    ``__init__``, before any process group exists)."""
+    ``"sampler"`` (UpsampleSampler in train_dataloader), ``"sampler_early"`` (built in
+    ``__init__``, before any process group exists) or ``"stateful"`` (torchdata's
+    ``StatefulDataLoader``, shuffled)."""
 
     def __init__(
         self, mode: str = "plain", shuffle: bool = True, flip: bool = False, num_workers: int = 0
@@ -77,6 +78,10 @@ class Data(pl.LightningDataModule):
             return DataLoader(self.train_set, batch_size=5, sampler=sampler)
         if self.mode == "sampler_early":
             return DataLoader(self.train_set, batch_size=5, sampler=self.early_sampler)
+        if self.mode == "stateful":
+            from torchdata.stateful_dataloader import StatefulDataLoader
+
+            return StatefulDataLoader(self.train_set, batch_size=5, shuffle=True)
         return DataLoader(
             self.train_set, batch_size=5, shuffle=self.shuffle, num_workers=self.num_workers
         )
@@ -168,7 +173,7 @@ def _run_scenario(name: str, out: Path) -> None:
         max_epochs = 2
     elif name.startswith("useful"):
         model = Model(sam=name == "useful_sam")
-        data = Data()
+        data = Data("stateful" if name == "useful_stateful" else "plain")
         useful = USEFUL(separating_epoch=2, find_kwargs={"backend": "sklearn"})
         callbacks = [useful]
         max_epochs = 2
@@ -198,7 +203,15 @@ def _run_scenario(name: str, out: Path) -> None:
     (out / f"{name}_rank{fit.global_rank}.json").write_text(json.dumps(record))
 
 
-SCENARIOS = ("sampler_early", "sampler", "dataset", "useful", "useful_sam", "useful_dynamics")
+SCENARIOS = (
+    "sampler_early",
+    "sampler",
+    "dataset",
+    "useful",
+    "useful_sam",
+    "useful_dynamics",
+    "useful_stateful",
+)
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -52,6 +52,13 @@ def test_resumed_epoch_skips_exactly_the_batches_done(two_ranks):
         assert resumed == trained[2 * 5 :]
 
 
+def test_example_schedule_spans_phase_two(two_ranks):
+    """The example sizes its cosine schedule by ``len(loader)`` before ``prepare``; on 2
+    processes that must count the whole epoch, or the schedule ends halfway through phase 2
+    and climbs back to the initial learning rate (as with a sampler left to shard itself)."""
+    assert two_ranks["example_last_lr"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_example_script_runs(capsys):
     example = load_example("train_accelerate")
     accuracy = example.main(["--tiny"])

@@ -18,7 +18,7 @@ import torch
 pl = pytest.importorskip("lightning.pytorch")
 
 from _lightning_helpers import SLOW, Data, IndexedData, Model, N, Stream, trainer  # noqa: E402
-from torch.utils.data import DataLoader, WeightedRandomSampler  # noqa: E402
+from torch.utils.data import DataLoader, SequentialSampler, WeightedRandomSampler  # noqa: E402
 
 from useful_data import SAM, UpsampleSampler, find_slow_learnable  # noqa: E402
 from useful_data.lightning import USEFUL  # noqa: E402
@@ -78,11 +78,12 @@ def test_user_built_upsampling_under_ddp_trains_on_the_whole_multiset(ddp_runs, 
     assert ranks[0]["seen"]["0"] != ranks[0]["seen"]["1"]  # set_epoch reached the shuffle
 
 
-@pytest.mark.parametrize("scenario", ["useful", "useful_sam", "useful_dynamics"])
+@pytest.mark.parametrize("scenario", ["useful", "useful_sam", "useful_dynamics", "useful_stateful"])
 def test_callback_under_ddp(ddp_runs, scenario):
-    """The whole workflow on 2 ranks (SGD + StepLR, or SAM with manual optimization): phase 1
-    on the 40 examples, one selection on both ranks, then a restart from W0 with a fresh
-    optimizer in which each rank trains on exactly its shard of the upsampled multiset."""
+    """The whole workflow on 2 ranks (SGD + StepLR, SAM with manual optimization, or
+    torchdata's StatefulDataLoader): phase 1 on the 40 examples, one selection on both ranks,
+    then a restart from W0 with a fresh optimizer in which each rank trains on exactly its
+    shard of the upsampled multiset."""
     ranks = ddp_runs[scenario]
     selection = ranks[0]["selection"]
     assert ranks[1]["selection"] == selection and 0 < len(selection) < N
@@ -441,6 +442,26 @@ def test_mid_epoch_resume_with_a_stateful_dataloader(tmp_path):
     assert len(model.seen[1]) == N + useful.selection.num_slow_learnable
 
 
+class StatefulBatchSamplerData(Data):
+    def train_dataloader(self):
+        from torchdata.stateful_dataloader import StatefulDataLoader
+        from torchdata.stateful_dataloader.sampler import BatchSampler
+
+        batches = BatchSampler(SequentialSampler(self.train_set), batch_size=5, drop_last=False)
+        return StatefulDataLoader(self.train_set, batch_sampler=batches)
+
+
+def test_stateful_dataloader_given_a_batch_sampler_is_upsampled_in_batches():
+    """A StatefulDataLoader built with batch_sampler= (no batch_size) is rebuilt by Lightning's
+    own rule, still in batches of 5, over the upsampled multiset."""
+    pytest.importorskip("torchdata")
+    model = Model()
+    trainer(max_epochs=1, callbacks=[USEFUL(selection=SLOW)]).fit(
+        model, datamodule=StatefulBatchSamplerData()
+    )
+    assert Counter(model.seen[0]) == expected_counts(SLOW)  # unbatched, the step would fail
+
+
 def test_checkpoint_whose_selection_does_not_match_the_data(tmp_path):
     fit_with_checkpoints(tmp_path, 2, 1)
     with pytest.raises(ValueError, match=r"selection does not match the training set.*fingerpr"):
@@ -517,6 +538,8 @@ def test_bad_arguments_and_data():
         USEFUL(2, selection=SLOW)
     with pytest.raises(ValueError, match=r"find_kwargs should not hold \['model'\]"):
         USEFUL(2, find_kwargs={"model": None})
+    with pytest.raises(ValueError, match=r"find_slow_learnable takes no \['upsample_facter'\]"):
+        USEFUL(2, find_kwargs={"upsample_facter": 3})  # a typo fails now, not after phase 1
     with pytest.raises(ValueError, match="separating_epoch"):
         USEFUL(0)
     with pytest.raises(TypeError, match=r"shuffle=True or shuffle=False.*WeightedRandomSampler"):

@@ -23,9 +23,9 @@ __all__ = ["sharding_framework"]
 
 # (module, class names): wrappers that shard the batches of the sampler they iterate.
 _SHARDERS = (("accelerate.data_loader", ("BatchSamplerShard", "DataLoaderDispatcher")),)
-# Enough for every call chain seen (accelerate with torchdata's stateful loader and
-# ``skip_first_batches`` is 7 frames deep); a user's own loop is never this close to the sampler.
-_MAX_DEPTH = 12
+# Three times the deepest call chain seen (8 frames: accelerate's dispatch_batches with
+# torchdata's stateful loader and 2 workers); only called once per epoch, so the margin is free.
+_MAX_DEPTH = 24
 
 
 def _sharder_types() -> tuple[type, ...]:

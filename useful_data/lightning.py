@@ -41,6 +41,7 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024 (Algorith
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -75,6 +76,7 @@ from useful_data.slow_learnable import find_slow_learnable
 
 try:
     import lightning.pytorch as pl
+    from lightning.fabric.utilities.data import _reinstantiate_wrapped_cls
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.strategies import (
         DDPStrategy,
@@ -85,7 +87,7 @@ try:
     )
     from lightning.pytorch.trainer.connectors.data_connector import _DataLoaderSource
     from lightning.pytorch.trainer.states import RunningStage
-    from lightning.pytorch.utilities.data import _update_dataloader
+    from lightning.pytorch.utilities.data import _get_dataloader_init_args_and_kwargs
 except ImportError as err:  # pragma: no cover - exercised by simulating a missing install
     raise ImportError(
         "useful_data.lightning needs PyTorch Lightning: pip install 'useful-data[lightning]'"
@@ -201,9 +203,10 @@ class USEFUL(Callback):
         TypeError: if both ``separating_epoch`` and ``selection`` are given, or an argument has
             the wrong type.
         ValueError: if ``separating_epoch < 1``, ``find_kwargs`` names an argument the
-            callback fills in (or, with ``dynamics=``, one the dynamics do not use), or
-            ``dynamics`` is not a strategy name. Errors about the trainer, the data and
-            checkpoints are raised when the fit starts (see the Lightning guide).
+            callback fills in or one `find_slow_learnable` does not take (or, with
+            ``dynamics=``, one the dynamics do not use), or ``dynamics`` is not a strategy
+            name. Errors about the trainer, the data and checkpoints are raised when the fit
+            starts (see the Lightning guide).
 
     Example:
         >>> from useful_data.lightning import USEFUL
@@ -248,6 +251,12 @@ class USEFUL(Callback):
             raise ValueError(
                 f"find_kwargs should not hold {own}: USEFUL passes the module and the "
                 "training set itself (use eval_dataset= for an eval view)"
+            )
+        accepted = inspect.signature(find_slow_learnable).parameters.keys() - _OWN_FIND_ARGS
+        if unknown := sorted(find_kwargs.keys() - accepted):
+            raise ValueError(  # now, not after phase 1 has trained for t epochs
+                f"find_kwargs: find_slow_learnable takes no {unknown}; it accepts "
+                f"{sorted(accepted)}"
             )
         self.find_kwargs = {"progress": False, **find_kwargs}
         if dynamics is not None:
@@ -604,7 +613,26 @@ class USEFUL(Callback):
         sampler = UpsampleSampler(
             selection, num_examples, shuffle=shuffle, seed=self._seed(), epoch_size=self.epoch_size
         )
-        return _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
+        args, kwargs = _get_dataloader_init_args_and_kwargs(
+            loader, sampler, mode=RunningStage.TRAINING
+        )
+        if (
+            kwargs.get("batch_sampler") is not None
+            and loader.batch_size is not None  # not a batch_sampler= of the user's
+            and _stateful_batches(loader)
+        ):
+            # torchdata's StatefulDataLoader batches with its own BatchSampler subclass, which
+            # Lightning rebuilds as a custom batch sampler around ours, leaving the loader's
+            # .sampler a SequentialSampler: under DDP Lightning would then replace ours by a
+            # DistributedSampler of the plain data. Pass the sampler itself instead.
+            positional = getattr(loader, "__pl_saved_arg_names", ())
+            kwargs.update(sampler=sampler, batch_sampler=None)
+            for key in ("batch_size", "drop_last"):
+                if key in positional:
+                    kwargs.pop(key, None)
+                else:
+                    kwargs[key] = getattr(loader, key)
+        return _reinstantiate_wrapped_cls(loader, *args, **kwargs)
 
     def _seed(self) -> int:
         return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -665,6 +693,12 @@ def _shuffles(sampler: object, replacement: str) -> bool:
         f"USEFUL replaces the training sampler by {replacement}, so it needs a DataLoader "
         f"built with shuffle=True or shuffle=False, but got sampler={type(sampler).__name__}"
     )
+
+
+def _stateful_batches(loader: DataLoader) -> bool:
+    """Whether the loader batches with torchdata's ``StatefulDataLoader`` batch sampler."""
+    stateful = sys.modules.get("torchdata.stateful_dataloader.sampler")
+    return stateful is not None and type(loader.batch_sampler) is stateful.BatchSampler
 
 
 def _map_style(name: str, dataset: Any) -> Dataset[Any]:
