@@ -613,26 +613,7 @@ class USEFUL(Callback):
         sampler = UpsampleSampler(
             selection, num_examples, shuffle=shuffle, seed=self._seed(), epoch_size=self.epoch_size
         )
-        args, kwargs = _get_dataloader_init_args_and_kwargs(
-            loader, sampler, mode=RunningStage.TRAINING
-        )
-        if (
-            kwargs.get("batch_sampler") is not None
-            and loader.batch_size is not None  # not a batch_sampler= of the user's
-            and _stateful_batches(loader)
-        ):
-            # torchdata's StatefulDataLoader batches with its own BatchSampler subclass, which
-            # Lightning rebuilds as a custom batch sampler around ours, leaving the loader's
-            # .sampler a SequentialSampler: under DDP Lightning would then replace ours by a
-            # DistributedSampler of the plain data. Pass the sampler itself instead.
-            positional = getattr(loader, "__pl_saved_arg_names", ())
-            kwargs.update(sampler=sampler, batch_sampler=None)
-            for key in ("batch_size", "drop_last"):
-                if key in positional:
-                    kwargs.pop(key, None)
-                else:
-                    kwargs[key] = getattr(loader, key)
-        return _reinstantiate_wrapped_cls(loader, *args, **kwargs)
+        return _with_sampler(loader, sampler)
 
     def _seed(self) -> int:
         return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -676,7 +657,30 @@ class USEFUL(Callback):
         )
         self._batch_size = loader.batch_size
         self._labels = dataset_targets(dataset)
-        return _update_dataloader(loader, self._recorder, mode=RunningStage.TRAINING)
+        return _with_sampler(loader, self._recorder)
+
+
+def _with_sampler(loader: DataLoader[Any], sampler: DistributedSampler[int]) -> DataLoader[Any]:
+    """``loader`` rebuilt with ``sampler`` in place of its own, as Lightning injects its
+    ``DistributedSampler`` (every other argument kept)."""
+    args, kwargs = _get_dataloader_init_args_and_kwargs(loader, sampler, mode=RunningStage.TRAINING)
+    if (
+        kwargs.get("batch_sampler") is not None
+        and loader.batch_size is not None  # not a batch_sampler= of the user's
+        and _stateful_batches(loader)
+    ):
+        # torchdata's StatefulDataLoader batches with its own BatchSampler subclass, which
+        # Lightning rebuilds as a custom batch sampler around ours, leaving the loader's
+        # .sampler a SequentialSampler: under DDP Lightning would then replace ours by a
+        # DistributedSampler of the plain data. Pass the sampler itself instead.
+        positional = getattr(loader, "__pl_saved_arg_names", ())
+        kwargs.update(sampler=sampler, batch_sampler=None)
+        for key in ("batch_size", "drop_last"):
+            if key in positional:
+                kwargs.pop(key, None)
+            else:
+                kwargs[key] = getattr(loader, key)
+    return _reinstantiate_wrapped_cls(loader, *args, **kwargs)
 
 
 def _shuffles(sampler: object, replacement: str) -> bool:
