@@ -68,7 +68,8 @@ class UpsampleSampler(DistributedSampler[int]):
     ``use_distributed_sampler=True`` keeps it, as a ``DistributedSampler``); Ray Train;
     Accelerate's ``prepare`` and the Hugging Face ``Trainer`` (which shard the batches
     themselves: the sampler then yields the whole multiset on every process and Accelerate
-    deals it out).
+    deals it out; build it with ``num_replicas=1, rank=0`` there, so that ``len(loader)``
+    taken before ``prepare``, e.g. to size an LR schedule, is the whole epoch's too).
 
     Args:
         selection: A `Selection`, a path to a saved one, a boolean mask of
