@@ -633,6 +633,7 @@ class DynamicsTrainer(Trainer):
                 "DynamicsTrainer records the logits, but the model's output has none: return "
                 'a mapping (a ModelOutput or dict) with "logits"'
             )
-        assert self.dynamics is not None  # set with the training loader
+        if self.dynamics is None:  # set with the training loader
+            raise RuntimeError("DynamicsTrainer's record is built with its training loader")
         self.dynamics.update(logits, targets, indices)
         return (loss, outputs) if return_outputs else loss

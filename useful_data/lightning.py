@@ -371,7 +371,8 @@ class USEFUL(Callback):
     ) -> None:
         if self._recorder is None or self._upsample_from is not None:
             return
-        assert self.training_dynamics is not None  # built with the recorder
+        if self.training_dynamics is None:  # built with the recorder, just above
+            raise RuntimeError("USEFUL's recording sampler is set but its record is not")
         indices = self._recorder.take(self._batch_size)
         logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
         if not isinstance(logits, torch.Tensor):
@@ -411,7 +412,8 @@ class USEFUL(Callback):
         if not separate:
             return
         if self.training_dynamics is not None:
-            assert self.dynamics is not None  # the recorder exists only with dynamics=
+            if self.dynamics is None:  # the recorder exists only with dynamics=
+                raise RuntimeError("USEFUL holds training dynamics but no dynamics= strategy")
             selection = select_from_dynamics(
                 self.training_dynamics,
                 strategy=self.dynamics,
@@ -541,7 +543,8 @@ class USEFUL(Callback):
 
     def _extend_schedule(self, trainer: pl.Trainer) -> None:
         """Phase 1's ``t`` epochs come before phase 2's full schedule of ``T`` epochs."""
-        assert self.separating_epoch is not None
+        if self.separating_epoch is None:
+            raise RuntimeError("USEFUL extends the schedule once the separating epoch is known")
         trainer.fit_loop.max_epochs = self.separating_epoch + self._total_epochs
 
     def _set_selection(self, selection: SelectionLike, epoch: int | None) -> None:
