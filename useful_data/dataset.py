@@ -104,11 +104,7 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         k = check_upsample_factor(upsample_factor)
         if sel is not None:
             check_selection_fits(sel, dataset)
-        indices = np.flatnonzero(mask).astype(np.int64)
-        check_upsampled_size(num_examples, len(indices), k)
-        index_map = np.concatenate(
-            [np.arange(num_examples, dtype=np.int64), np.tile(indices, k - 1)]
-        )
+        index_map = upsampled_index_map(mask, k)
         index_map.setflags(write=False)
         mask = np.array(mask, dtype=bool)
         mask.setflags(write=False)
@@ -270,6 +266,20 @@ class _UpsampledView(Sequence[Any]):
 
     def __repr__(self) -> str:
         return repr(list(self))
+
+
+def upsampled_index_map(mask: np.ndarray, upsample_factor: int) -> np.ndarray:
+    """Algorithm 1's ``D ∪ C2`` as base indices: ``[0, ..., N-1]`` followed by the
+    slow-learnable indices of ``mask`` repeated ``upsample_factor - 1`` times (int64).
+
+    Its size is checked against the machine's memory before anything is allocated, and
+    building it costs O(k |S|), not O(k), when few or no examples are selected.
+    """
+    slow = np.flatnonzero(mask).astype(np.int64)
+    check_upsampled_size(len(mask), len(slow), upsample_factor)
+    return np.concatenate(
+        [np.arange(len(mask), dtype=np.int64), np.tile(slow, upsample_factor - 1)]
+    )
 
 
 def _has_length(value: Any, length: int) -> bool:

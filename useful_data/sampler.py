@@ -33,7 +33,6 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
@@ -42,9 +41,9 @@ from useful_data._checks import (
     check_int,
     check_positive_int,
     check_upsample_factor,
-    check_upsampled_size,
 )
 from useful_data._frameworks import sharding_framework
+from useful_data.dataset import upsampled_index_map
 from useful_data.distributed import get_rank, get_world_size
 from useful_data.selection import SelectionLike, resolve_selection
 
@@ -145,11 +144,7 @@ class UpsampleSampler(DistributedSampler[int]):
         self.seed = check_int("seed", seed)
         self.drop_last = check_bool("drop_last", drop_last)
         self.epoch = 0
-        slow = np.flatnonzero(mask).astype(np.int64)
-        check_upsampled_size(len(mask), len(slow), self.upsample_factor)  # before allocating
-        multiset = np.concatenate(
-            [np.arange(len(mask), dtype=np.int64), np.tile(slow, self.upsample_factor - 1)]
-        )
+        multiset = upsampled_index_map(mask, self.upsample_factor)  # as USEFULDataset's
         self._multiset = torch.from_numpy(multiset)
         self._epoch_size: int | None = None
         if epoch_size is not None:
