@@ -6,6 +6,9 @@
   A block preceded by the line ``<!-- no-exec -->`` is skipped (torchrun, GPU-only, downloads);
   one preceded by ``<!-- signatures -->`` is not run but checked against the code: every call
   in it names real parameters, and every literal keyword value is that parameter's default.
+* A page holding the line ``<!-- torchrun: 2 -->`` runs its blocks a second time, the same way,
+  under ``torchrun --standalone --nproc_per_node 2`` on the CPU (gloo): the guides that say
+  their code runs unchanged on several processes are held to it.
 * The README's usage block is one of the blocks getting-started.md runs, verbatim.
 * Every page is in ``mkdocs.yml``'s nav, and every guide is linked from ``guides/index.md``.
 * Every ``useful-data ...`` line of a bash block parses with the command's own parser.
@@ -58,6 +61,7 @@ PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
 NO_EXEC = "<!-- no-exec -->"
 SIGNATURES = "<!-- signatures -->"
 PSEUDO_CODE = "<!-- pseudo-code -->"
+TORCHRUN = "<!-- torchrun: 2 -->"
 OUTPUT_TAG = re.compile(r"^<!-- output: (?P<command>.+?)(?: @ (?P<commit>[0-9a-f]{7,40}))? -->$")
 PROMPT = "$ "  # a transcript's command lines, in a ```text or ```console block
 PYTHON_LANGS = {"python", "py"}
@@ -195,8 +199,8 @@ for block in blocks:
 """
 
 
-@pytest.mark.parametrize("page", PAGES)
-def test_docs_page_code_runs(page, tmp_path):
+def _run_page(page: str, tmp_path: Path, launcher: list[str]) -> None:
+    """Run the executable python blocks of ``docs/<page>`` in one namespace, under ``launcher``."""
     path = DOCS / page
     blocks = [b for b in code_blocks(path.read_text(encoding="utf-8")) if b.executable]
     if not blocks:
@@ -214,16 +218,51 @@ def test_docs_page_code_runs(page, tmp_path):
     }
     env.update(_SMALL_CPU_ENV)
     proc = subprocess.run(
-        [sys.executable, str(runner), str(spec)],
+        [*launcher, str(runner), str(spec)],
         cwd=work,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert proc.returncode == 0, (
-        f"a python block of docs/{page} failed (line numbers are the page's):\n"
-        f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        f"a python block of docs/{page} failed under {' '.join(launcher)} (line numbers are "
+        f"the page's):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_docs_page_code_runs(page, tmp_path):
+    _run_page(page, tmp_path, [sys.executable])
+
+
+TORCHRUN_PAGES = [p for p in PAGES if TORCHRUN in (DOCS / p).read_text(encoding="utf-8")]
+
+
+@pytest.mark.parametrize("page", TORCHRUN_PAGES)
+def test_docs_page_code_runs_on_two_processes(page, tmp_path):
+    """The page's blocks, as written, under torchrun with 2 CPU processes (gloo)."""
+    _run_page(
+        page,
+        tmp_path,
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    )
+
+
+# The guides whose code says it runs unchanged on several processes.
+MULTI_PROCESS_GUIDES = {
+    "guides/accelerate.md",
+    "guides/distributed.md",
+    "guides/huggingface.md",
+    "guides/lightning.md",
+    "guides/streaming.md",
+}
+
+
+def test_multi_process_guides_are_run_on_two_processes():
+    assert set(TORCHRUN_PAGES) >= MULTI_PROCESS_GUIDES, (
+        f"these guides need a {TORCHRUN} line (and code that runs under torchrun): "
+        f"{sorted(MULTI_PROCESS_GUIDES - set(TORCHRUN_PAGES))}"
     )
 
 
