@@ -114,7 +114,6 @@ def test_the_targets_workflow_works_with_an_eval_view_too():
 
 
 def test_the_fingerprint_still_refuses_another_order_or_split():
-    from useful_data.selection import check_selection_fits
 
     ds = _relabelled()
     labels = np.array([ds[i][1] for i in range(len(ds))])
@@ -128,7 +127,7 @@ def test_the_fingerprint_still_refuses_another_order_or_split():
         with pytest.raises(ValueError, match="fingerprint mismatch"):
             USEFULDataset(other, sel)
         with pytest.raises(ValueError, match="fingerprint mismatch"):
-            check_selection_fits(sel, other)
+            sel.check_fits(other)
 
 
 def test_logits_with_targets_and_dataset_record_the_datasets_labels():

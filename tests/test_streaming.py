@@ -35,7 +35,6 @@ from useful_data._keys import (
     normalize_key,
 )
 from useful_data.cli import main
-from useful_data.selection import check_selection_fits
 from useful_data.streaming import collect_stream_outputs
 
 wds = pytest.importorskip("webdataset")
@@ -230,7 +229,7 @@ def test_keyed_selection_is_refused_by_position_and_read_by_inspect(tmp_path, ca
     with pytest.raises(ValueError, match=r"by key, not by position.*USEFULIterableDataset"):
         USEFULDataset(TensorDataset(torch.zeros(4)), sel)
     with pytest.raises(ValueError, match="by key, not by position"):  # plot, inspect --plot
-        check_selection_fits(sel, TensorDataset(torch.zeros(4)))
+        sel.check_fits(TensorDataset(torch.zeros(4)))
     path = sel.save(tmp_path / "s.npz")
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out

@@ -19,8 +19,11 @@ __all__ = ["moved_names"]
 
 
 def _resolve(target: str) -> Any:
-    module_name, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
+    module_name, _, path = target.partition(":")
+    found: Any = importlib.import_module(module_name)
+    for attribute in path.split("."):  # "Class.method" reaches a method
+        found = getattr(found, attribute)
+    return found
 
 
 def moved_names(module: str, moves: Mapping[str, str]) -> Callable[[str], Any]:
@@ -28,8 +31,9 @@ def moved_names(module: str, moves: Mapping[str, str]) -> Callable[[str], Any]:
 
     Args:
         module: The module's ``__name__``.
-        moves: Old attribute name to new location, ``"package.module:name"``; a location whose
-            name starts with ``_`` is private now (the warning says so).
+        moves: Old attribute name to new location, ``"package.module:name"`` (or
+            ``"package.module:Class.method"``); a location whose name starts with ``_`` is
+            private now (the warning says so).
 
     Returns:
         The ``__getattr__`` (PEP 562) to assign in ``module``.

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from useful_data._checks import check_sized, check_upsample_factor, check_upsampled_size
 from useful_data._targets import dataset_targets
-from useful_data.selection import SelectionLike, check_selection_fits, resolve_selection
+from useful_data.selection import SelectionLike, resolve_selection
 
 __all__ = ["USEFULDataset"]
 
@@ -71,7 +71,7 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
     Raises:
         ValueError: if the selection does not fit the dataset (length, indices, or a
             fingerprint mismatch when the dataset exposes its labels, see
-            `useful_data.selection.check_selection_fits`), or the upsampled index would not
+            `Selection.check_fits`), or the upsampled index would not
             fit in memory.
         TypeError: if ``upsample_factor`` is not an integer.
 
@@ -103,7 +103,7 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
             upsample_factor = sel.upsample_factor if sel is not None else 2
         k = check_upsample_factor(upsample_factor)
         if sel is not None:
-            check_selection_fits(sel, dataset)
+            sel.check_fits(dataset)
         index_map = upsampled_index_map(mask, k)
         index_map.setflags(write=False)
         mask = np.array(mask, dtype=bool)

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from useful_data._checks import check_positive_int
 from useful_data._targets import INPUT_KEYS
-from useful_data.selection import Selection, check_selection_fits
+from useful_data.selection import Selection
 
 __all__ = ["plot_selection", "to_image_array"]
 
@@ -105,7 +105,7 @@ def plot_selection(
         TypeError: if ``selection`` is not a `Selection`.
         ValueError: if ``dataset`` is not the one the selection was computed on (its length,
             or its labels where it exposes them: see
-            `useful_data.selection.check_selection_fits`), or ``class_names`` has too few
+            `Selection.check_fits`), or ``class_names`` has too few
             names.
 
     Example:
@@ -131,7 +131,7 @@ def plot_selection(
             f"{len(class_names)} names and the selection has labels up to {max(labels)}"
         )
     if dataset is not None:
-        check_selection_fits(selection, dataset)
+        selection.check_fits(dataset)
     if dataset is None:
         grid_labels: list[int] = []
     elif classes is None:

@@ -11,7 +11,7 @@ selection was computed with; and, where those differ from the labels the dataset
 exposes (``find_slow_learnable(..., targets=...)`` on a dataset with a ``target_transform``),
 the same for the exposed labels (`Selection.data_fingerprint`). A dataset fits a selection
 when its exposed labels match either, so another split, another dataset or another order of
-the same examples is refused wherever a selection meets data (`check_selection_fits`).
+the same examples is refused wherever a selection meets data (`Selection.check_fits`).
 
 Paper: Nguyen, Haddad, Gan, Mirzasoleiman, "Changing the Training Data Distribution to Reduce
 Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024 (Algorithm 1).
@@ -42,6 +42,7 @@ from useful_data._checks import (
     check_upsample_factor,
     indices_to_mask,
 )
+from useful_data._deprecation import moved_names
 from useful_data._keys import keyed_fingerprint, keys_array
 from useful_data._targets import dataset_targets
 from useful_data._version import __version__
@@ -52,7 +53,6 @@ __all__ = [
     "Selection",
     "SelectionLike",
     "Separation",
-    "check_selection_fits",
     "dataset_fingerprint",
     "loss_auc",
     "resolve_selection",
@@ -326,7 +326,7 @@ class Selection:
             read-only.
         data_fingerprint: `dataset_fingerprint` of the labels the dataset exposes
             (``.targets``), where they differ from ``targets`` (a ``target_transform``);
-            ``None`` where they are the same or unknown. See `check_selection_fits`.
+            ``None`` where they are the same or unknown. See `check_fits`.
         keys: ``(N,)`` example keys (int64, or unicode strings) for a selection computed on a
             stream (`useful_data.streaming`), whose examples are addressed by key, not
             position; ``None`` for a map-style dataset. With keys, the fingerprint is taken
@@ -425,6 +425,41 @@ class Selection:
         selection was computed on: they match `fingerprint` or `data_fingerprint`."""
         found = dataset_fingerprint(targets)
         return found == self.fingerprint or found == self.data_fingerprint
+
+    def check_fits(self, dataset: Dataset[Any], *, name: str = "selection") -> None:
+        """Raise a `ValueError` if ``dataset`` is not the one this selection was computed on.
+
+        The one check every entry point that pairs a selection with data makes
+        (`USEFULDataset`, `UpsampleSampler` given a dataset, the Lightning callback,
+        ``USEFULTrainer``, `useful_data.plot.plot_selection`, ``useful-data inspect``): the
+        same length, and, where the dataset exposes its labels without loading items
+        (``.targets``, ``.labels``, a `TensorDataset`, a timm reader), labels that match
+        `fingerprint` or `data_fingerprint`, in order (see `fits`).
+
+        Args:
+            dataset: The map-style dataset the selection is about to index.
+            name: The argument name used in error messages.
+
+        Raises:
+            ValueError: if the selection is keyed (computed on a stream), or the length or
+                the labels differ.
+            TypeError: if ``dataset`` has no length.
+        """
+        _refuse_keyed(self, name)
+        num_examples = check_sized("dataset", dataset)
+        if num_examples != self.num_examples:
+            raise ValueError(
+                f"{name} was computed on {self.num_examples} examples, but the dataset has "
+                f"{num_examples}; was it computed on another dataset or split?"
+            )
+        targets = dataset_targets(dataset)
+        if targets is not None and not self.fits(targets):
+            raise ValueError(
+                f"{name} does not match dataset: same length but different labels "
+                "(fingerprint mismatch); it was computed on another dataset, split or order. "
+                "(A selection computed from logits with targets= other than the dataset's "
+                ".targets records them only if find_slow_learnable is given the dataset too.)"
+            )
 
     @property
     def upsampled_size(self) -> int:
@@ -712,38 +747,6 @@ def _refuse_keyed(selection: Selection, name: str) -> None:
         )
 
 
-def check_selection_fits(
-    selection: Selection, dataset: Dataset[Any], *, name: str = "selection"
-) -> None:
-    """Raise a `ValueError` if ``dataset`` is not the one ``selection`` was computed on.
-
-    The check every entry point that pairs a selection with data makes (`USEFULDataset`,
-    `useful_data.plot.plot_selection`, ``useful-data inspect --plot --data-dir``): the same
-    length, and, where the dataset exposes its labels without loading items (``.targets``,
-    ``.labels``, a `TensorDataset`, a timm reader), labels that match the selection's
-    fingerprint or its `Selection.data_fingerprint`, in order.
-
-    Raises:
-        ValueError: if the length or the labels differ.
-        TypeError: if ``dataset`` has no length.
-    """
-    _refuse_keyed(selection, name)
-    num_examples = check_sized("dataset", dataset)
-    if num_examples != selection.num_examples:
-        raise ValueError(
-            f"{name} was computed on {selection.num_examples} examples, but the dataset has "
-            f"{num_examples}; was it computed on another dataset or split?"
-        )
-    targets = dataset_targets(dataset)
-    if targets is not None and not selection.fits(targets):
-        raise ValueError(
-            f"{name} does not match dataset: same length but different labels "
-            "(fingerprint mismatch); it was computed on another dataset, split or order. "
-            "(A selection computed from logits with targets= other than the dataset's "
-            ".targets records them only if find_slow_learnable is given the dataset too.)"
-        )
-
-
 def resolve_selection(
     selection: SelectionLike, num_examples: int | None = None, *, name: str = "selection"
 ) -> tuple[np.ndarray, Selection | None]:
@@ -799,3 +802,9 @@ def resolve_selection(
             f"booleans ({name}.astype(bool) or tensor.bool()); for indices, distinct ones"
         )
     return indices_to_mask(array, num_examples, name=name), None
+
+
+# 0.x names: ``check_selection_fits(selection, dataset)`` is ``Selection.check_fits``.
+__getattr__ = moved_names(
+    __name__, {"check_selection_fits": "useful_data.selection:Selection.check_fits"}
+)
