@@ -6,6 +6,8 @@ A module whose public names moved or became private sets, at its end::
 
 ``from useful_data.old import old_name`` then warns ``DeprecationWarning`` naming the new path
 and returns the object found there; any other missing name is the usual ``AttributeError``.
+A name that is gone, with no object to return, maps to ``"!<what to do instead>"``: importing it
+raises ``ImportError`` with that text.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def moved_names(module: str, moves: Mapping[str, str]) -> Callable[[str], Any]:
     Args:
         module: The module's ``__name__``.
         moves: Old attribute name to new location, ``"package.module:name"`` (or
-            ``"package.module:Class.method"``); a location whose name starts with ``_`` is
-            private now (the warning says so).
+            ``"package.module:Class.method"``); a location in a ``_module`` or with a
+            ``_name`` is private now (the warning says so); ``"!text"`` marks a removed name, whose
+            import raises ``ImportError`` with ``text``.
 
     Returns:
         The ``__getattr__`` (PEP 562) to assign in ``module``.
@@ -43,8 +46,10 @@ def moved_names(module: str, moves: Mapping[str, str]) -> Callable[[str], Any]:
         target = moves.get(name)
         if target is None:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        if target.startswith("!"):
+            raise ImportError(f"{module}.{name} was removed in useful-data 1.0: {target[1:]}")
         new_module, _, new_name = target.partition(":")
-        if new_name.startswith("_"):
+        if any(part.startswith("_") for part in (*new_module.split("."), new_name)):
             hint = (
                 f"{module}.{name} is private since useful-data 1.0 ({target}) and will be "
                 "removed in 1.1; see the API reference for the public replacement"
