@@ -18,8 +18,10 @@ flip (plus TrivialAugment with ``--trivial-augment``). With USEFUL (``--method s
 
 ``--model`` takes any timm name; ResNets get a CIFAR stem (3x3 conv, stride 1, no max-pool);
 ``preact_resnet18`` is the paper's PreAct-ResNet18 (timm's ``resnetv2_18`` with a CIFAR stem).
-SAM methods need ``useful_data.SAM``. Every epoch writes ``OUT/last.pt``; ``--resume`` goes on
-from it.
+SAM methods need ``useful_data.SAM``. ``--bf16`` trains, tests and selects under
+``torch.autocast(bfloat16)``, ``--channels-last`` keeps the model and its 4-D inputs in
+``torch.channels_last`` (the usual GPU settings, as timm's ``train.py --amp-dtype bfloat16
+--channels-last``). Every epoch writes ``OUT/last.pt``; ``--resume`` goes on from it.
 
 Run: ``python examples/train_cifar.py --data-dir data --download --method sgd+useful
 --separating-epoch 8 --out runs/sgd_useful``
@@ -100,17 +102,29 @@ def make_optimizer(model: nn.Module, args: argparse.Namespace):
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
 
 
-def train_epoch(model, loader, opt, sam: bool, device) -> float:
+def precision(device: torch.device, bf16: bool):
+    """The autocast context of every forward pass: bfloat16 with ``--bf16``, else none."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def train_epoch(
+    model, loader, opt, sam: bool, device, bf16: bool = False, channels_last: bool = False
+) -> float:
     """One epoch; returns the train error (%) of the predictions made while training."""
     model.train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     wrong = seen = 0
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        out = model(x)
-        F.cross_entropy(out, y).backward()
+        x, y = x.to(device, memory_format=layout), y.to(device)
+        with precision(device, bf16):
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+        loss.backward()
         if sam:
             opt.first_step(zero_grad=True)  # climb to w + e(w)
-            F.cross_entropy(model(x), y).backward()
+            with precision(device, bf16):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
             opt.second_step(zero_grad=True)  # SGD step at w with the gradient from w + e(w)
         else:
             opt.step()
@@ -121,11 +135,14 @@ def train_epoch(model, loader, opt, sam: bool, device) -> float:
 
 
 @torch.no_grad()
-def test_error(model, loader, device) -> float:
+def test_error(model, loader, device, bf16: bool = False, channels_last: bool = False) -> float:
     model.eval()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     wrong = seen = 0
     for x, y in loader:
-        wrong += int((model(x.to(device)).argmax(1) != y.to(device)).sum())
+        with precision(device, bf16):
+            out = model(x.to(device, memory_format=layout))
+        wrong += int((out.argmax(1) != y.to(device)).sum())
         seen += len(y)
     return 100.0 * wrong / seen
 
@@ -165,9 +182,10 @@ def run_phase(
         lr = sched.get_last_lr()[0]
         if sampler is not None:
             sampler.set_epoch(epoch)  # a function of (seed, epoch): resumes exactly
-        train_err = train_epoch(model, loader, opt, args.method.startswith("sam"), device)
+        sam = args.method.startswith("sam")
+        train_err = train_epoch(model, loader, opt, sam, device, args.bf16, args.channels_last)
         sched.step()
-        test_err = test_error(model, test_loader, device)
+        test_err = test_error(model, test_loader, device, args.bf16, args.channels_last)
         log = dict(phase=phase, epoch=epoch + 1, train_error=round(train_err, 2),
                    test_error=round(test_err, 2), lr=lr,
                    seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
@@ -203,6 +221,8 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--rho", type=float, default=0.1, help="SAM radius")
     p.add_argument("--trivial-augment", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (train, test, select)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/cifar"))
@@ -233,7 +253,8 @@ def main(argv: list[str] | None = None) -> float:
     if "init" not in state:  # the initial weights both phases start from
         torch.manual_seed(args.seed)
         state["init"] = build_model(args.model, num_classes).state_dict()
-    model = build_model(args.model, num_classes).to(device)
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = build_model(args.model, num_classes).to(device, memory_format=layout)
 
     selection_path = args.out / "selection.npz"
     sampler = None
@@ -243,7 +264,12 @@ def main(argv: list[str] | None = None) -> float:
             run_phase("early", model, train_set, test_set, phase1_epochs, args, state,
                       device, stop)  # fmt: skip
             selection = find_slow_learnable(
-                model, train_set, eval_dataset=train_eval_view, num_workers=args.workers
+                model,
+                train_set,
+                eval_dataset=train_eval_view,
+                num_workers=args.workers,
+                autocast_dtype=torch.bfloat16 if args.bf16 else None,
+                channels_last=True if args.channels_last else None,
             )
             selection.save(selection_path)
             print(f"selected {selection.num_slow_learnable} of {selection.num_examples} examples")
@@ -263,7 +289,7 @@ def main(argv: list[str] | None = None) -> float:
         model.load_state_dict(state["init"])  # phase 2 starts from the SAME initial weights
     run_phase("train", model, train_set, test_set, args.epochs, args, state, device,
               sampler=sampler)  # fmt: skip
-    final = test_error(model, DataLoader(test_set, 256), device)
+    final = test_error(model, DataLoader(test_set, 256), device, args.bf16, args.channels_last)
     print(f"final test error: {final:.2f}%")
     return final
 

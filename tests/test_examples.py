@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import useful_data
 from useful_data import Selection
@@ -82,6 +83,33 @@ def test_train_cifar_on_fake_data(tmp_path, capsys, method):
     again = train_cifar.main([*argv, "--resume"])
     assert again == pytest.approx(final)
     assert len((out_dir / "log.jsonl").read_text().splitlines()) == len(logs)
+
+
+def test_train_cifar_bf16_channels_last_runs_every_pass_in_that_precision(tmp_path, monkeypatch):
+    """--bf16 --channels-last: training, test and selection see channels_last inputs under a
+    bfloat16 autocast (on the CPU here; the GPU run is recorded in docs/benchmarks.md)."""
+    train_cifar = load_example("train_cifar")
+    seen = []
+
+    def record(module, inputs, output):
+        x = inputs[0]
+        seen.append((x.is_contiguous(memory_format=torch.channels_last), output.dtype))
+
+    build_model = train_cifar.build_model
+
+    def hooked(name, num_classes):
+        model = build_model(name, num_classes)
+        model.conv1.register_forward_hook(record)
+        return model
+
+    monkeypatch.setattr(train_cifar, "build_model", hooked)
+    argv = ["--fake-data", "16", "--epochs", "2", "--separating-epoch", "1", "--batch-size", "8"]
+    argv += ["--model", "test_resnet", "--workers", "0", "--out", str(tmp_path / "run")]
+    final = train_cifar.main([*argv, "--method", "sgd+useful", "--bf16", "--channels-last"])
+    assert 0.0 <= final <= 100.0
+    assert seen and all(layout and dtype == torch.bfloat16 for layout, dtype in seen), seen
+    # phase 1 (2 batches) + test (1) + selection (1) + phase 2 (2 epochs) + tests + final
+    assert len(seen) >= 2 + 1 + 1 + 2 * 2
 
 
 @pytest.mark.parametrize("equal_length", [False, True])
