@@ -339,7 +339,7 @@ def public_modules() -> list[str]:
 
 def _moved_module(name: str) -> bool:
     """A module left at its old path to warn where its names went (no names of its own)."""
-    source = ROOT / "useful_data" / f"{name}.py"
+    source = REPO / "useful_data" / f"{name}.py"
     return source.is_file() and "__all__: list[str] = []" in source.read_text(encoding="utf-8")
 
 
