@@ -610,6 +610,31 @@ def _two_means_1d(values: np.ndarray) -> np.ndarray:
     return values > ordered[cut]
 
 
+def _split_classes(
+    score: np.ndarray, targets: np.ndarray, reference: np.ndarray | None
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Per class, the slow examples by ``score``: the upper 2-means cluster, or as many as
+    ``reference`` selects in the class (the highest scores, the lower index first on ties).
+    Returns the ``(N,)`` mask and the classes left unsplit, with why."""
+    mask = np.zeros(score.shape[0], dtype=bool)
+    unsplit: dict[int, str] = {}
+    order = np.argsort(targets, kind="stable")
+    labels, starts = np.unique(targets[order], return_index=True)
+    for label, members in zip(labels.tolist(), np.split(order, starts[1:]), strict=True):
+        values = score[members]
+        if reference is not None:
+            count = int(reference[members].sum())
+            slowest = np.argsort(-values, kind="stable")[:count]  # members are sorted
+            mask[members[slowest]] = True
+        elif members.size < 2:
+            unsplit[label] = "single example"
+        elif values.min() == values.max():
+            unsplit[label] = _EQUAL_SCORES
+        else:
+            mask[members[_two_means_1d(values)]] = True
+    return mask, unsplit
+
+
 def select_from_dynamics(
     dynamics: TrainingDynamics,
     *,
@@ -686,22 +711,7 @@ def select_from_dynamics(
     reference = None
     if like is not None:
         reference, _ = resolve_selection(like, dynamics.num_examples, name="like")
-    mask = np.zeros(dynamics.num_examples, dtype=bool)
-    unsplit: dict[int, str] = {}
-    order = np.argsort(targets, kind="stable")
-    labels, starts = np.unique(targets[order], return_index=True)
-    for label, members in zip(labels.tolist(), np.split(order, starts[1:]), strict=True):
-        values = score[members]
-        if reference is not None:
-            count = int(reference[members].sum())
-            slowest = np.argsort(-values, kind="stable")[:count]  # members are sorted
-            mask[members[slowest]] = True
-        elif members.size < 2:
-            unsplit[label] = "single example"
-        elif values.min() == values.max():
-            unsplit[label] = _EQUAL_SCORES
-        else:
-            mask[members[_two_means_1d(values)]] = True
+    mask, unsplit = _split_classes(score, targets, reference)
     equal = [c for c, why in unsplit.items() if why == _EQUAL_SCORES]
     if equal:
         warnings.warn(
