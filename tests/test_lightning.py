@@ -574,6 +574,11 @@ def test_bad_arguments_and_data():
         USEFUL(eval_dataset=Stream())
     with pytest.raises(TypeError, match=r"dynamics=\.\.\.\) was removed.*useful_data.experimental"):
         USEFUL(2, dynamics="confidence")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['separating_epochs'\]"):
+        USEFUL(2, separating_epochs=3)
+    old_phase_one = {**USEFUL(2).state_dict(), "dynamics": {"num_examples": N}}
+    with pytest.raises(ValueError, match=r"phase 1 of a fit with USEFUL\(dynamics=\.\.\.\)"):
+        USEFUL(2).load_state_dict(old_phase_one)  # a 0.x checkpoint: not resumed as k-means
     with pytest.raises(TypeError, match="verbose should be True or False"):
         USEFUL(2, verbose="yes")
     with pytest.raises(TypeError, match=r"shuffle=True or shuffle=False.*WeightedRandomSampler"):
