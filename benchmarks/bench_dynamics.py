@@ -6,7 +6,7 @@ Two measurements, on data where the slow-learnable examples are known:
    GD as in Section 5.1). The truth is the examples without the fast feature. For a grid of
    separating points ``t``, the precision and recall of every selection against that truth:
    USEFUL's k-means on the outputs at ``t`` (the snapshot), and every strategy of
-   `useful_data.dynamics.select_from_dynamics` on the outputs recorded at every GD step up to
+   `useful_data.experimental.select_from_dynamics` on the outputs recorded at every GD step up to
    ``t`` (the same information, plus its history). Mean over seeds.
 2. **scikit-learn digits with a planted shortcut.** The 8x8 images are padded to 10x10; in a
    random 80 % of the training set (stratified), the top border pixel of column ``label`` is
@@ -42,7 +42,8 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from useful_data import UpsampleSampler, find_slow_learnable
-from useful_data.dynamics import DYNAMICS_STRATEGIES, TrainingDynamics, select_from_dynamics
+from useful_data.experimental import TrainingDynamics, select_from_dynamics
+from useful_data.experimental.dynamics import _STRATEGIES as DYNAMICS_STRATEGIES
 from useful_data.strategies import select_random_like
 from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
 

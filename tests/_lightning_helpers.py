@@ -12,6 +12,7 @@ per scenario and rank into the output folder)::
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +24,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from useful_data import SAM, UpsampleSampler, USEFULDataset
-from useful_data.dynamics import TrainingDynamics, select_from_dynamics
 from useful_data.lightning import USEFUL
 
 N = 40
@@ -60,11 +60,9 @@ class Data(pl.LightningDataModule):
     ``__init__``, before any process group exists) or ``"stateful"`` (torchdata's
     ``StatefulDataLoader``, shuffled)."""
 
-    def __init__(
-        self, mode: str = "plain", shuffle: bool = True, flip: bool = False, num_workers: int = 0
-    ) -> None:
+    def __init__(self, mode: str = "plain", shuffle: bool = True, flip: bool = False) -> None:
         super().__init__()
-        self.mode, self.shuffle, self.num_workers = mode, shuffle, num_workers
+        self.mode, self.shuffle = mode, shuffle
         self.train_set = IndexedData(flip=flip)
         self.early_sampler = (
             UpsampleSampler(SLOW, num_examples=N, seed=0) if mode == "sampler_early" else None
@@ -82,24 +80,15 @@ class Data(pl.LightningDataModule):
             from torchdata.stateful_dataloader import StatefulDataLoader
 
             return StatefulDataLoader(self.train_set, batch_size=5, shuffle=True)
-        return DataLoader(
-            self.train_set, batch_size=5, shuffle=self.shuffle, num_workers=self.num_workers
-        )
+        return DataLoader(self.train_set, batch_size=5, shuffle=self.shuffle)
 
 
 class Model(pl.LightningModule):
-    """A small MLP that records what it trains on; ``sam=True``: SAM, manual optimization.
+    """A small MLP that records what it trains on; ``sam=True``: SAM, manual optimization."""
 
-    ``record_epochs=t``: its first ``t`` epochs also feed ``self.reference``, a
-    `TrainingDynamics`, with the indices the items carry, and ``training_step`` returns the
-    logits (``{"loss": ..., "logits": ...}``) for ``USEFUL(dynamics=...)`` to record.
-    """
-
-    def __init__(self, sam: bool = False, seed: int = 0, record_epochs: int = 0) -> None:
+    def __init__(self, sam: bool = False, seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.record_epochs = record_epochs
-        self.reference = TrainingDynamics(N) if record_epochs else None
         self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
         self.sam = sam
         self.automatic_optimization = not sam
@@ -116,23 +105,14 @@ class Model(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        output = loss
-        if self.reference is not None:
-            output = {"loss": loss, "logits": logits}
-            if self.current_epoch < self.record_epochs:
-                self.reference.update(logits, y, index)
         if not self.sam:
-            return output
+            return loss
         optimizer = self.optimizers().optimizer
         self.manual_backward(loss)
         optimizer.first_step(zero_grad=True)
         self.manual_backward(F.cross_entropy(self(x), y))
         optimizer.second_step(zero_grad=True)
-        return output
-
-    def on_train_epoch_end(self) -> None:
-        if self.reference is not None and self.current_epoch < self.record_epochs:
-            self.reference.end_epoch()
+        return loss
 
     def on_train_epoch_start(self) -> None:
         optimizer = self.trainer.optimizers[0]
@@ -164,14 +144,20 @@ def trainer(**kwargs) -> pl.Trainer:
     return pl.Trainer(**settings)
 
 
+class ShownMessages(logging.Handler):
+    """The USEFUL messages Lightning's console output shows (its ``lightning.pytorch`` logger)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("USEFUL"):
+            self.messages.append(record.getMessage())
+
+
 def _run_scenario(name: str, out: Path) -> None:
-    if name == "useful_dynamics":  # recorded with one DataLoader worker, SAM
-        model = Model(sam=True, record_epochs=2)
-        data = Data(num_workers=1)
-        useful = USEFUL(separating_epoch=2, dynamics="confidence")
-        callbacks = [useful]
-        max_epochs = 2
-    elif name.startswith("useful"):
+    if name.startswith("useful"):
         model = Model(sam=name == "useful_sam")
         data = Data("stateful" if name == "useful_stateful" else "plain")
         useful = USEFUL(separating_epoch=2, find_kwargs={"backend": "sklearn"})
@@ -181,8 +167,13 @@ def _run_scenario(name: str, out: Path) -> None:
         model, data, useful, callbacks, max_epochs = Model(), Data(name), None, [], 2
     initial = [p.detach().clone() for p in model.parameters()]
     fit = trainer(devices=2, strategy="ddp", max_epochs=max_epochs, callbacks=callbacks)
-    fit.fit(model, datamodule=data)
-    record = {"seen": model.seen, "world_size": fit.world_size}
+    shown = ShownMessages()
+    logging.getLogger("lightning.pytorch").addHandler(shown)
+    try:
+        fit.fit(model, datamodule=data)
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(shown)
+    record = {"seen": model.seen, "world_size": fit.world_size, "shown": shown.messages}
     if useful is not None:
         restart = model.epoch_start[useful.separating_epoch]
         record["selection"] = useful.selection.indices.tolist()
@@ -190,16 +181,6 @@ def _run_scenario(name: str, out: Path) -> None:
             torch.equal(a, b) for a, b in zip(restart["weights"], initial, strict=True)
         )
         record["fresh_optimizer"] = restart["optimizer_state"] == 0
-    if model.reference is not None:  # what the callback recorded, against the true indices
-        recorded, reference = useful.training_dynamics.state_dict(), model.reference.state_dict()
-        record["same_record"] = recorded.keys() == reference.keys() and all(
-            torch.equal(torch.as_tensor(v), torch.as_tensor(reference[k]))
-            for k, v in recorded.items()
-        )
-        record["epochs_seen"] = useful.training_dynamics.epochs_seen.tolist()
-        record["reference_selection"] = select_from_dynamics(
-            model.reference, strategy="confidence"
-        ).indices.tolist()
     (out / f"{name}_rank{fit.global_rank}.json").write_text(json.dumps(record))
 
 
@@ -209,7 +190,6 @@ SCENARIOS = (
     "dataset",
     "useful",
     "useful_sam",
-    "useful_dynamics",
     "useful_stateful",
 )
 

@@ -333,8 +333,14 @@ def public_modules() -> list[str]:
     return sorted(
         info.name
         for info in pkgutil.iter_modules(useful_data.__path__)
-        if not info.name.startswith("_")
+        if not info.name.startswith("_") and not _moved_module(info.name)
     )
+
+
+def _moved_module(name: str) -> bool:
+    """A module left at its old path to warn where its names went (no names of its own)."""
+    source = REPO / "useful_data" / f"{name}.py"
+    return source.is_file() and "__all__: list[str] = []" in source.read_text(encoding="utf-8")
 
 
 def _resolve(dotted: str) -> object:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,7 +19,16 @@ import torch
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from _lightning_helpers import SLOW, Data, IndexedData, Model, N, Stream, trainer  # noqa: E402
+from _lightning_helpers import (  # noqa: E402
+    SLOW,
+    Data,
+    IndexedData,
+    Model,
+    N,
+    ShownMessages,
+    Stream,
+    trainer,
+)
 from torch.utils.data import DataLoader, SequentialSampler, WeightedRandomSampler  # noqa: E402
 
 from useful_data import SAM, UpsampleSampler, find_slow_learnable  # noqa: E402
@@ -78,7 +89,7 @@ def test_user_built_upsampling_under_ddp_trains_on_the_whole_multiset(ddp_runs, 
     assert ranks[0]["seen"]["0"] != ranks[0]["seen"]["1"]  # set_epoch reached the shuffle
 
 
-@pytest.mark.parametrize("scenario", ["useful", "useful_sam", "useful_dynamics", "useful_stateful"])
+@pytest.mark.parametrize("scenario", ["useful", "useful_sam", "useful_stateful"])
 def test_callback_under_ddp(ddp_runs, scenario):
     """The whole workflow on 2 ranks (SGD + StepLR, SAM with manual optimization, or
     torchdata's StatefulDataLoader): phase 1 on the 40 examples, one selection on both ranks,
@@ -106,94 +117,16 @@ def test_callback_under_ddp(ddp_runs, scenario):
     assert set(ranks[0]["seen"]) == {"0", "1", "2", "3"}
 
 
-def test_dynamics_under_ddp_record_the_true_indices(ddp_runs):
-    """USEFUL(dynamics=...) on 2 ranks with a DataLoader worker each (SAM): the record each
-    rank holds, from the sampler's order, equals the one fed with the indices the items carry,
-    covers every example at both epochs, and gives the same selection on both ranks."""
-    ranks = ddp_runs["useful_dynamics"]
-    for record in ranks:
-        assert record["same_record"]
-        assert record["epochs_seen"] == [2] * N
-        assert record["selection"] == record["reference_selection"]
-    assert ranks[0]["selection"] == ranks[1]["selection"]
+def test_plan_and_summary_show_on_rank_zero_only(ddp_runs):
+    """Under DDP, Lightning's console output shows the plan and the selection summary once:
+    on rank 0, not on rank 1."""
+    shown = [r["shown"] for r in ddp_runs["useful"]]
+    assert len(shown[0]) == 2 and shown[1] == []
+    assert "t=2 epochs (phase 1) + T=2 epochs" in shown[0][0]
+    assert "selected per class" in shown[0][1]
 
 
 # --- one process -------------------------------------------------------------------------
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_dynamics_record_the_true_indices(num_workers):
-    """One device, shuffled, with or without workers: the callback's record (indices from the
-    sampler's order, labels from the dataset's targets) equals the record fed with the indices
-    the items carry, and the selection is select_from_dynamics' on it; phase 2 then trains on
-    that selection, from W0."""
-    from useful_data.dynamics import select_from_dynamics
-
-    model = Model(record_epochs=2)
-    initial = [p.detach().clone() for p in model.parameters()]
-    useful = USEFUL(separating_epoch=2, dynamics="learned_epoch")
-    trainer(max_epochs=2, callbacks=[useful]).fit(model, datamodule=Data(num_workers=num_workers))
-    recorded, reference = useful.training_dynamics.state_dict(), model.reference.state_dict()
-    assert recorded["num_epochs"] == 2
-    for key, value in reference.items():
-        assert torch.equal(torch.as_tensor(recorded[key]), torch.as_tensor(value)), key
-    assert model.seen[0] != model.seen[1]  # shuffled, differently at every epoch
-    expected = select_from_dynamics(model.reference, strategy="learned_epoch")
-    assert np.array_equal(useful.selection.mask, expected.mask)
-    assert useful.selection.params["source"] == "dynamics"
-    assert Counter(model.seen[2]) == expected_counts(useful.selection.indices.tolist())
-    restart = model.epoch_start[2]["weights"]
-    assert all(torch.equal(a, b) for a, b in zip(restart, initial, strict=True))
-
-
-def test_dynamics_take_the_labels_the_step_returns():
-    """A training set without a targets attribute: the labels come from the step's output,
-    and without them there the error says to return them."""
-
-    class NoTargets(torch.utils.data.Dataset):
-        def __init__(self):
-            self.items = IndexedData()
-
-        def __len__(self):
-            return N
-
-        def __getitem__(self, i):
-            return self.items[i]
-
-    class Unlabelled(Data):
-        def train_dataloader(self):
-            return DataLoader(NoTargets(), batch_size=5, shuffle=True)
-
-    class Returns(Model):
-        with_targets = True
-
-        def training_step(self, batch, batch_idx):
-            output = super().training_step(batch, batch_idx)
-            return {**output, "targets": batch[1]} if self.with_targets else output
-
-    model = Returns(record_epochs=1)
-    useful = USEFUL(separating_epoch=1, dynamics="confidence")
-    trainer(max_epochs=1, callbacks=[useful]).fit(model, datamodule=Unlabelled())
-    recorded, reference = useful.training_dynamics.state_dict(), model.reference.state_dict()
-    assert torch.equal(recorded["targets"], reference["targets"])
-    assert torch.equal(recorded["conf"], reference["conf"])
-    model = Returns(record_epochs=1)
-    model.with_targets = False
-    useful = USEFUL(separating_epoch=1, dynamics="confidence")
-    with pytest.raises(TypeError, match="return them too"):
-        trainer(max_epochs=1, callbacks=[useful]).fit(model, datamodule=Unlabelled())
-
-
-def test_dynamics_need_the_logits_and_valid_arguments():
-    with pytest.raises(TypeError, match='"logits": logits'):
-        fit = trainer(max_epochs=1, callbacks=[USEFUL(separating_epoch=1, dynamics="forgetting")])
-        fit.fit(Model(), datamodule=Data())
-    with pytest.raises(ValueError, match="dynamics should be None"):
-        USEFUL(separating_epoch=1, dynamics="loss")
-    with pytest.raises(TypeError, match="eval_dataset"):
-        USEFUL(separating_epoch=1, dynamics="confidence", eval_dataset=IndexedData())
-    with pytest.raises(ValueError, match="may only hold"):
-        USEFUL(separating_epoch=1, dynamics="confidence", find_kwargs=SKLEARN)
-
-
 def test_workflow_is_the_hand_written_one():
     """Phase 1 for t epochs, the selection find_slow_learnable gives on those weights, then
     T epochs from W0 with a fresh optimizer and scheduler on the upsampled data."""
@@ -307,19 +240,15 @@ def test_equal_length_epochs():
 
 # --- checkpoints ---------------------------------------------------------------------------
 def fit_with_checkpoints(
-    path, max_epochs, separating_epoch, data=None, ckpt=None, seed=0, dynamics=None, every=None
+    path, max_epochs, separating_epoch, data=None, ckpt=None, seed=0, selection=None
 ):
-    if dynamics is None:
-        model, useful = Model(seed=seed), USEFUL(separating_epoch, find_kwargs=SKLEARN)
+    model = Model(seed=seed)
+    if selection is None:
+        useful = USEFUL(separating_epoch, find_kwargs=SKLEARN)
     else:
-        model = Model(seed=seed, record_epochs=separating_epoch)
-        useful = USEFUL(separating_epoch, dynamics=dynamics)
+        useful = USEFUL(selection=selection)
     every_epoch = pl.callbacks.ModelCheckpoint(
-        dirpath=path,
-        filename="{epoch}" if every is None else "{epoch}-{step}",
-        save_top_k=-1,
-        every_n_epochs=None if every else 1,
-        every_n_train_steps=every,
+        dirpath=path, filename="{epoch}", save_top_k=-1, every_n_epochs=1
     )
     fit = trainer(max_epochs=max_epochs, callbacks=[useful, every_epoch], enable_checkpointing=True)
     fit.fit(model, datamodule=data or Data(), ckpt_path=ckpt)
@@ -383,27 +312,6 @@ def test_resuming_phase_one_restarts_from_the_initial_weights(tmp_path):
     np.testing.assert_array_equal(useful2.selection.mask, useful.selection.mask)
     for a, b in zip(resumed.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-def test_resuming_phase_one_keeps_the_recorded_dynamics(tmp_path):
-    """A fit with dynamics= resumed from the checkpoint after epoch 0 (a module initialised
-    differently): the record of epoch 0 comes from the checkpoint, the recording sampler deals
-    epoch 1 as before (seed + epoch), so the record and the selection are the uninterrupted
-    run's. A mid-epoch checkpoint is refused: the record holds whole epochs only."""
-    _, useful = fit_with_checkpoints(tmp_path, 2, 2, dynamics="confidence")
-    _, useful2 = fit_with_checkpoints(
-        tmp_path / "resumed", 2, 2, ckpt=tmp_path / "epoch=0.ckpt", seed=1, dynamics="confidence"
-    )
-    for key, value in useful.training_dynamics.state_dict().items():
-        assert torch.equal(torch.as_tensor(useful2.training_dynamics.state_dict()[key]),
-                           torch.as_tensor(value)), key  # fmt: skip
-    np.testing.assert_array_equal(useful2.selection.mask, useful.selection.mask)
-    fit_with_checkpoints(tmp_path / "steps", 2, 2, dynamics="confidence", every=3)
-    with pytest.raises(RuntimeError, match="mid-epoch checkpoint"):
-        fit_with_checkpoints(
-            tmp_path / "again", 2, 2, ckpt=tmp_path / "steps" / "epoch=0-step=3.ckpt",
-            dynamics="confidence",
-        )  # fmt: skip
 
 
 class StatefulData(Data):
@@ -481,6 +389,122 @@ def test_checkpoint_without_the_callback_state(tmp_path):
         fit_with_checkpoints(tmp_path / "b", 2, 1, ckpt=tmp_path / "epoch=0.ckpt")
 
 
+def test_resuming_with_another_selection_is_refused(tmp_path):
+    """A checkpoint that holds a selection resumes with selection=None or the same one; with
+    another, the fit is refused and told which to pass (not trained on one silently)."""
+    _, useful = fit_with_checkpoints(tmp_path, 2, 1)  # phase 2 from epoch 1 on
+    ckpt = tmp_path / "epoch=1.ckpt"
+    other = np.setdiff1d(np.arange(N), useful.selection.indices)[:5]
+    for given in (other, useful.selection.indices[:-1]):
+        with pytest.raises(ValueError, match=r"pass selection=None to resume it.*another"):
+            fit_with_checkpoints(tmp_path / "b", 3, None, ckpt=ckpt, selection=given)
+    _, resumed = fit_with_checkpoints(
+        tmp_path / "c", 2, None, ckpt=ckpt, selection=useful.selection
+    )
+    np.testing.assert_array_equal(resumed.selection.mask, useful.selection.mask)
+    _, given = fit_with_checkpoints(tmp_path / "d", 2, None, selection=SLOW)
+    fit_with_checkpoints(
+        tmp_path / "e", 3, None, ckpt=tmp_path / "d" / "epoch=0.ckpt", selection=SLOW
+    )
+    with pytest.raises(ValueError, match="pass selection=None to resume it"):
+        fit_with_checkpoints(
+            tmp_path / "f", 3, None, ckpt=tmp_path / "d" / "epoch=0.ckpt", selection=SLOW[1:]
+        )
+    fit_with_checkpoints(tmp_path / "g", 2, 2)  # phase 1 after epoch 0: no selection yet
+    with pytest.raises(ValueError, match=r"in phase 1.*pass separating_epoch="):
+        fit_with_checkpoints(tmp_path / "h", 2, None, ckpt=tmp_path / "g" / "epoch=0.ckpt",
+                             selection=SLOW)  # fmt: skip
+
+
+def test_deeply_nested_params_in_a_checkpoint_raise_value_error(tmp_path):
+    """A crafted checkpoint whose selection params are a 100,000-deep JSON array is refused
+    with a ValueError, not a RecursionError."""
+    fit_with_checkpoints(tmp_path, 2, 1)
+    checkpoint = torch.load(tmp_path / "epoch=1.ckpt", weights_only=True)
+    checkpoint["callbacks"]["USEFUL"]["selection"]["params"] = "[" * 100_000 + "]" * 100_000
+    torch.save(checkpoint, tmp_path / "deep.ckpt")
+    with pytest.raises(ValueError, match=r"unreadable selection params.*nested too deeply"):
+        fit_with_checkpoints(tmp_path / "b", 2, 1, ckpt=tmp_path / "deep.ckpt")
+
+
+def test_selection_computed_with_other_targets_is_accepted():
+    """The target_transform workflow: find_slow_learnable(..., targets=) on labels other than
+    the dataset's .targets records the dataset's own fingerprint, and the callback accepts
+    that selection for the dataset (Selection.check_fits, as USEFULDataset does)."""
+    data = IndexedData()
+    relabelled = 1 - data.targets  # what a target_transform would hand the model
+    selection = find_slow_learnable(Model(), data, targets=relabelled, backend="sklearn")
+    assert selection.fingerprint != selection.data_fingerprint
+    model = Model()
+    trainer(max_epochs=1, callbacks=[USEFUL(selection=selection)]).fit(model, datamodule=Data())
+    assert Counter(model.seen[0]) == expected_counts(selection.indices.tolist())
+    reordered = Data()
+    reordered.train_set.targets = torch.arange(N) // (N // 2)  # fits neither fingerprint
+    with pytest.raises(ValueError, match="selection does not match the training set"):
+        fit_one(USEFUL(selection=selection), reordered, max_epochs=1)
+
+
+def shown_messages(fit_call):
+    """What Lightning's console output shows of USEFUL during ``fit_call()``."""
+    shown = ShownMessages()
+    logging.getLogger("lightning.pytorch").addHandler(shown)
+    try:
+        fit_call()
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(shown)
+    return shown.messages
+
+
+def test_plan_and_summary_are_shown_where_lightning_prints():
+    """At the start: t (phase 1) + T (phase 2) and what max_epochs becomes; after the
+    selection: per class, separation, relative cost; verbose=False keeps both off the
+    console output."""
+    useful = USEFUL(2, find_kwargs=SKLEARN)
+    plan, summary = shown_messages(lambda: fit_one(useful, Data(), max_epochs=3))
+    assert "t=2 epochs (phase 1) + T=3 epochs (phase 2" in plan
+    assert "max_epochs=3 becomes 5" in plan
+    sel = useful.selection
+    per_class = ", ".join(f"{c.label}: {c.num_slow_learnable}/20" for c in sel.class_summary())
+    assert f"{sel.num_slow_learnable} of {N} examples slow-learnable" in summary
+    assert f"selected per class: {per_class}" in summary
+    assert f"loss ROC-AUC {sel.separation.auc:.3f}" in summary
+    cost = sel.relative_cost(separating_epoch=2, total_epochs=3)
+    assert f"relative cost: {cost:.2f}x plain training" in summary
+    detected = shown_messages(lambda: fit_one(USEFUL(find_kwargs=SKLEARN), Data(), max_epochs=5))[0]
+    assert "t detected from 'train_loss'" in detected and "becomes t + 5" in detected
+    [given] = shown_messages(lambda: fit_one(USEFUL(selection=SLOW), Data(), max_epochs=1))
+    assert "no phase 1" in given
+    quiet = USEFUL(1, find_kwargs=SKLEARN, verbose=False)
+    assert shown_messages(lambda: fit_one(quiet, Data(), max_epochs=1)) == []
+
+
+@pytest.mark.parametrize(
+    ("bar", "kwargs", "expected"),
+    [
+        (True, {}, True),
+        (False, {}, False),
+        (True, {"verbose": False}, False),
+        (True, {"find_kwargs": {"progress": False}}, False),
+        (False, {"find_kwargs": {"progress": True}}, True),
+    ],
+)
+def test_selection_pass_shows_a_progress_bar_when_the_trainer_does(
+    monkeypatch, bar, kwargs, expected
+):
+    import useful_data.lightning as integration
+
+    seen = []
+
+    @functools.wraps(find_slow_learnable)
+    def recording(*args, **find_kwargs):
+        seen.append(find_kwargs["progress"])
+        return find_slow_learnable(*args, **{**find_kwargs, "backend": "sklearn"})
+
+    monkeypatch.setattr(integration, "find_slow_learnable", recording)
+    fit_one(USEFUL(1, **kwargs), Data(), max_epochs=1, enable_progress_bar=bar)
+    assert seen == [expected]
+
+
 # --- bad input -----------------------------------------------------------------------------
 class StreamData(Data):
     def train_dataloader(self):
@@ -542,6 +566,21 @@ def test_bad_arguments_and_data():
         USEFUL(2, find_kwargs={"upsample_facter": 3})  # a typo fails now, not after phase 1
     with pytest.raises(ValueError, match="separating_epoch"):
         USEFUL(0)
+    with pytest.raises(TypeError, match=r"selection should be a Selection.*selection=123"):
+        USEFUL(selection=123)
+    with pytest.raises(TypeError, match=r"eval_dataset should be a map-style.*eval_dataset=5"):
+        USEFUL(eval_dataset=5)
+    with pytest.raises(TypeError, match=r"eval_dataset should be a map-style.*Stream"):
+        USEFUL(eval_dataset=Stream())
+    with pytest.raises(TypeError, match=r"dynamics=\.\.\.\) was removed.*useful_data.experimental"):
+        USEFUL(2, dynamics="confidence")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['separating_epochs'\]"):
+        USEFUL(2, separating_epochs=3)
+    old_phase_one = {**USEFUL(2).state_dict(), "dynamics": {"num_examples": N}}
+    with pytest.raises(ValueError, match=r"phase 1 of a fit with USEFUL\(dynamics=\.\.\.\)"):
+        USEFUL(2).load_state_dict(old_phase_one)  # a 0.x checkpoint: not resumed as k-means
+    with pytest.raises(TypeError, match="verbose should be True or False"):
+        USEFUL(2, verbose="yes")
     with pytest.raises(TypeError, match=r"shuffle=True or shuffle=False.*WeightedRandomSampler"):
         fit_one(USEFUL(selection=SLOW), WeightedData())
     with pytest.raises(RuntimeError, match=r"'train_acc', which was not logged.*train_loss"):

@@ -16,18 +16,17 @@ schedule ``T`` and fit your own ``LightningModule`` and ``LightningDataModule``,
    that shards by the process group, Lightning leaves it in place and every epoch trains on
    exactly the upsampled multiset across all ranks.
 
-With ``dynamics=`` (beyond the paper, `useful_data.dynamics`), phase 1 also feeds a
-`TrainingDynamics` from the logits your ``training_step`` returns (``{"loss": loss,
-"logits": logits}``), and the selection comes from the recorded dynamics instead of the
-snapshot's k-means (no eval pass). The dataset indices of every batch are known without
-touching your data: phase 1's sampler is the ``DistributedSampler`` Lightning itself would
-inject under DDP (built by the callback, on one device too), and it remembers the order it
-deals, which the DataLoader keeps (``in_order=True``), with any number of workers.
+What a user sees (rank 0 only, through Lightning's own console output): at the start of the
+fit, the plan (``t`` phase-1 epochs, then ``T`` phase-2 epochs, and what ``max_epochs``
+becomes); during the selection pass, a progress bar when the trainer shows its own; after it,
+a short summary of the selection (selected per class, separation, relative cost).
 
 Checkpoints carry ``W0`` (until the restart), the separating-epoch state and the `Selection`
 (in the callback's ``state_dict``, like ``StochasticWeightAveraging``'s average model), so a
 run resumed from a Lightning checkpoint in phase 1 still restarts from ``W0``, and one resumed
-in phase 2 trains on the same selection, checked against the training set.
+in phase 2 trains on the same selection, checked against the training set
+(`Selection.check_fits`). A checkpoint and the arguments never disagree silently: resuming a
+checkpoint that holds a selection with another ``selection=`` is refused.
 
 Two places touch Lightning internals (the version pinned in the ``dev`` extra is tested): the
 fit loop's training-data source is wrapped so that the loader your hook returns is upsampled,
@@ -46,8 +45,7 @@ import json
 import logging
 import os
 import sys
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,16 +59,9 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from useful_data._checks import check_int, check_positive_int
-from useful_data._targets import dataset_targets
-from useful_data.dynamics import (
-    DYNAMICS_STRATEGIES,
-    DynamicsStrategy,
-    TrainingDynamics,
-    select_from_dynamics,
-)
+from useful_data._checks import as_numpy, check_int, check_positive_int
 from useful_data.sampler import UpsampleSampler
-from useful_data.selection import Selection, SelectionLike, dataset_fingerprint, resolve_selection
+from useful_data.selection import Selection, SelectionLike, resolve_selection
 from useful_data.separating_epoch import SeparatingEpoch
 from useful_data.slow_learnable import find_slow_learnable
 
@@ -88,6 +79,7 @@ try:
     from lightning.pytorch.trainer.connectors.data_connector import _DataLoaderSource
     from lightning.pytorch.trainer.states import RunningStage
     from lightning.pytorch.utilities.data import _get_dataloader_init_args_and_kwargs
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
 except ImportError as err:  # pragma: no cover - exercised by simulating a missing install
     raise ImportError(
         "useful_data.lightning needs PyTorch Lightning: pip install 'useful-data[lightning]'"
@@ -99,9 +91,9 @@ logger = logging.getLogger(__name__)
 
 # find_slow_learnable arguments the callback fills in itself
 _OWN_FIND_ARGS = frozenset({"model", "dataset", "logits", "targets", "eval_dataset"})
-# the find_kwargs that mean something to a selection from the dynamics
-_DYNAMICS_FIND_ARGS = frozenset({"upsample_factor", "progress"})
 _STATE_VERSION = 1
+# classes named in the summary printed after the selection
+_CLASSES_SHOWN = 10
 
 
 class _UpsampledSource(_DataLoaderSource):
@@ -117,39 +109,15 @@ class _UpsampledSource(_DataLoaderSource):
         return self.callback._upsample(super().dataloader(), self.trainer)
 
 
-class _RecordingSampler(DistributedSampler[int]):
-    """The ``DistributedSampler`` Lightning injects, remembering the indices it deals.
-
-    The DataLoader asks its sampler for indices in the main process and returns the batches
-    in that order (``in_order=True``), with or without workers, so the ``k``-th training batch
-    of the epoch holds the ``k``-th ``batch_size`` indices dealt: `take` pops them.
-    """
-
-    def __init__(
-        self, dataset: Dataset[Any], *, num_replicas: int, rank: int, shuffle: bool, seed: int
-    ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self.dealt: deque[int] = deque()
-
-    def __iter__(self) -> Iterator[int]:
-        self.dealt.clear()  # a new epoch: what the last one dealt and never trained on goes
-        for index in super().__iter__():
-            self.dealt.append(index)
-            yield index
-
-    def take(self, count: int) -> list[int]:
-        """The next ``count`` indices dealt (fewer at the end of the epoch)."""
-        return [self.dealt.popleft() for _ in range(min(count, len(self.dealt)))]
-
-
 class USEFUL(Callback):
     """Run USEFUL inside ``Trainer.fit``: phase 1, selection, restart from ``W0`` upsampled.
 
     ``Trainer(max_epochs=T)`` is the full schedule: phase 1 trains ``t`` epochs, then phase 2
     trains ``T`` epochs from ``W0`` with a fresh optimizer and LR scheduler (``t + T`` in
-    all; ``trainer.current_epoch`` keeps counting). ``configure_optimizers`` is called again
-    at the restart, so a schedule built from ``self.trainer.estimated_stepping_batches`` spans
-    phase 2's ``T`` epochs of upsampled data. Works with one device and with DDP
+    all; ``trainer.current_epoch`` keeps counting, and ``max_epochs`` becomes ``t + T`` at the
+    selection, as the callback says when the fit starts). ``configure_optimizers`` is called
+    again at the restart, so a schedule built from ``self.trainer.estimated_stepping_batches``
+    spans phase 2's ``T`` epochs of upsampled data. Works with one device and with DDP
     (``strategy="ddp"``, launched by Lightning or ``torchrun``), automatic and manual
     optimization (`SAM` included). With ``"ddp_spawn"`` the fit runs too, but the attributes
     below are set in the spawned processes only.
@@ -182,31 +150,29 @@ class USEFUL(Callback):
             ``epoch_size``: ``M = N`` keeps SGD's steps per epoch, the epochs then continue
             through the upsampled multiset); ``None``: every epoch is the whole multiset.
         find_kwargs: More keyword arguments for `find_slow_learnable` (``upsample_factor``,
-            ``backend``, ``n_init``, ``batch_size``, ``strategy``, ...); ``progress`` defaults
-            to ``False``. With ``dynamics=``, only ``upsample_factor``.
-        dynamics: Beyond the paper: a strategy of `select_from_dynamics`
-            (``"learned_epoch"``, ``"cumulative_accuracy"``, ``"forgetting"`` or
-            ``"confidence"``). Phase 1 then records a `TrainingDynamics` from the logits
-            ``training_step`` returns as ``{"loss": loss, "logits": logits}`` (optionally
-            ``"targets"``, else the labels are read from the training set's ``targets``), and
-            the selection is made from it. ``None`` (default): the paper's k-means on the
-            snapshot at epoch ``t``.
+            ``backend``, ``n_init``, ``batch_size``, ``strategy``, ...). ``progress``
+            defaults to ``verbose`` and whether the trainer shows its own progress bar.
+        verbose: Show, on rank 0 through Lightning's console output, the plan of the fit
+            (``t + T`` epochs) at its start and a summary of the selection after it, and a
+            progress bar during the selection pass when the trainer shows its own.
+            ``False``: the plan and the summary go to this module's logger only, and no
+            progress bar is shown.
+        **removed: Arguments removed in useful-data 1.0 (``dynamics=``, now
+            `useful_data.experimental`), refused with a `TypeError` that says where they went.
 
     Attributes:
         selection: The `Selection` once computed (or given as one, or as a file), else
             ``None``.
         separating_epoch: ``t`` once known (0 with ``selection=``), else ``None``.
-        training_dynamics: With ``dynamics=``, the `TrainingDynamics` recorded during phase 1
-            (the same on every rank under DDP), else ``None``.
 
     Raises:
-        TypeError: if both ``separating_epoch`` and ``selection`` are given, or an argument has
-            the wrong type.
-        ValueError: if ``separating_epoch < 1``, ``find_kwargs`` names an argument the
-            callback fills in or one `find_slow_learnable` does not take (or, with
-            ``dynamics=``, one the dynamics do not use), or ``dynamics`` is not a strategy
-            name. Errors about the trainer, the data and checkpoints are raised when the fit
-            starts (see the Lightning guide).
+        TypeError: if both ``separating_epoch`` and ``selection`` are given, an argument has
+            the wrong type (``selection`` not selection-like, ``eval_dataset`` neither a
+            map-style dataset nor a function), or a removed argument is passed.
+        ValueError: if ``separating_epoch < 1``, or ``find_kwargs`` names an argument the
+            callback fills in or one `find_slow_learnable` does not take. Errors about the
+            trainer, the data and checkpoints are raised when the fit starts (see the
+            Lightning guide).
 
     Example:
         >>> from useful_data.lightning import USEFUL
@@ -225,8 +191,10 @@ class USEFUL(Callback):
         seed: int | None = None,
         epoch_size: int | None = None,
         find_kwargs: Mapping[str, Any] | None = None,
-        dynamics: DynamicsStrategy | None = None,
+        verbose: bool = True,
+        **removed: Any,
     ) -> None:
+        _refuse_removed(removed)
         if separating_epoch is not None and selection is not None:
             raise TypeError(
                 "USEFUL takes either separating_epoch= (phase 1 runs inside the fit) or "
@@ -240,55 +208,28 @@ class USEFUL(Callback):
             self._fixed_epoch = check_positive_int("separating_epoch", separating_epoch)
         if not isinstance(monitor, str):
             raise TypeError(f"monitor should be a str, but got monitor={monitor!r}")
+        if not isinstance(verbose, bool):
+            raise TypeError(f"verbose should be True or False, but got verbose={verbose!r}")
         self.monitor = monitor
+        self.verbose = verbose
         self.seed = None if seed is None else check_int("seed", seed)
         self.epoch_size = (
             None if epoch_size is None else check_positive_int("epoch_size", epoch_size)
         )
-        self.eval_dataset = eval_dataset
-        find_kwargs = dict(find_kwargs or {})
-        if own := sorted(_OWN_FIND_ARGS & find_kwargs.keys()):
-            raise ValueError(
-                f"find_kwargs should not hold {own}: USEFUL passes the module and the "
-                "training set itself (use eval_dataset= for an eval view)"
-            )
-        accepted = inspect.signature(find_slow_learnable).parameters.keys() - _OWN_FIND_ARGS
-        if unknown := sorted(find_kwargs.keys() - accepted):
-            raise ValueError(  # now, not after phase 1 has trained for t epochs
-                f"find_kwargs: find_slow_learnable takes no {unknown}; it accepts "
-                f"{sorted(accepted)}"
-            )
-        self.find_kwargs = {"progress": False, **find_kwargs}
-        if dynamics is not None:
-            if dynamics not in DYNAMICS_STRATEGIES:
-                raise ValueError(
-                    f"dynamics should be None (the paper's k-means) or one of "
-                    f"{DYNAMICS_STRATEGIES}, but got dynamics={dynamics!r}"
-                )
-            if selection is not None or eval_dataset is not None:
-                raise TypeError(
-                    "dynamics= selects from what phase 1 records, so it takes neither "
-                    "selection= (no phase 1) nor eval_dataset= (no eval pass)"
-                )
-            if unused := sorted(find_kwargs.keys() - _DYNAMICS_FIND_ARGS):
-                raise ValueError(
-                    f"with dynamics={dynamics!r}, find_kwargs may only hold "
-                    f"{sorted(_DYNAMICS_FIND_ARGS)}, but got {unused}"
-                )
-        self.dynamics = dynamics
-        self.training_dynamics: TrainingDynamics | None = None
-        self._recorder: _RecordingSampler | None = None  # phase 1's sampler, with dynamics=
-        self._batch_size = 0
-        self._labels: np.ndarray | None = None
+        self.eval_dataset = _check_eval_dataset(eval_dataset)
+        self.find_kwargs = _check_find_kwargs(find_kwargs)
         self.selection: Selection | None = None
         self.separating_epoch: int | None = None
         self._upsample_from: SelectionLike | None = None  # what the sampler is built from
+        self._given: SelectionLike | None = None  # selection= as given (after loading a path)
         self._initial_state: dict[str, torch.Tensor] | None = None
         self._restart_pending = False
         self._replay: list[float] = []  # the monitored curve of a resumed phase 1
         self._total_epochs = 0
         if selection is not None:  # set now: configure_optimizers may load the data early
+            _check_selection_type(selection)
             self._set_selection(selection, 0)
+            self._given = self._upsample_from
 
     @property
     def phase(self) -> str:
@@ -349,98 +290,22 @@ class USEFUL(Callback):
                 }
         else:
             self._extend_schedule(trainer)
+        if trainer.is_global_zero:
+            self._show(self._plan())
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._upsample_from is None:  # fail now, not after phase 1
             self._training_set(trainer)
             self._eval_view()
-            if self.dynamics is not None and trainer.fit_loop.restarted_mid_epoch:
-                raise RuntimeError(
-                    "USEFUL(dynamics=...) cannot resume phase 1 from a mid-epoch checkpoint: "
-                    "the record holds whole epochs only. Resume from a checkpoint written at "
-                    "the end of an epoch (ModelCheckpoint(every_n_epochs=1)), or start again"
-                )
-
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        if self._recorder is None or self._upsample_from is not None:
-            return
-        if self.training_dynamics is None:  # built with the recorder, just above
-            raise RuntimeError("USEFUL's recording sampler is set but its record is not")
-        indices = self._recorder.take(self._batch_size)
-        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
-        if not isinstance(logits, torch.Tensor):
-            raise TypeError(
-                "USEFUL(dynamics=...) records the logits training_step returns: return "
-                '{"loss": loss, "logits": logits}, but got '
-                + (f"keys {sorted(outputs)}" if isinstance(outputs, Mapping) else repr(outputs))
-            )
-        if logits.shape[0] != len(indices):
-            raise RuntimeError(
-                f"USEFUL(dynamics=...) expected the logits of the {len(indices)} examples the "
-                f"sampler dealt for this batch, but got shape {tuple(logits.shape)}; return "
-                "the logits of the whole batch, in its order"
-            )
-        targets = outputs.get("targets")
-        if targets is None:
-            if self._labels is None:
-                raise TypeError(
-                    "USEFUL(dynamics=...) needs the labels: the training set exposes no "
-                    'targets attribute, so return them too: {"loss": loss, "logits": logits, '
-                    '"targets": y}'
-                )
-            targets = torch.from_numpy(self._labels[indices])
-        self.training_dynamics.update(logits, targets, indices)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._upsample_from is not None:
+        if self._upsample_from is not None or not self._separates_now(trainer):
             return
-        if self.training_dynamics is not None:
-            self.training_dynamics.end_epoch()  # on every rank: it gathers under DDP
-        epochs_done = trainer.current_epoch + 1
-        if self._detector is not None:
-            value = trainer.strategy.broadcast(self._logged_value(trainer), src=0)
-            separate = self._detector.update(value)
-        else:
-            separate = epochs_done == self._fixed_epoch
-        if not separate:
-            return
-        if self.training_dynamics is not None:
-            if self.dynamics is None:  # the recorder exists only with dynamics=
-                raise RuntimeError("USEFUL holds training dynamics but no dynamics= strategy")
-            selection = select_from_dynamics(
-                self.training_dynamics,
-                strategy=self.dynamics,
-                upsample_factor=self.find_kwargs.get("upsample_factor", 2),
-            )
-        else:
-            train_set = self._training_set(trainer)
-            selection = find_slow_learnable(
-                pl_module, train_set, eval_dataset=self._eval_view(), **self.find_kwargs
-            )
-        self._set_selection(selection, epochs_done)
-        self._restart_pending = True
-        self._extend_schedule(trainer)
-        # drop the phase-1 loader: Lightning requests the (now upsampled) one at the next epoch
-        fit_loop = trainer.fit_loop
-        if fit_loop._data_fetcher is not None:
-            fit_loop._data_fetcher.teardown()
-        fit_loop._combined_loader = None
+        selection = self._select(trainer, pl_module)
+        self._set_selection(selection, trainer.current_epoch + 1)
+        self._prepare_restart(trainer)
         if trainer.is_global_zero:
-            logger.info(
-                "USEFUL: separating epoch %d, %d of %d examples slow-learnable; restarting "
-                "from the initial weights for %d epochs",
-                epochs_done,
-                selection.num_slow_learnable,
-                selection.num_examples,
-                self._total_epochs,
-            )
+            self._show(self._summary(selection))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._restart_pending:
@@ -473,7 +338,6 @@ class USEFUL(Callback):
             }
         elif self._upsample_from is not None:  # a mask or indices given as selection=
             selection = {"given": torch.as_tensor(np.asarray(self._upsample_from))}
-        dynamics = self.training_dynamics if self._upsample_from is None else None
         return {
             "version": _STATE_VERSION,
             "separating_epoch": self.separating_epoch,
@@ -481,7 +345,6 @@ class USEFUL(Callback):
             "initial_state": self._initial_state,
             "monitored": None if self._detector is None else list(self._detector.errors),
             "selection": selection,
-            "dynamics": None if dynamics is None else dynamics.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -498,29 +361,59 @@ class USEFUL(Callback):
                 f"separating_epoch={self._fixed_epoch}; resume with the same setting"
             )
         saved = state_dict["selection"]
-        if saved is not None:
-            if "given" in saved:  # a mask or indices given as selection=
-                selection: SelectionLike = saved["given"].numpy()
-            else:
-                selection = Selection(
-                    mask=saved["mask"].numpy(),
-                    loss=saved["loss"].numpy(),
-                    targets=saved["targets"].numpy(),
-                    upsample_factor=saved["upsample_factor"],
-                    params=json.loads(saved["params"]),
-                    unsplit=dict(saved["unsplit"]),
+        if saved is None and state_dict.get("dynamics") is not None:
+            raise ValueError(
+                "the checkpoint is in phase 1 of a fit with USEFUL(dynamics=...), which was "
+                "removed in useful-data 1.0 (see useful_data.experimental); start a new fit"
+            )
+        if saved is None:
+            if self._given is not None:
+                raise ValueError(
+                    "the checkpoint is in phase 1 (it holds no selection yet), but USEFUL was "
+                    "given selection=; pass separating_epoch= (or nothing) instead to resume "
+                    "it, or start a new run to use the selection"
+                )
+            self._replay = list(state_dict["monitored"] or [])  # fed to the detector later
+        else:
+            selection = _saved_selection(saved)
+            if self._given is not None and not _same_selection(self._given, selection):
+                raise ValueError(
+                    "the checkpoint holds a selection that differs from the selection= given "
+                    "to USEFUL; pass selection=None to resume it, or start a new run to use "
+                    "another"
                 )
             self._set_selection(selection, epoch)
-        else:  # replayed into the detector once it exists (the default one: at fit start)
-            self._replay = list(state_dict["monitored"] or [])
-        recorded = state_dict.get("dynamics")  # phase 1 with dynamics=: the closed epochs
-        if recorded is not None and saved is None:
-            self.training_dynamics = TrainingDynamics(int(recorded["num_examples"]))
-            self.training_dynamics.load_state_dict(recorded)
         self._restart_pending = bool(state_dict["restart_pending"])
         self._initial_state = state_dict["initial_state"]
 
-    # --- helpers -----------------------------------------------------------------------
+    # --- the steps of the method ---------------------------------------------------------
+    def _separates_now(self, trainer: pl.Trainer) -> bool:
+        """Whether the epoch just ended is ``t`` (every rank agrees: rank 0's value decides)."""
+        if self._detector is None:
+            return trainer.current_epoch + 1 == self._fixed_epoch
+        value = trainer.strategy.broadcast(self._logged_value(trainer), src=0)
+        return self._detector.update(value)
+
+    def _select(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Selection:
+        """The paper's selection on the weights at epoch ``t``: `find_slow_learnable`."""
+        kwargs = dict(self.find_kwargs)
+        kwargs.setdefault(
+            "progress",
+            self.verbose and trainer.is_global_zero and trainer.progress_bar_callback is not None,
+        )
+        train_set = self._training_set(trainer)
+        return find_slow_learnable(pl_module, train_set, eval_dataset=self._eval_view(), **kwargs)
+
+    def _prepare_restart(self, trainer: pl.Trainer) -> None:
+        """Schedule phase 2: ``W0`` and a fresh optimizer at the next epoch, on new data."""
+        self._restart_pending = True
+        self._extend_schedule(trainer)
+        # drop the phase-1 loader: Lightning requests the (now upsampled) one at the next epoch
+        fit_loop = trainer.fit_loop
+        if fit_loop._data_fetcher is not None:
+            fit_loop._data_fetcher.teardown()
+        fit_loop._combined_loader = None
+
     def _check_phase_one(self, total: int) -> None:
         if self._fixed_epoch is not None and self._fixed_epoch > total:
             raise ValueError(
@@ -554,6 +447,73 @@ class USEFUL(Callback):
         self._upsample_from = selection  # a mask or indices is checked once N is known
         self.separating_epoch = epoch
 
+    # --- what the user sees ----------------------------------------------------------------
+    def _show(self, message: str) -> None:
+        """Print through Lightning's console output (rank 0), or only log when not verbose."""
+        if self.verbose:
+            rank_zero_info(message)
+        else:
+            logger.info(message)
+
+    def _plan(self) -> str:
+        """The fit's epochs, said at its start: ``t`` (phase 1) + ``T`` (phase 2)."""
+        total = self._total_epochs
+        if self.separating_epoch == 0:
+            return (
+                f"USEFUL: selection given, no phase 1: all {total} epochs (max_epochs) train "
+                "on the upsampled data"
+            )
+        if self.separating_epoch is not None:  # resumed in phase 2
+            t = self.separating_epoch
+            return (
+                f"USEFUL: resuming phase 2: t={t} epochs of phase 1 + T={total} of phase 2 "
+                f"from W0 on the upsampled data; max_epochs is {t + total}"
+            )
+        if self._fixed_epoch is not None:
+            t = self._fixed_epoch
+            return (
+                f"USEFUL: this fit trains t={t} epochs (phase 1) + T={total} epochs (phase 2, "
+                f"from W0 on the upsampled data) = {t + total} epochs: max_epochs={total} "
+                f"becomes {t + total} at the selection, so Lightning counts epochs 0 to "
+                f"{t + total - 1}"
+            )
+        latest = self._detector.max_epoch if self._detector is not None else total
+        return (
+            f"USEFUL: this fit trains t epochs (phase 1, t detected from {self.monitor!r}, "
+            f"at most {latest}) + T={total} epochs (phase 2, from W0 on the upsampled data): "
+            f"max_epochs={total} becomes t + {total} at the selection"
+        )
+
+    def _summary(self, selection: Selection) -> str:
+        """The selection as a user checks it: per class, separation, relative cost."""
+        t, total = self.separating_epoch or 0, self._total_epochs
+        n, k = selection.num_examples, selection.num_slow_learnable
+        classes = selection.class_summary()
+        shown = ", ".join(
+            f"{c.label}: {c.num_slow_learnable}/{c.num_examples}"
+            + (f" (not split: {c.note})" if c.note else "")
+            for c in classes[:_CLASSES_SHOWN]
+        )
+        if len(classes) > _CLASSES_SHOWN:
+            shown += f", ... ({len(classes)} classes)"
+        separation = selection.separation
+        cost = selection.relative_cost(
+            separating_epoch=t, total_epochs=total, epoch_size=self.epoch_size
+        )
+        return "\n".join(
+            [
+                f"USEFUL: separating epoch t={t}: {k} of {n} examples slow-learnable "
+                f"({k / n:.1%}), upsampled x{selection.upsample_factor}",
+                f"  selected per class: {shown}",
+                f"  separation: loss ROC-AUC {separation.auc:.3f}, loss gap "
+                f"{separation.loss_gap:.3f}" + (" (weak)" if separation.weak else ""),
+                f"  relative cost: {cost:.2f}x plain training",
+                f"  phase 2: restarting from W0 for T={total} epochs (epochs {t} to "
+                f"{t + total - 1})",
+            ]
+        )
+
+    # --- data ----------------------------------------------------------------------------
     def _logged_value(self, trainer: pl.Trainer) -> float:
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
@@ -583,11 +543,10 @@ class USEFUL(Callback):
         return _map_style("eval_dataset", view)
 
     def _upsample(self, loader: Any, trainer: pl.Trainer) -> Any:
-        """The training loader with an `UpsampleSampler` in place of its sampler (phase 1 with
-        dynamics=: a `_RecordingSampler`)."""
+        """The training loader with an `UpsampleSampler` in place of its sampler."""
         selection = self._upsample_from
         if selection is None:
-            return loader if self.dynamics is None else self._recording(loader, trainer)
+            return loader
         if not isinstance(loader, DataLoader):
             raise TypeError(
                 "USEFUL upsamples one training DataLoader, but train_dataloader() returned "
@@ -596,21 +555,15 @@ class USEFUL(Callback):
         dataset = _map_style("the training set", loader.dataset)
         num_examples = len(dataset)  # type: ignore[arg-type]
         try:
-            resolve_selection(selection, num_examples)
-            targets = dataset_targets(dataset)
-            if (
-                self.selection is not None
-                and targets is not None
-                and dataset_fingerprint(targets) != self.selection.fingerprint
-            ):
-                raise ValueError(
-                    "same length but different labels (fingerprint mismatch); it was computed "
-                    "on another dataset, split or order"
-                )
+            if self.selection is not None:
+                self.selection.check_fits(dataset, name="the selection")
+            else:
+                resolve_selection(selection, num_examples)
         except ValueError as err:
             raise ValueError(
-                f"USEFUL's selection does not match the training set: {err}. Resume from a "
-                "checkpoint of a run on the same training data"
+                f"USEFUL's selection does not match the training set: {err}. Pass the "
+                "selection computed on this training set, or resume from a checkpoint of a "
+                "run on the same training data"
             ) from err
         shuffle = _shuffles(loader.sampler, "an UpsampleSampler")
         sampler = UpsampleSampler(
@@ -621,46 +574,108 @@ class USEFUL(Callback):
     def _seed(self) -> int:
         return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
-    def _recording(self, loader: Any, trainer: pl.Trainer) -> Any:
-        """Phase 1's loader with dynamics=: a `_RecordingSampler` in place of its sampler."""
-        if not isinstance(loader, DataLoader):
-            raise TypeError(
-                "USEFUL(dynamics=...) records one training DataLoader, but train_dataloader() "
-                f"returned {type(loader).__name__}; return a single DataLoader"
-            )
-        if not getattr(loader, "in_order", True):
-            raise ValueError(
-                "USEFUL(dynamics=...) knows each batch's indices from the order the sampler "
-                "deals them, which DataLoader(in_order=False) does not keep; leave in_order=True"
-            )
-        dataset = _map_style("the training set", loader.dataset)
-        num_examples = len(dataset)  # type: ignore[arg-type]
-        if self.training_dynamics is None:
-            self.training_dynamics = TrainingDynamics(num_examples)
-        elif self.training_dynamics.num_examples != num_examples:
-            raise ValueError(
-                "USEFUL's training dynamics were recorded for "
-                f"{self.training_dynamics.num_examples} examples, but the training set has "
-                f"{num_examples}; resume on the same data"
-            )
-        if loader.batch_size is None:
-            raise ValueError(
-                "USEFUL(dynamics=...) reads each batch's indices in batch_size steps, so it needs "
-                "a DataLoader with a batch_size, not batch_sampler= or batch_size=None"
-            )
-        # the sampler Lightning injects under DDP (same shuffle, seed and sharding), on one
-        # device too, so that it can tell the indices of every batch
-        replicas = getattr(trainer.strategy, "distributed_sampler_kwargs", None) or {}
-        self._recorder = _RecordingSampler(
-            dataset,
-            num_replicas=int(replicas.get("num_replicas", 1)),
-            rank=int(replicas.get("rank", 0)),
-            shuffle=_shuffles(loader.sampler, "a DistributedSampler that records the order"),
-            seed=self._seed(),
+
+def _refuse_removed(removed: Mapping[str, Any]) -> None:
+    if "dynamics" in removed:
+        raise TypeError(
+            "USEFUL(dynamics=...) was removed in useful-data 1.0: the training-dynamics tool "
+            "moved to useful_data.experimental (TrainingDynamics, select_from_dynamics), fed "
+            "from your own loop; the callback runs the paper's k-means selection"
         )
-        self._batch_size = loader.batch_size
-        self._labels = dataset_targets(dataset)
-        return _with_sampler(loader, self._recorder)
+    if removed:
+        raise TypeError(f"USEFUL got unexpected keyword arguments {sorted(removed)}")
+
+
+def _check_find_kwargs(find_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``find_kwargs`` checked now, not after phase 1 has trained for ``t`` epochs."""
+    if find_kwargs is not None and not isinstance(find_kwargs, Mapping):
+        raise TypeError(
+            f"find_kwargs should be a mapping of find_slow_learnable arguments, but got "
+            f"find_kwargs={find_kwargs!r}"
+        )
+    kwargs = dict(find_kwargs or {})
+    if own := sorted(_OWN_FIND_ARGS & kwargs.keys()):
+        raise ValueError(
+            f"find_kwargs should not hold {own}: USEFUL passes the module and the "
+            "training set itself (use eval_dataset= for an eval view)"
+        )
+    accepted = inspect.signature(find_slow_learnable).parameters.keys() - _OWN_FIND_ARGS
+    if unknown := sorted(kwargs.keys() - accepted):
+        raise ValueError(
+            f"find_kwargs: find_slow_learnable takes no {unknown}; it accepts {sorted(accepted)}"
+        )
+    return kwargs
+
+
+def _check_selection_type(selection: object) -> None:
+    accepted = Selection | str | os.PathLike | np.ndarray | torch.Tensor
+    if not isinstance(selection, accepted) and (
+        not isinstance(selection, Sequence) or isinstance(selection, bytes)
+    ):
+        raise TypeError(
+            "selection should be a Selection, a path to a saved one, a boolean mask or a "
+            f"sequence of indices, but got selection={selection!r} of type "
+            f"{type(selection).__name__}"
+        )
+
+
+def _check_eval_dataset(eval_dataset: Any) -> Dataset[Any] | Callable[[], Dataset[Any]] | None:
+    if eval_dataset is None or (callable(eval_dataset) and not isinstance(eval_dataset, Dataset)):
+        return eval_dataset
+    if isinstance(eval_dataset, IterableDataset) or not (
+        hasattr(eval_dataset, "__len__") and hasattr(eval_dataset, "__getitem__")
+    ):
+        raise TypeError(
+            "eval_dataset should be a map-style dataset (with __len__ and __getitem__, in the "
+            "training set's order) or a function of no arguments returning one, but got "
+            f"eval_dataset={eval_dataset!r} of type {type(eval_dataset).__name__}"
+        )
+    return eval_dataset
+
+
+def _saved_selection(saved: Mapping[str, Any]) -> SelectionLike:
+    """The selection a checkpoint's callback state holds (a `Selection`, or a given mask)."""
+    if "given" in saved:  # a mask or indices given as selection=
+        return saved["given"].numpy()
+    try:
+        params = json.loads(saved["params"])
+    except (TypeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise ValueError(
+            f"the checkpoint's USEFUL state has unreadable selection params ({reason})"
+        ) from None
+    if not isinstance(params, dict):
+        raise ValueError(
+            f"the checkpoint's USEFUL state should hold the selection params as a JSON "
+            f"object, but got {type(params).__name__}"
+        )
+    return Selection(
+        mask=saved["mask"].numpy(),
+        loss=saved["loss"].numpy(),
+        targets=saved["targets"].numpy(),
+        upsample_factor=saved["upsample_factor"],
+        params=params,
+        unsplit=dict(saved["unsplit"]),
+    )
+
+
+def _same_selection(given: SelectionLike, saved: SelectionLike) -> bool:
+    """Whether two selections upsample the same examples by the same factor."""
+    if isinstance(given, Selection) and isinstance(saved, Selection):
+        return (
+            np.array_equal(given.mask, saved.mask)
+            and given.upsample_factor == saved.upsample_factor
+        )
+    return np.array_equal(_selected_indices(given), _selected_indices(saved))
+
+
+def _selected_indices(selection: SelectionLike) -> np.ndarray:
+    if isinstance(selection, Selection):
+        return selection.indices
+    array = as_numpy("selection", selection)
+    if array.dtype == bool:
+        return np.flatnonzero(array)
+    return np.unique(array.astype(np.int64))
 
 
 def _with_sampler(loader: DataLoader[Any], sampler: DistributedSampler[int]) -> DataLoader[Any]:

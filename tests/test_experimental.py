@@ -1,4 +1,4 @@
-"""The training-dynamics recorder, the index wrapper and the selection from dynamics.
+"""useful_data.experimental: the training-dynamics recorder, index wrapper and selection.
 
 The recorder's O(N) running statistics are checked against a brute-force reference that keeps
 the whole ``(epochs, N)`` history; the multi-rank record against the single-process one in a
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,13 +23,8 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from useful_data import Selection, UpsampleSampler
-from useful_data.dynamics import (
-    DYNAMICS_STRATEGIES,
-    IndexedDataset,
-    TrainingDynamics,
-    select_from_dynamics,
-    two_means_1d,
-)
+from useful_data.experimental import IndexedDataset, TrainingDynamics, select_from_dynamics
+from useful_data.experimental.dynamics import _STRATEGIES, _two_means_1d
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,6 +172,66 @@ def test_state_dict_resumes_exactly(tmp_path):
         TrainingDynamics(n).load_state_dict(broken)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "error", "match"),
+    [
+        ("num_epochs", -5, ValueError, r"'num_epochs'.*>= 0, but got -5"),
+        ("num_epochs", 2.5, TypeError, r"'num_epochs'.*integer"),
+        ("num_epochs", True, TypeError, r"'num_epochs'.*integer"),
+        ("num_epochs", 1, ValueError, r"'seen'.*no recording gives"),  # seen 3 > 1 epoch
+        ("num_classes", 1, ValueError, r"'num_classes'.*>= 2"),
+        ("num_classes", 2, ValueError, r"'targets'.*no recording gives"),  # labels 0..2
+        ("seen", -1, ValueError, r"'seen'.*no recording gives"),
+        ("correct", 7, ValueError, r"'correct'.*no recording gives"),
+        ("loss", float("nan"), ValueError, r"'loss'.*finite"),
+        ("loss", -1.0, ValueError, r"'loss'.*no recording gives"),
+        ("learned", 9, ValueError, r"'learned'.*no recording gives"),
+        ("last_correct", 3, ValueError, r"'last_correct'.*no recording gives"),
+        ("targets", 0.5, ValueError, r"'targets'.*integers"),
+    ],
+)
+def test_load_state_dict_refuses_values_no_recording_gives(field, value, error, match):
+    """A state that update/end_epoch could not have written is refused, naming the field,
+    and the recorder keeps its record."""
+    n = 12
+    state = record(random_history(n, 3, num_classes=3, seed=1), n).state_dict()
+    if isinstance(state[field], torch.Tensor):
+        broken = state[field].double() if isinstance(value, float) else state[field].clone()
+        broken[0] = value
+        state[field] = broken
+    else:
+        state[field] = value
+    target = TrainingDynamics(n)
+    before = target.state_dict()
+    with pytest.raises(error, match=match):
+        target.load_state_dict(state)
+    assert target.num_epochs == 0
+    for name, kept in target.state_dict().items():
+        if isinstance(kept, torch.Tensor):
+            assert torch.equal(kept, before[name]), name
+        else:
+            assert kept == before[name], name
+
+
+def test_old_import_path_warns_and_nothing_imports_the_wing():
+    """useful_data.dynamics still imports for one release, warning where the names went; no
+    module of the library outside the wing imports it."""
+    import useful_data.dynamics as old
+
+    with pytest.warns(DeprecationWarning, match="moved to useful_data.experimental.TrainingDyn"):
+        assert old.TrainingDynamics is TrainingDynamics
+    with pytest.warns(DeprecationWarning, match="private"):
+        assert old.two_means_1d is _two_means_1d
+    package = ROOT / "useful_data"
+    importers = [
+        path.name
+        for path in package.glob("*.py")
+        if path.name != "dynamics.py"
+        and re.search(r"(from|import) useful_data\.experimental", path.read_text())
+    ]
+    assert importers == []
+
+
 def test_recorder_errors_name_the_problem():
     with pytest.raises(ValueError, match="num_examples=0"):
         TrainingDynamics(0)
@@ -273,9 +329,9 @@ def test_two_means_1d_is_the_optimal_threshold():
             sse += ((values[~high] - values[~high].mean()) ** 2).sum()
             if sse < best - 1e-12:
                 best, best_cut = sse, cut
-        np.testing.assert_array_equal(two_means_1d(values), values > best_cut)
+        np.testing.assert_array_equal(_two_means_1d(values), values > best_cut)
     with pytest.raises(ValueError, match="1 distinct"):
-        two_means_1d(np.ones(4))
+        _two_means_1d(np.ones(4))
 
 
 def planted_dynamics(seed: int = 0) -> tuple[TrainingDynamics, np.ndarray]:
@@ -297,7 +353,7 @@ def planted_dynamics(seed: int = 0) -> tuple[TrainingDynamics, np.ndarray]:
     return dynamics, slow
 
 
-@pytest.mark.parametrize("strategy", DYNAMICS_STRATEGIES)
+@pytest.mark.parametrize("strategy", _STRATEGIES)
 def test_every_strategy_finds_the_late_learned_examples(strategy, tmp_path):
     dynamics, slow = planted_dynamics()
     if strategy == "forgetting":  # nothing is ever forgotten here: every score is 0
@@ -463,7 +519,7 @@ def test_bench_dynamics_quick_runs_and_prints_its_tables():
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    for strategy in ("kmeans", *DYNAMICS_STRATEGIES):
+    for strategy in ("kmeans", *_STRATEGIES):
         assert f"| {strategy} " in out
     assert "Digits with a planted shortcut" in out
     assert "| random(learned_epoch)@2 |" in out and "| oracle |" in out
