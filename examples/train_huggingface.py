@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> float:
 
     # 2. the selection (the synthetic data has no augmentation: the training set is its
     #    own eval view), on every process
-    selection = select_with_trainer(phase1, train_set, progress=False)
+    selection = select_with_trainer(phase1, train_set)  # prints its summary on the main process
     truth = ~data.has_fast_feature.numpy()
     hits = int((selection.mask & truth).sum())
     log(f"selected {selection.num_slow_learnable} of {selection.num_examples}: precision "
