@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> float:
     args = parser.parse_args(argv)
     if args.tiny:
         args.num_examples, args.epochs, args.separating_epoch, args.batch_size = 400, 6, 2, 50
+        args.lr = 0.5
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     train_set = make_simplicity_bias_data(args.num_examples, seed=args.seed)
-    model = ToyCNN(seed=args.seed)
+    model = ToyCNN(seed=args.seed, init_std=0.1)  # learns within the first epochs
     w0 = copy.deepcopy(model.state_dict())
 
     # 1. phase 1: the first epochs of the full schedule

@@ -79,7 +79,8 @@ def test_example_script_runs(capsys):
     out = capsys.readouterr().out
     assert 0.0 <= accuracy <= 1.0
     assert "precision" in out and "recall" in out
-    assert "phase 2: 610 examples per epoch" in out  # 400 + 210 slow-learnable
+    assert "phase 2: 455 examples per epoch" in out  # 400 + the 55 planted slow-learnable
+    assert "precision 1.000 recall 1.000" in out  # phase 1 learned: the planted ones found
 
 
 @pytest.mark.parametrize(
