@@ -137,7 +137,7 @@ def bench_accelerate(args, data: Items, selection: Selection) -> list[list[objec
         model = MLP(args.dim, args.classes, args.width)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         if upsampled:
-            sampler = UpsampleSampler(selection, len(data), seed=0)
+            sampler = UpsampleSampler(selection, len(data), seed=0, num_replicas=1, rank=0)
             loader = DataLoader(data, batch_size=args.batch_size, sampler=sampler)
         else:
             loader = DataLoader(by_hand(data, selection), batch_size=args.batch_size, shuffle=True)

@@ -13,6 +13,11 @@ selection is scored against the planted truth.
 Run:
     python examples/train_accelerate.py --tiny                        # seconds on a CPU
     torchrun --nproc_per_node=2 examples/train_accelerate.py --tiny   # 2 CPU processes
+    accelerate launch --multi_gpu --num_processes 2 examples/train_accelerate.py --tiny
+
+(``accelerate launch --cpu --num_processes 2`` starts one process: ``--cpu`` picks
+Accelerate's single-process launcher. ``--multi_gpu`` starts the processes, and the script's
+``Accelerator(cpu=True)`` keeps them on the CPU, with gloo, where no GPU is found.)
 """
 
 from __future__ import annotations
@@ -30,20 +35,27 @@ from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
 
 
 def upsampled_loader(train_set, selection, *, batch_size: int, seed: int) -> DataLoader:
-    """Phase 2's loader. ``num_replicas=1, rank=0``: Accelerate deals the batches out, so
-    ``len(loader)`` before ``prepare`` counts the whole epoch, as for any dataset, and the
-    schedule sized from it spans phase 2 (Accelerate steps it once per process)."""
+    """Phase 2's loader. ``num_replicas=1, rank=0``, the switch for Accelerate: it deals the
+    batches out itself, so the sampler yields the whole multiset on every process."""
     sampler = UpsampleSampler(selection, len(train_set), seed=seed, num_replicas=1, rank=0)
     return DataLoader(train_set, batch_size=batch_size, sampler=sampler)
 
 
-def train(accelerator, model, loader, *, epochs: int, total_epochs: int, lr: float) -> float:
+def train(accelerator, model, loader, *, epochs: int, total_epochs: int, lr: float) -> list[float]:
     """SGD with a cosine schedule over ``total_epochs``, stopped after ``epochs``; returns the
-    last learning rate."""
+    learning rate after every step.
+
+    The schedule is sized from the *prepared* loader: ``len(loader)`` after ``prepare`` is
+    this process's steps per epoch, the last round of batches padded to every process, and a
+    prepared scheduler advances ``num_processes`` times per step. Sized before ``prepare``,
+    it would miss the padding round and pass through 0 before the end.
+    """
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    steps = total_epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    ticks = total_epochs * len(loader) * accelerator.num_processes
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=ticks)
+    scheduler = accelerator.prepare(scheduler)
+    lrs = []
     for epoch in range(epochs):
         loader.set_epoch(epoch)  # reaches the sampler through Accelerate's wrappers
         for inputs, targets in loader:
@@ -52,7 +64,8 @@ def train(accelerator, model, loader, *, epochs: int, total_epochs: int, lr: flo
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-    return optimizer.param_groups[0]["lr"]
+            lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -67,10 +80,11 @@ def main(argv: list[str] | None = None) -> float:
     args = parser.parse_args(argv)
     if args.tiny:
         args.num_examples, args.epochs, args.separating_epoch, args.batch_size = 400, 6, 2, 50
+        args.lr = 0.5
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     train_set = make_simplicity_bias_data(args.num_examples, seed=args.seed)
-    model = ToyCNN(seed=args.seed)
+    model = ToyCNN(seed=args.seed, init_std=0.1)  # learns within the first epochs
     w0 = copy.deepcopy(model.state_dict())
 
     # 1. phase 1: the first epochs of the full schedule
@@ -99,7 +113,8 @@ def main(argv: list[str] | None = None) -> float:
     with torch.no_grad():
         logits = model(test.inputs.to(accelerator.device)).cpu()
     accuracy = float((logits.argmax(1) == test.targets).float().mean())
-    accelerator.print(f"phase 2: {selection.upsampled_size} examples per epoch; "
+    accelerator.print(f"phase 2: {selection.upsampled_size} examples per epoch on "
+                      f"{accelerator.num_processes} process(es); "
                       f"test accuracy {accuracy:.4f}")  # fmt: skip
     accelerator.end_training()
     return accuracy

@@ -58,7 +58,7 @@ class Classifier(nn.Module):
 
     def __init__(self, seed: int) -> None:
         super().__init__()
-        self.net = ToyCNN(seed=seed)
+        self.net = ToyCNN(seed=seed, init_std=0.1)  # learns within the first epochs
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         logits = self.net(x)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--tiny", action="store_true", help="a few seconds on a CPU")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.num_examples, args.epochs, args.batch_size = 400, 6, 50
+        args.num_examples, args.epochs, args.batch_size, args.lr = 400, 6, 50, 0.5
     if args.separating_epoch == "auto":
         separating: int | SeparatingEpoch = SeparatingEpoch(total_epochs=args.epochs)
     else:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> float:
 
     # 2. the selection (the synthetic data has no augmentation: the training set is its
     #    own eval view), on every process
-    selection = select_with_trainer(phase1, train_set, progress=False)
+    selection = select_with_trainer(phase1, train_set)  # prints its summary on the main process
     truth = ~data.has_fast_feature.numpy()
     hits = int((selection.mask & truth).sum())
     log(f"selected {selection.num_slow_learnable} of {selection.num_examples}: precision "

@@ -2,11 +2,12 @@
 
 A hand-written loop under ``accelerator.prepare``, two epochs on N=40 examples of which 10 are
 slow-learnable (batch 5 per process), in every way a user would pass the upsampled data:
-`USEFULDataset` with ``shuffle=True``; `UpsampleSampler` with its defaults, built before or
-after ``Accelerator()``; and the recipe of docs/guides/accelerate.md (``num_replicas=1``).
-The loop records the dataset index of every item it trains on; rank 0 writes what all ranks
-saw, epoch by epoch, to the JSON file named by ``argv[1]``. Also: the selection on both ranks,
-and a resumed epoch through ``accelerator.skip_first_batches``.
+`USEFULDataset` with ``shuffle=True``; `UpsampleSampler` built as docs/guides/accelerate.md
+says (``num_replicas=1, rank=0``), before or after ``Accelerator()``. The loop records the
+dataset index of every item it trains on; rank 0 writes what all ranks saw, epoch by epoch, to
+the JSON file named by ``argv[1]``. Also: a sampler built without the switch (refused on every
+rank), the selection on both ranks, a resumed epoch through ``accelerator.skip_first_batches``,
+and the example's learning-rate schedule over a padded last round.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from useful_data import UpsampleSampler, USEFULDataset, find_slow_learnable
 def main(out: str) -> None:
     data = Items()
     selection = fixed_selection(data)
-    before = UpsampleSampler(selection, N, seed=0)  # no process group yet
+    before = UpsampleSampler(selection, N, seed=0, num_replicas=1, rank=0)  # no group yet
 
     from accelerate import Accelerator
 
@@ -56,7 +57,7 @@ def main(out: str) -> None:
         rank_epochs[case] = epochs
         return [flat(ranks) for ranks in zip(*gathered(epochs), strict=True)]
 
-    after = UpsampleSampler(selection, N, seed=0)
+    after = UpsampleSampler(selection, N, seed=0, num_replicas=1, rank=0)
     recipe = UpsampleSampler(selection, N, seed=0, num_replicas=1, rank=0)
 
     def loader(dataset, sampler=None) -> DataLoader:
@@ -68,6 +69,11 @@ def main(out: str) -> None:
         "sampler_after_accelerator": train("sampler_after_accelerator", loader(data, after)),
         "recipe": train("recipe", loader(data, recipe)),
     }
+    try:  # the switch forgotten: the sampler would shard by the process group, then Accelerate
+        train("forgotten", loader(data, UpsampleSampler(selection, N, seed=0)))
+        results["forgotten_switch"] = gathered("trained")
+    except RuntimeError as err:
+        results["forgotten_switch"] = gathered(str(err))
 
     # the selection, on every rank, from the prepared (DDP-wrapped) model
     model = accelerator.prepare(torch.nn.Linear(4, 2))
@@ -93,15 +99,15 @@ def main(out: str) -> None:
 
     results["resume"] = gathered([rank_epochs["recipe"][1], epoch1(2)])
 
-    # the example's phase 2: a cosine schedule sized by len(loader) before prepare, as
-    # Accelerate's own examples size theirs, should end at 0 after its last epoch
+    # the example's phase 2 with a padded last round: 125 items in batches of 10 are 13
+    # batches, 7 per rank; its cosine schedule must reach 0 at the last step, not before
     from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
 
     example = load_example("train_accelerate")
     toy = make_simplicity_bias_data(100, seed=0)
-    toy_selection = np.arange(100) % 5 == 0  # 120 items: 12 batches of 10, 6 per rank
+    toy_selection = np.arange(100) % 4 == 0  # 25 slow-learnable: 125 items per epoch
     toy_loader = example.upsampled_loader(toy, toy_selection, batch_size=10, seed=0)
-    results["example_last_lr"] = example.train(
+    results["example_lrs"] = example.train(
         accelerator, ToyCNN(seed=0), toy_loader, epochs=2, total_epochs=2, lr=0.1
     )
     if accelerator.is_main_process:

@@ -5,8 +5,8 @@ epochs on N=40 examples of which 10 are slow-learnable (batch 5 per process): th
 records the dataset index of every item it trains on, and rank 0 writes what all ranks saw,
 epoch by epoch, to the JSON file named by ``argv[1]``. Then the whole workflow: phase 1 with
 `SeparatingEpochCallback`, `select_with_trainer` on both ranks, `USEFULTrainer` from W0,
-and a resume from a mid-epoch checkpoint. Last, phase 1 with `DynamicsTrainer` and a
-DataLoader worker per rank, its record checked against one fed with the items' own indices.
+and a resume from a mid-epoch checkpoint. A user's own sampler is built as the guide says,
+``num_replicas=1, rank=0``; one built without it must refuse to train, on every rank.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ def tiny_model_classes() -> tuple[type, type]:
             super().__init__(config)
             self.linear = nn.Linear(config.width, config.num_labels)
             self.seen: list[list[list[int]]] = []  # epoch -> batch -> dataset indices
-            self.reference = None  # a TrainingDynamics fed with the indices the items carry
             self.post_init()
 
         def forward(self, x, labels=None, index=None):
@@ -57,8 +56,6 @@ def tiny_model_classes() -> tuple[type, type]:
                     self.seen.append([])
                 self.seen[-1].append(index.tolist())
             logits = self.linear(x)
-            if self.training and self.reference is not None:
-                self.reference.update(logits, labels, index)
             loss = F.cross_entropy(logits, labels) if labels is not None else None
             return {"loss": loss, "logits": logits}
 
@@ -69,17 +66,11 @@ def main(out: str) -> None:
     global SAMPLER_BEFORE_GROUP
     data = Items()
     selection = fixed_selection(data)
-    SAMPLER_BEFORE_GROUP = UpsampleSampler(selection, N, seed=0)
+    SAMPLER_BEFORE_GROUP = UpsampleSampler(selection, N, seed=0, num_replicas=1, rank=0)
 
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from useful_data.dynamics import TrainingDynamics, select_from_dynamics
-    from useful_data.huggingface import (
-        DynamicsTrainer,
-        SeparatingEpochCallback,
-        USEFULTrainer,
-        select_with_trainer,
-    )
+    from useful_data.huggingface import SeparatingEpochCallback, USEFULTrainer, select_with_trainer
 
     TinyConfig, TinyModel = tiny_model_classes()
     tmp = Path(out).parent / "runs"  # the same folder on every rank
@@ -87,10 +78,6 @@ def main(out: str) -> None:
     class NewEpoch(TrainerCallback):
         def on_epoch_begin(self, args, state, control, model=None, **kwargs):
             model.seen.append([])
-
-    class ReferenceEpoch(TrainerCallback):
-        def on_epoch_end(self, args, state, control, model=None, **kwargs):
-            model.reference.end_epoch()
 
     def arguments(name: str, **overrides) -> TrainingArguments:
         kwargs = dict(
@@ -116,7 +103,9 @@ def main(out: str) -> None:
         sampler = None
 
         def _get_train_sampler(self, train_dataset=None):
-            return self.sampler if self.sampler is not None else UpsampleSampler(selection, seed=0)
+            if self.sampler is not None:
+                return self.sampler
+            return UpsampleSampler(selection, seed=0, num_replicas=1, rank=0)
 
     def run(trainer) -> list[list[int]]:
         trainer.model.seen.clear()
@@ -147,6 +136,14 @@ def main(out: str) -> None:
     before.sampler = SAMPLER_BEFORE_GROUP
     counts["sampler_before_group"] = run(before)
     results["counts"] = counts
+    forgot = UserTrainer(TinyModel(TinyConfig()), args, train_dataset=data, callbacks=[NewEpoch()])
+    forgot.sampler = UpsampleSampler(selection, seed=0)  # num_replicas=1, rank=0 forgotten
+    try:
+        forgot.train()
+        refused = "trained"
+    except RuntimeError as err:
+        refused = str(err)
+    results["forgotten_switch"] = gathered(refused)
 
     # --- the workflow: phase 1 from W0, selection on both ranks, phase 2 from W0 -------------
     torch.manual_seed(0)
@@ -209,28 +206,6 @@ def main(out: str) -> None:
     results["resumed_batches"] = gathered(resumed.model.seen)
     results["original_batches"] = full
 
-    # --- phase 1 recording the training dynamics, a DataLoader worker per rank -------------
-    torch.manual_seed(0)
-    model = TinyModel(TinyConfig())
-    model.reference = TrainingDynamics(N)
-    recording = DynamicsTrainer(
-        model,
-        arguments("dynamics", num_train_epochs=4, dataloader_num_workers=1),
-        train_dataset=data,
-        callbacks=[SeparatingEpochCallback(2), ReferenceEpoch()],
-    )
-    recording.train()
-    recorded, reference = recording.dynamics.state_dict(), model.reference.state_dict()
-    results["dynamics_same_record"] = gathered(
-        all(
-            torch.equal(torch.as_tensor(v), torch.as_tensor(reference[k]))
-            for k, v in recorded.items()
-        )
-    )
-    results["dynamics_epochs_seen"] = recording.dynamics.epochs_seen.tolist()
-    results["dynamics_selections"] = gathered(
-        select_from_dynamics(recording.dynamics, strategy="confidence").mask.tolist()
-    )
     if dist.get_rank() == 0:
         Path(out).write_text(json.dumps(results))
     dist.barrier()

@@ -22,17 +22,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
-from useful_data import Selection
-from useful_data.dynamics import TrainingDynamics, select_from_dynamics
-from useful_data.huggingface import (
-    SELECTION_FILE,
-    DynamicsTrainer,
-    SeparatingEpochCallback,
-    USEFULTrainer,
-    select_with_trainer,
-)
+import useful_data.huggingface as hf
+from useful_data import Selection, find_slow_learnable
+from useful_data.huggingface import SeparatingEpochCallback, USEFULTrainer, select_with_trainer
 from useful_data.separating_epoch import SeparatingEpoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +42,7 @@ from _two_processes import (  # noqa: E402
 )
 
 TinyConfig, TinyModel = tiny_model_classes()
+SELECTION_FILE = "useful_selection.npz"
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +101,12 @@ def test_resume_mid_epoch_trains_the_batches_not_yet_seen(two_ranks):
         assert resumed == [original[1][done_in_epoch:], original[2]]
 
 
-def test_dynamics_trainer_on_two_ranks(two_ranks):
-    """DynamicsTrainer under torchrun, a DataLoader worker per rank: each rank's record (from
-    the index its collator carries past Accelerate's sharding) equals the one fed with the
-    items' own indices, covers every example at both epochs, and selects the same on both."""
-    assert two_ranks["dynamics_same_record"] == [True, True]
-    assert two_ranks["dynamics_epochs_seen"] == [2] * N
-    first, second = two_ranks["dynamics_selections"]
-    assert first == second and 0 < sum(first) < N
+def test_a_sampler_built_without_the_switch_refuses_to_train_on_every_rank(two_ranks):
+    """A user's ``_get_train_sampler`` returning ``UpsampleSampler(selection)`` without
+    ``num_replicas=1, rank=0``: under the Trainer's Accelerate it would shard a second time
+    (each rank training on a quarter), so it raises, on both ranks, saying what to pass."""
+    for message in two_ranks["forgotten_switch"]:
+        assert "num_replicas=1, rank=0" in message and "Accelerate" in message
 
 
 # --- one process ---------------------------------------------------------------------------
@@ -147,7 +140,7 @@ def test_useful_trainer_single_process_and_checkpoint(tmp_path):
     other_mask = ~selection.mask
     other = Selection(mask=other_mask, loss=selection.loss, targets=selection.targets)
     again = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=other)
-    with pytest.raises(ValueError, match="another selection"):
+    with pytest.raises(ValueError, match="the checkpoint holds a selection; pass selection=None"):
         again.train(resume_from_checkpoint=True)
     # a checkpoint of a plain Trainer (phase 1) has no selection to resume
     plain = Trainer(
@@ -162,7 +155,7 @@ def test_useful_trainer_single_process_and_checkpoint(tmp_path):
     # a checkpoint's selection is checked against the data it would now train on
     shorter = torch.utils.data.Subset(data, range(N - 1))
     adopt = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=shorter, selection=None)
-    with pytest.raises(ValueError, match="40 examples, but train_dataset has 39"):
+    with pytest.raises(ValueError, match="40 examples, but the dataset has 39"):
         adopt.train(resume_from_checkpoint=True)
 
 
@@ -216,7 +209,7 @@ def test_selection_that_does_not_fit_the_training_set(tmp_path):
     selection = fixed_selection(data)
     args = arguments(tmp_path)
     shorter = torch.utils.data.Subset(data, range(N - 1))
-    with pytest.raises(ValueError, match="40 examples, but train_dataset has 39"):
+    with pytest.raises(ValueError, match="40 examples, but the dataset has 39"):
         USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=shorter, selection=selection)
     flipped = Selection(mask=selection.mask, loss=selection.loss, targets=1 - selection.targets)
     with pytest.raises(ValueError, match="fingerprint mismatch"):
@@ -354,9 +347,10 @@ def test_example_script_runs_and_resumes(tmp_path, capsys):
     accuracy = example.main(argv)
     out = capsys.readouterr().out
     assert "phase 1 stopped after epoch 2 of 6" in out
-    assert "precision" in out and "recall" in out
+    assert "precision 1.000 recall 1.000" in out  # phase 1 learned: the planted ones found
+    assert "USEFUL selection: 55 of 400 examples" in out  # select_with_trainer's summary
     steps = int(out.split("phase 2: ")[1].split(" steps")[0])
-    assert steps == 6 * 13  # ceil((400 + 210) / 50) steps per epoch
+    assert steps == 6 * 10  # ceil((400 + 55) / 50) steps per epoch
     checkpoint = tmp_path / "run" / "phase2" / f"checkpoint-{steps}"
     assert (checkpoint / SELECTION_FILE).is_file()
     assert example.main([*argv, "--resume"]) == pytest.approx(accuracy)
@@ -376,63 +370,148 @@ def test_benchmark_quick_run_prints_ratio_tables():
             assert float(row[-2]) > 0 and float(row[-1]) > 0
 
 
-class _ReferenceEpoch(TrainerCallback):
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        model.reference.end_epoch()
+# --- the 1.0 surface, fit rule, conflicts, bounds, incomplete checkpoints, visibility ---------
+def test_public_names_and_the_old_ones():
+    assert hf.__all__ == ["SeparatingEpochCallback", "USEFULTrainer", "select_with_trainer"]
+    with pytest.warns(DeprecationWarning, match="private"):
+        from useful_data.huggingface import SELECTION_FILE as old
+    assert old == SELECTION_FILE
+    with pytest.raises(
+        ImportError, match=r"DynamicsTrainer was removed.*useful_data\.experimental"
+    ):
+        from useful_data.huggingface import DynamicsTrainer  # noqa: F401
 
 
-@pytest.mark.parametrize("source", ["torch", "datasets"])
-def test_dynamics_trainer_records_the_true_indices(tmp_path, source):
-    """Phase 1 with DynamicsTrainer, shuffled (with 2 workers for the torch dataset; a
-    datasets.Dataset has its unused columns removed): the record equals the one fed with the
-    indices the items carry, the model never sees the added key, and select_from_dynamics on
-    it is the selection; evaluation passes through untouched."""
+def test_a_selection_computed_with_targets_fits_the_dataset_it_was_computed_on(tmp_path):
+    """Coarse labels passed as ``targets=`` with the dataset: the selection records the
+    dataset's own labels (``data_fingerprint``), and USEFULTrainer accepts that dataset, as
+    USEFULDataset does, on construction and when adopting it from a checkpoint."""
     data = Items()
-    workers = 2
-    if source == "datasets":
-        datasets = pytest.importorskip("datasets")
-        data = datasets.Dataset.from_dict(
-            {
-                "x": data.x.tolist(),
-                "labels": data.targets.tolist(),
-                "index": list(range(N)),
-                "unused": ["a"] * N,
-            }
-        ).with_format("torch")
-        workers = 0
-    torch.manual_seed(0)
-    model = TinyModel(TinyConfig())
-    model.reference = TrainingDynamics(N)
-    args = arguments(
-        tmp_path, num_train_epochs=3, dataloader_num_workers=workers, eval_strategy="epoch"
+    coarse = np.zeros(N, dtype=np.int64)  # one coarse class, not the dataset's labels
+    logits = torch.randn(N, 2, generator=torch.Generator().manual_seed(0))
+    selection = find_slow_learnable(
+        logits=logits, targets=coarse, dataset=data, backend="sklearn", progress=False
     )
-    trainer = DynamicsTrainer(
-        model,
-        args,
-        train_dataset=data,
-        eval_dataset=data,
-        callbacks=[SeparatingEpochCallback(2), _ReferenceEpoch()],
-    )
+    assert selection.data_fingerprint is not None
+    args = arguments(tmp_path, save_strategy="epoch")
+    trainer = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=selection)
     trainer.train()
-    recorded, reference = trainer.dynamics.state_dict(), model.reference.state_dict()
-    assert recorded["num_epochs"] == 2
-    for key, value in reference.items():
-        assert torch.equal(torch.as_tensor(recorded[key]), torch.as_tensor(value)), key
-    assert trainer.dynamics.epochs_seen.tolist() == [2] * N
-    selection = select_from_dynamics(trainer.dynamics, strategy="confidence")
-    assert 0 < selection.num_slow_learnable < N
+    adopt = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=None)
+    adopt.train(resume_from_checkpoint=True)
+    assert np.array_equal(adopt.selection.mask, selection.mask)
 
 
-def test_dynamics_trainer_errors(tmp_path):
-    args = arguments(tmp_path)
-    with pytest.raises(TypeError, match="TrainingDynamics"):
-        DynamicsTrainer(TinyModel(TinyConfig()), args, train_dataset=Items(), dynamics=[0])
-    with pytest.raises(ValueError, match="records 7 examples"):
-        DynamicsTrainer(
-            TinyModel(TinyConfig()), args, train_dataset=Items(), dynamics=TrainingDynamics(7)
-        )
-    with pytest.raises(TypeError, match="map-style"):
-        DynamicsTrainer(TinyModel(TinyConfig()), args, train_dataset=Stream())
-    trainer = DynamicsTrainer(TinyModel(TinyConfig()), args, train_dataset=Items())
-    with pytest.raises(ValueError, match="cannot resume"):
+def test_resuming_with_an_equal_selection_is_fine_and_another_is_refused(tmp_path):
+    data = Items()
+    selection = fixed_selection(data)
+    args = arguments(tmp_path, save_strategy="epoch")
+    USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=selection).train()
+    equal = Selection(mask=selection.mask.copy(), loss=selection.loss, targets=selection.targets)
+    same = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=equal)
+    same.train(resume_from_checkpoint=True)
+    assert same.state.global_step == 20
+    mask = selection.mask.copy()
+    mask[1] = True
+    other = Selection(mask=mask, loss=selection.loss, targets=selection.targets)
+    refused = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=other)
+    with pytest.raises(ValueError) as err:
+        refused.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-10"))
+    assert str(err.value).endswith(
+        "the checkpoint holds a selection; pass selection=None to resume it, or start a new "
+        "run to use another"
+    )
+
+
+@pytest.mark.parametrize("epoch_size", [10**12, 2 * N + 1])
+def test_epoch_size_is_bounded_at_construction(tmp_path, epoch_size):
+    data = Items()
+    with pytest.raises(ValueError, match=rf"epoch_size should be at most upsample_factor x "
+                       rf"num_examples = 2 x {N} = {2 * N}.*epoch_size={epoch_size}"):  # fmt: skip
+        USEFULTrainer(TinyModel(TinyConfig()), arguments(tmp_path), train_dataset=data,
+                      selection=fixed_selection(data), epoch_size=epoch_size)  # fmt: skip
+    # the bound itself is accepted
+    USEFULTrainer(TinyModel(TinyConfig()), arguments(tmp_path), train_dataset=data,
+                  selection=fixed_selection(data), epoch_size=2 * N)  # fmt: skip
+
+
+def test_a_checkpoint_whose_selection_was_not_saved_is_never_resumed(tmp_path, monkeypatch):
+    """Saving the selection fails at the second checkpoint (disk full): checkpoint-20 exists
+    without it. resume_from_checkpoint=True skips it, with a warning, for checkpoint-10;
+    given by path it is refused as incomplete (the resumed run then rewrites it whole)."""
+    data = Items()
+    selection = fixed_selection(data)
+    args = arguments(tmp_path, save_strategy="epoch")
+    real_save, calls = Selection.save, []
+
+    def failing_save(self, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(self, path)
+
+    monkeypatch.setattr(Selection, "save", failing_save)
+    trainer = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=selection)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.train()
+    monkeypatch.undo()
+    incomplete = tmp_path / "run" / "checkpoint-20"
+    assert incomplete.is_dir() and not (incomplete / SELECTION_FILE).exists()
+    by_path = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=None)
+    with pytest.raises(ValueError, match=r"holds no useful_selection\.npz, so it is incomplete"):
+        by_path.train(resume_from_checkpoint=str(incomplete))
+    resumed = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=None)
+    with pytest.warns(UserWarning, match=r"skips checkpoint-20 .*incomplete.*from checkpoint-10"):
+        resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 20 and resumed.selection is not None
+    assert (incomplete / SELECTION_FILE).is_file()  # saved whole this time
+
+
+def test_a_folder_of_incomplete_checkpoints_only_and_a_missing_path(tmp_path):
+    data = Items()
+    selection = fixed_selection(data)
+    args = arguments(tmp_path, save_strategy="epoch")
+    USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=selection).train()
+    for step in (10, 20):  # a directory missing the file, as a kill in that window leaves it
+        (tmp_path / "run" / f"checkpoint-{step}" / SELECTION_FILE).unlink()
+    trainer = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=None)
+    with pytest.raises(ValueError, match=r"holds only checkpoints without .*checkpoint-10, "):
         trainer.train(resume_from_checkpoint=True)
+    missing = str(tmp_path / "run" / "checkpoint-39")
+    with pytest.raises(ValueError, match=r"checkpoint-39' does not exist"):
+        trainer.train(resume_from_checkpoint=missing)
+
+
+def test_select_with_trainer_shows_its_summary_and_the_trainers_bar(tmp_path, capsys):
+    """The main process prints the selection's summary; the prediction pass shows the
+    Trainer's progress bar where the Trainer shows one, ``progress=`` overrides it, and the
+    Trainer's callbacks are as they were afterwards."""
+    from transformers.trainer_callback import ProgressCallback
+
+    data = Items()
+    quiet = Trainer(TinyModel(TinyConfig()), arguments(tmp_path, num_train_epochs=4),
+                    train_dataset=data, callbacks=[SeparatingEpochCallback(1)])  # fmt: skip
+    quiet.train()
+    capsys.readouterr()
+    found = select_with_trainer(quiet, data, backend="sklearn")
+    out, err = capsys.readouterr()
+    per_class = [f"{c.label}: {c.num_slow_learnable}/{c.num_examples}"
+                 for c in found.class_summary()]  # fmt: skip
+    assert f"USEFUL selection: {found.num_slow_learnable} of {N} examples" in out
+    assert "selected per class: " + ", ".join(per_class) in out
+    assert f"separation: loss AUC {found.separation.auc:.3f}" in out
+    cost = found.relative_cost(separating_epoch=1, total_epochs=4)
+    assert f"cost: {cost:.2f}x plain training (t/T = 1/4" in out
+    assert "it/s" not in err  # disable_tqdm=True: no bar
+    select_with_trainer(quiet, data, backend="sklearn", progress=True)
+    assert "it/s" in capsys.readouterr().err
+    shown = Trainer(TinyModel(TinyConfig()), arguments(tmp_path, disable_tqdm=False),
+                    train_dataset=data)  # fmt: skip
+    before = list(shown.callback_handler.callbacks)
+    select_with_trainer(shown, data, backend="sklearn")
+    assert "it/s" in capsys.readouterr().err
+    select_with_trainer(shown, data, backend="sklearn", progress=False)
+    assert "it/s" not in capsys.readouterr().err
+    assert [type(c) for c in shown.callback_handler.callbacks] == [type(c) for c in before]
+    assert any(isinstance(c, ProgressCallback) for c in shown.callback_handler.callbacks)
+    with pytest.raises(TypeError, match="progress should be True, False or None"):
+        select_with_trainer(shown, data, progress="yes")

@@ -236,7 +236,7 @@ def _epochs(sampler, epochs):
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
-@pytest.mark.parametrize("epoch_size", [1, 4, 10, 13, 25])
+@pytest.mark.parametrize("epoch_size", [1, 4, 10, 13, 20])  # 20 = k N, the bound: 3 passes
 def test_epoch_size_epochs_tile_successive_passes_over_the_multiset(shuffle, epoch_size):
     n, slow, k = 10, [1, 4], 2  # 12 indices per pass
     sampler = UpsampleSampler(
@@ -315,6 +315,18 @@ def test_epoch_size_state_dict_resumes_mid_epoch_and_refuses_another_epoch_size(
         ({"epoch_size": 0}, ValueError, "epoch_size should be an integer >= 1"),
         ({"epoch_size": 2.5}, TypeError, "epoch_size"),
         ({"epoch_size": 3, "num_examples": 0, "selection": []}, ValueError, "empty"),
+        (
+            {"epoch_size": 11},
+            ValueError,
+            r"epoch_size should be at most upsample_factor x num_examples = 2 x 5 = 10 .*"
+            r"but got epoch_size=11",
+        ),
+        ({"epoch_size": 10**13}, ValueError, "at most upsample_factor x num_examples"),
+        (
+            {"epoch_size": 4 * 10**12, "upsample_factor": 10**12, "selection": []},
+            ValueError,
+            r"epoch_size=4000000000000 makes epochs whose indices .* exceed this machine",
+        ),
     ],
 )
 def test_epoch_size_is_checked(kwargs, error, match):

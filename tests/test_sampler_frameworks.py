@@ -2,14 +2,17 @@
 
 Each epoch must hold exactly the upsampled multiset across all processes: the sampler shards
 itself where the framework keeps it as a ``DistributedSampler`` (Lightning, Fabric, Ray, plain
-DDP) and yields the whole multiset where the framework shards its batches (Accelerate's
-``BatchSamplerShard``, hence the Hugging Face ``Trainer``). The frameworks' own end-to-end
-runs are in their test files; here the sampler's side of each contract is pinned down.
+DDP); where the framework shards its batches (Accelerate's ``BatchSamplerShard``, hence the
+Hugging Face ``Trainer``) it is built with ``num_replicas=1, rank=0``, the one documented
+switch, and yields the whole multiset; once an ``Accelerator`` exists, a sampler that would
+shard itself refuses. The frameworks' own end-to-end runs are in their test files; here the
+sampler's side of each contract is pinned down.
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 from collections import Counter
 
 import numpy as np
@@ -24,6 +27,24 @@ from useful_data import UpsampleSampler
 
 N, SLOW = 40, list(range(0, 40, 4))  # 10 slow-learnable: an epoch holds 50 items
 EXPECTED = Counter({**dict.fromkeys(range(N), 1), **dict.fromkeys(SLOW, 2)})
+
+
+@pytest.fixture(autouse=True)
+def no_accelerator():
+    """Each test starts without an ``Accelerator`` (another test file of this pytest process
+    may have made one), and leaves Accelerate's process-wide state as it found it."""
+    state = sys.modules.get("accelerate.state")
+    if state is None:
+        yield
+        return
+    shared = (state.AcceleratorState._shared_state, state.PartialState._shared_state)
+    saved = [dict(d) for d in shared]
+    for d in shared:
+        d.clear()
+    yield
+    for d, old in zip(shared, saved, strict=True):
+        d.clear()
+        d.update(old)
 
 
 def fake_group(monkeypatch, world: int, rank: int) -> None:
@@ -105,7 +126,7 @@ def test_under_accelerate_batch_sharding_each_epoch_is_the_whole_multiset(
     pytest.importorskip("accelerate")
     per_rank = accelerate_batches(
         monkeypatch,
-        lambda: UpsampleSampler(SLOW, num_examples=N, seed=1),
+        lambda: UpsampleSampler(SLOW, num_examples=N, seed=1, num_replicas=1, rank=0),
         batch_size=10 if split_batches else 5,
         split_batches=split_batches,
     )
@@ -113,12 +134,24 @@ def test_under_accelerate_batch_sharding_each_epoch_is_the_whole_multiset(
     assert Counter(per_rank[0] + per_rank[1]) == EXPECTED
 
 
-def test_under_accelerate_an_explicit_num_replicas_fails_at_once(monkeypatch):
-    pytest.importorskip("accelerate")
-    with pytest.raises(RuntimeError, match="without num_replicas and rank"):
-        accelerate_batches(
-            monkeypatch, lambda: UpsampleSampler(SLOW, num_examples=N, num_replicas=2, rank=0)
-        )
+@pytest.mark.parametrize("kwargs", [{}, {"num_replicas": 2, "rank": 0}])
+def test_once_an_accelerator_exists_a_sampler_that_would_shard_refuses(monkeypatch, kwargs):
+    """Forgetting ``num_replicas=1, rank=0`` under Accelerate would shard twice (each rank a
+    quarter of the epoch on 2 processes): with an ``Accelerator`` in the process, iterating
+    or sizing such a sampler raises, saying what to pass; before it exists, it shards."""
+    accelerate = pytest.importorskip("accelerate")
+    fake_group(monkeypatch, 2, 0)
+    forgot = UpsampleSampler(SLOW, num_examples=N, **kwargs)
+    recipe = UpsampleSampler(SLOW, num_examples=N, num_replicas=1, rank=0)
+    assert len(forgot) == 25  # no Accelerator yet: its own shard
+    accelerate.Accelerator(cpu=True)
+    for use in (list, len):
+        with pytest.raises(RuntimeError, match=r"num_replicas=2 .*UpsampleSampler\(\.\.\., "
+                           r"num_replicas=1, rank=0\)"):  # fmt: skip
+            use(forgot)
+    assert len(recipe) == len(list(recipe)) == 50
+    fake_group(monkeypatch, 1, 0)  # one process: nothing to shard, nothing refused
+    assert len(UpsampleSampler(SLOW, num_examples=N)) == 50
 
 
 def test_under_accelerate_num_replicas_1_is_accepted(monkeypatch):
@@ -129,33 +162,24 @@ def test_under_accelerate_num_replicas_1_is_accepted(monkeypatch):
     assert Counter(per_rank[0] + per_rank[1]) == EXPECTED
 
 
-def test_under_accelerates_batch_dispatcher_the_sampler_yields_the_whole_multiset(monkeypatch):
-    """With ``dispatch_batches=True`` process 0 iterates the loader inside a
-    ``DataLoaderDispatcher`` and scatters the batches: it needs the whole multiset."""
-    data_loader = pytest.importorskip("accelerate.data_loader")
-    fake_group(monkeypatch, 2, 0)
-    sampler = UpsampleSampler(SLOW, num_examples=N)
-
-    def fetch(self):  # a method of the dispatcher, as its _fetch_batches is
-        return len(sampler), list(sampler)
-
-    length, items = fetch(object.__new__(data_loader.DataLoaderDispatcher))
-    assert length == len(items) == 50 and Counter(items) == EXPECTED
-    assert len(list(sampler)) == 25  # outside it, the rank's shard
-
-
-def test_the_same_sampler_outside_accelerate_shards_itself_again(monkeypatch):
+def test_sharding_depends_on_the_arguments_not_on_who_iterates(monkeypatch):
+    """No stack inspection: the same sampler yields the same indices inside Accelerate's
+    ``BatchSamplerShard`` and outside it (its own shard, with the group's defaults)."""
     pytest.importorskip("accelerate")
     fake_group(monkeypatch, 2, 0)
-    sampler = UpsampleSampler(SLOW, num_examples=N)
-    accelerate_batches(monkeypatch, lambda: sampler)
+    sampler = UpsampleSampler(SLOW, num_examples=N, seed=2)
+    alone = list(sampler)
+    assert len(alone) == 25
+    (inside, _) = accelerate_batches(monkeypatch, lambda: sampler, world=2, batch_size=25)
     fake_group(monkeypatch, 2, 0)
-    assert len(list(BatchSampler(sampler, 5, drop_last=False))) == 5  # 25 items: its own shard
+    assert len(list(BatchSampler(sampler, 25, drop_last=False))) == 1  # 25 items: its shard
+    assert inside == alone  # rank 0 of BatchSamplerShard got batch 0: the sampler's 25 items
 
 
 # --- resumption ---------------------------------------------------------------------------------
 def test_state_dict_resumes_mid_epoch_on_every_rank():
     for rank in range(2):
+
         def make(rank=rank):
             return UpsampleSampler(SLOW, num_examples=N, seed=5, num_replicas=2, rank=rank)
 
@@ -248,9 +272,7 @@ def _free_port() -> int:
 
 def _built_before_the_group(rank: int, port: int, out: dict) -> None:
     sampler = UpsampleSampler(SLOW, num_examples=N, seed=11)  # no process group yet
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
-    )
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         loader = DataLoader(TensorDataset(torch.arange(N)), batch_size=5, sampler=sampler)
         epochs = []
@@ -275,7 +297,8 @@ def test_built_before_init_process_group_it_shards_once_the_group_exists():
 def test_under_accelerate_equal_length_epochs_are_dealt_out_whole(monkeypatch):
     pytest.importorskip("accelerate")
     per_rank = accelerate_batches(
-        monkeypatch, lambda: UpsampleSampler(SLOW, num_examples=N, seed=1, epoch_size=N)
+        monkeypatch,
+        lambda: UpsampleSampler(SLOW, num_examples=N, seed=1, epoch_size=N, num_replicas=1, rank=0),
     )
     assert [len(items) for items in per_rank] == [20, 20]  # SGD's 40 per epoch, not 50
     monkeypatch.undo()

@@ -19,17 +19,14 @@ for the whole schedule on the training set with those examples twice (phase 2). 
 
 The Trainer hands its training ``DataLoader`` to ``accelerator.prepare``, whose
 ``BatchSamplerShard`` deals the sampler's batches out to the processes, so the sampler of
-`USEFULTrainer` is built with ``num_replicas=1, rank=0``: it yields the whole upsampled
-multiset, in the same order on every rank (seeded by ``args.data_seed`` or ``args.seed``
-plus the epoch), and Accelerate does the sharding, once. A plain ``Trainer`` on
-`useful_data.USEFULDataset` is the other door to the same multiset.
+`USEFULTrainer` is built with ``num_replicas=1, rank=0`` (the documented switch of
+`useful_data.UpsampleSampler` under Accelerate): it yields the whole upsampled multiset, in
+the same order on every rank (seeded by ``args.data_seed`` or ``args.seed`` plus the epoch),
+and Accelerate does the sharding, once. A plain ``Trainer`` on `useful_data.USEFULDataset`
+is the other door to the same multiset.
 
-Beyond the paper, `DynamicsTrainer` is a phase-1 ``Trainer`` that also records a
-`useful_data.dynamics.TrainingDynamics` from the logits of every training step, for
-`useful_data.dynamics.select_from_dynamics` instead of step 2. It knows each batch's dataset
-indices without touching your data: the items of its training loader carry their index
-(`useful_data.dynamics.IndexedDataset`) and its collator takes it out before yours runs, so
-the index stays right under Accelerate's sharding, workers and any sampler.
+The integration carries the paper's path only; the training-dynamics research tool lives in
+``useful_data.experimental``, fed from a plain loop or from logits you record.
 
 Needs the ``huggingface`` extra: ``pip install 'useful-data[huggingface]'``.
 
@@ -39,8 +36,11 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024, Algorith
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ from torch.utils.data import Dataset, IterableDataset
 try:
     import accelerate  # noqa: F401  (the Trainer runs on it; its absence fails here, not later)
     from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
     from transformers.training_args import TrainingArguments
 except ImportError as err:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
@@ -60,27 +61,23 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
     ) from err
 
 from useful_data._checks import check_positive_int
-from useful_data._targets import dataset_targets
-from useful_data.dynamics import IndexedDataset, TrainingDynamics
+from useful_data._deprecation import moved_names
 from useful_data.sampler import UpsampleSampler
-from useful_data.selection import Selection, dataset_fingerprint
+from useful_data.selection import Selection
 from useful_data.separating_epoch import SeparatingEpoch
 from useful_data.slow_learnable import find_slow_learnable
 
-__all__ = [
-    "SELECTION_FILE",
-    "DynamicsTrainer",
-    "SeparatingEpochCallback",
-    "USEFULTrainer",
-    "select_with_trainer",
-]
+__all__ = ["SeparatingEpochCallback", "USEFULTrainer", "select_with_trainer"]
 
-#: Name of the selection file `USEFULTrainer` writes into every checkpoint folder.
-SELECTION_FILE = "useful_selection.npz"
+#: Name of the selection file `USEFULTrainer` writes into every checkpoint folder, last: a
+#: checkpoint folder without it is incomplete (or not a phase-2 checkpoint).
+_SELECTION_FILE = "useful_selection.npz"
 #: Dataset columns read as class labels (``datasets.Dataset``), in the order tried.
 _LABEL_COLUMNS = ("labels", "label")
-#: The batch key under which `DynamicsTrainer` carries the indices (never seen by the model).
-_INDEX_KEY = "useful_data_index"
+#: Checkpoint folder names, as the Trainer writes and finds them.
+_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+#: Classes listed by name in the summary printed after the selection.
+_SUMMARY_CLASSES = 10
 
 
 def _check_map_style(name: str, dataset: Any) -> None:
@@ -105,13 +102,9 @@ def _check_train_dataset_argument(args: tuple[Any, ...], kwargs: dict[str, Any])
         _check_map_style("train_dataset", train_dataset)
 
 
-def _labels(dataset: Any) -> np.ndarray | None:
-    """The labels of a dataset without loading its inputs: torchvision's ``.targets`` /
-    ``.labels`` (see `useful_data._targets.dataset_targets`) or a ``datasets.Dataset``'s
-    ``labels``/``label`` column; ``None`` when it exposes none."""
-    labels = dataset_targets(dataset)
-    if labels is not None:
-        return labels
+def _column_labels(dataset: Any) -> np.ndarray | None:
+    """The ``labels``/``label`` column of a ``datasets.Dataset`` (read without its inputs),
+    or ``None``."""
     columns = getattr(dataset, "column_names", None)
     for column in _LABEL_COLUMNS:
         if isinstance(columns, list) and column in columns:
@@ -134,45 +127,47 @@ def _as_selection(selection: Selection | str | os.PathLike[str]) -> Selection:
     )
 
 
-def _check_fits(selection: Selection, dataset: Any, what: str) -> None:
-    """The selection was computed on ``dataset``: same length and, where the dataset exposes
-    its labels, the same labels in the same order."""
-    if selection.num_examples != len(dataset):
+def _check_fits(selection: Selection, dataset: Any) -> None:
+    """`Selection.check_fits`, the library's one rule, and the same `Selection.fits` for the
+    label column of a ``datasets.Dataset`` (which exposes no ``.targets``)."""
+    selection.check_fits(dataset, name="selection")
+    labels = _column_labels(dataset)
+    if labels is not None and not selection.fits(labels):
         raise ValueError(
-            f"selection was computed on {selection.num_examples} examples, but {what} has "
-            f"{len(dataset)}; was it computed on another dataset or split?"
-        )
-    labels = _labels(dataset)
-    if labels is not None and dataset_fingerprint(labels) != selection.fingerprint:
-        raise ValueError(
-            f"selection does not match {what}: same length but different labels (fingerprint "
+            "selection does not match dataset: same length but different labels (fingerprint "
             "mismatch); it was computed on another dataset, split or order"
         )
 
 
-def select_with_trainer(trainer: Trainer, eval_dataset: Dataset[Any], **kwargs: Any) -> Selection:
+def select_with_trainer(
+    trainer: Trainer, eval_dataset: Dataset[Any], *, progress: bool | None = None, **kwargs: Any
+) -> Selection:
     """The slow-learnable examples of the training set, from the model ``trainer`` holds.
 
     Runs ``trainer.predict(eval_dataset)`` (the Trainer's collator, batch size, precision and
     devices; under ``torchrun`` each rank predicts its share and the logits are gathered on
     every rank, in dataset order), then `useful_data.find_slow_learnable` on the logits and
     the labels. Call it on every rank: each class is clustered on one rank and every rank
-    returns the same `useful_data.Selection`.
+    returns the same `useful_data.Selection`. The main process then prints a short summary
+    (selected per class, separation, cost), as the Trainer prints its logs.
 
     Args:
         trainer: The phase-1 ``Trainer`` after ``train()`` stopped at the separating epoch.
         eval_dataset: The training set, in its original order, seen with eval transforms (no
             augmentation); for text that is usually the tokenized training set itself. Its
             items must carry the labels (``label_names`` of the Trainer's arguments).
+        progress: The prediction pass's progress bar: ``None`` (default) shows the Trainer's
+            own where it shows one (``disable_tqdm=False``), ``True``/``False`` force it.
         **kwargs: Passed on to `useful_data.find_slow_learnable` (``seed``, ``backend``,
-            ``strategy``, ``upsample_factor``, ``n_init``, ``features``, ``progress``...).
+            ``strategy``, ``upsample_factor``, ``n_init``, ``features``...).
 
     Returns:
         The `useful_data.Selection` (save it with
         `useful_data.distributed.save_on_rank0` if you want it on disk).
 
     Raises:
-        TypeError: for an iterable dataset, or predictions without labels.
+        TypeError: for an iterable dataset, predictions without labels, or a ``progress``
+            that is not a bool or ``None``.
         ValueError: if the Trainer predicts a different number of examples than the dataset
             holds (``dataloader_drop_last=True`` drops some).
     """
@@ -181,13 +176,19 @@ def select_with_trainer(trainer: Trainer, eval_dataset: Dataset[Any], **kwargs: 
         raise TypeError(
             f"trainer should be a transformers.Trainer, but got {type(trainer).__name__}"
         )
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(
+            f"progress should be True, False or None (the Trainer's own bar), but got "
+            f"progress={progress!r}"
+        )
     for name in ("model", "dataset", "logits", "targets", "eval_dataset"):
         if name in kwargs:
             raise TypeError(
                 f"select_with_trainer computes the outputs with trainer.predict, so it takes no "
                 f"{name}= (got one); call useful_data.find_slow_learnable directly to pass it"
             )
-    prediction = trainer.predict(eval_dataset)
+    with _prediction_bar(trainer, progress):
+        prediction = trainer.predict(eval_dataset)
     logits = prediction.predictions
     if isinstance(logits, tuple | list):  # (logits, hidden states, ...): logits come first
         logits = logits[0]
@@ -206,7 +207,68 @@ def select_with_trainer(trainer: Trainer, eval_dataset: Dataset[Any], **kwargs: 
             "eval_dataset; every example needs its logits (dataloader_drop_last=True drops "
             "the last batch: set it to False)"
         )
-    return find_slow_learnable(logits=np.asarray(logits), targets=np.asarray(targets), **kwargs)
+    selection = find_slow_learnable(
+        logits=np.asarray(logits), targets=np.asarray(targets), **kwargs
+    )
+    if trainer.is_world_process_zero():
+        print(_summary(selection, trainer.state), flush=True)  # as the Trainer prints its logs
+    return selection
+
+
+@contextlib.contextmanager
+def _prediction_bar(trainer: Trainer, progress: bool | None) -> Iterator[None]:
+    """Show (or hide) the Trainer's progress bar during ``predict`` as ``progress`` asks,
+    then put the Trainer's callbacks back as they were."""
+    shown = any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks)
+    if progress is None or progress == shown:
+        yield
+    elif progress:
+        trainer.add_callback(ProgressCallback)
+        try:
+            yield
+        finally:
+            trainer.pop_callback(ProgressCallback)
+    else:
+        bar = trainer.pop_callback(ProgressCallback)
+        try:
+            yield
+        finally:
+            if bar is not None:
+                trainer.add_callback(bar)
+
+
+def _summary(selection: Selection, state: TrainerState) -> str:
+    """A few lines on the selection: selected per class, separation and compute cost (with
+    ``t`` the epochs phase 1 trained and ``T`` its schedule's, from the Trainer's state)."""
+    n, s = selection.num_examples, selection.num_slow_learnable
+    classes = selection.class_summary()
+    per_class = ", ".join(
+        f"{c.label}: {c.num_slow_learnable}/{c.num_examples}" for c in classes[:_SUMMARY_CLASSES]
+    )
+    if len(classes) > _SUMMARY_CLASSES:
+        per_class += f", ... ({len(classes)} classes)"
+    separation = selection.separation
+    verdict = "weak" if separation.weak else "ok"
+    t, total = round(state.epoch or 0), int(state.num_train_epochs or 0)
+    if 0 < t <= total:
+        cost = (
+            f"cost: {selection.relative_cost(separating_epoch=t, total_epochs=total):.2f}x "
+            f"plain training (t/T = {t}/{total} + phase 2's {selection.upsampled_size}/{n} "
+            "examples per epoch)"
+        )
+    else:
+        cost = f"cost: phase 2 trains {selection.upsampled_size / max(n, 1):.2f}x per epoch"
+    return "\n".join(
+        [
+            f"USEFUL selection: {s} of {n} examples slow-learnable "
+            f"({100.0 * s / max(n, 1):.1f}%), upsampled x{selection.upsample_factor}: "
+            f"{selection.upsampled_size} examples per phase-2 epoch",
+            f"  selected per class: {per_class}",
+            f"  separation: loss AUC {separation.auc:.3f} over "
+            f"{separation.num_classes_split} split classes ({verdict})",
+            f"  {cost}",
+        ]
+    )
 
 
 class SeparatingEpochCallback(TrainerCallback):
@@ -347,31 +409,35 @@ class _SelectionCheckpoint(TrainerCallback):
             return
         folder = Path(str(args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if folder.is_dir():
-            selection.save(folder / SELECTION_FILE)
+            selection.save(folder / _SELECTION_FILE)  # last: it marks the folder complete
 
 
 class USEFULTrainer(Trainer):
     """Phase 2: a ``transformers.Trainer`` that trains on the upsampled training set.
 
     Takes every argument of ``Trainer`` plus ``selection``. Its training sampler is a
-    `useful_data.UpsampleSampler` over ``train_dataset`` (built with ``num_replicas=1``:
-    Accelerate shards its batches across processes, see the module docstring), seeded by
-    ``args.data_seed`` (or ``args.seed``) and set to the Trainer's epoch at every epoch.
-    Build it with the initial weights ``W0`` (or the same ``model_init`` and seed as phase 1)
-    and the full schedule; the optimizer and scheduler it creates are fresh.
+    `useful_data.UpsampleSampler` over ``train_dataset`` (built with ``num_replicas=1,
+    rank=0``: Accelerate shards its batches across processes, see the module docstring),
+    seeded by ``args.data_seed`` (or ``args.seed``) and set to the Trainer's epoch at every
+    epoch. Build it with the initial weights ``W0`` (or the same ``model_init`` and seed as
+    phase 1) and the full schedule; the optimizer and scheduler it creates are fresh.
 
-    Every checkpoint folder gets the selection as ``useful_selection.npz``; ``train(
-    resume_from_checkpoint=...)`` checks that it matches this trainer's selection, or adopts
-    it when the trainer was built with ``selection=None``, so a resumed run trains on the
-    same data and, mid-epoch, on exactly the batches the interrupted one had not reached.
+    Every checkpoint folder gets the selection as ``useful_selection.npz``, written after the
+    Trainer's own files, so a folder without it is incomplete (its save failed or was
+    killed). ``train(resume_from_checkpoint=True)`` resumes from the newest complete
+    checkpoint, with a warning naming the incomplete ones it skips; a checkpoint given by
+    path must be complete. The checkpoint's selection is adopted when the trainer was built
+    with ``selection=None``; an equal one is fine; another is refused. A resumed run trains on
+    the same data and, mid-epoch, on exactly the batches the interrupted one had not reached.
 
     Args:
         *args: Positional arguments of ``Trainer`` (``model``, ``args``, ...).
         selection: The `useful_data.Selection` of ``train_dataset`` (or the path of a saved
             one); ``None`` only to take it from the checkpoint you resume from.
         epoch_size: Items per epoch across all processes, passed to `UpsampleSampler`:
-            ``len(train_dataset)`` trains at SGD's step count (see the budget guide);
-            ``None`` (default) makes every epoch the whole upsampled multiset.
+            ``len(train_dataset)`` trains at SGD's step count (see the budget guide); at most
+            ``upsample_factor * len(train_dataset)``. ``None`` (default) makes every epoch
+            the whole upsampled multiset.
         **kwargs: Keyword arguments of ``Trainer``.
 
     Attributes:
@@ -381,8 +447,8 @@ class USEFULTrainer(Trainer):
     Raises:
         TypeError: for a selection that is not a Selection or path, or an iterable
             ``train_dataset``.
-        ValueError: if the selection does not fit ``train_dataset``, or
-            ``train_sampling_strategy`` asks for another sampler.
+        ValueError: if the selection does not fit ``train_dataset``, ``epoch_size`` is out of
+            range, or ``train_sampling_strategy`` asks for another sampler.
     """
 
     def __init__(
@@ -393,12 +459,12 @@ class USEFULTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         _check_train_dataset_argument(args, kwargs)
-        super().__init__(*args, **kwargs)
-        self.selection: Selection | None = None if selection is None else _as_selection(selection)
-        self.useful_sampler: UpsampleSampler | None = None
         self.epoch_size = (
             None if epoch_size is None else check_positive_int("epoch_size", epoch_size)
         )
+        super().__init__(*args, **kwargs)
+        self.selection: Selection | None = None if selection is None else _as_selection(selection)
+        self.useful_sampler: UpsampleSampler | None = None
         strategy = getattr(self.args, "train_sampling_strategy", "random")
         if strategy != "random":
             raise ValueError(
@@ -406,21 +472,18 @@ class USEFULTrainer(Trainer):
                 f"train_sampling_strategy={strategy!r} would be ignored: leave it 'random'"
             )
         if self.train_dataset is not None and self.selection is not None:
-            _check_fits(self.selection, self.train_dataset, "train_dataset")
+            _check_fits(self.selection, self.train_dataset)
+            self._build_sampler(self.train_dataset)  # epoch_size's bound, checked now
         self.add_callback(_SelectionCheckpoint(self))
 
     def train(  # type: ignore[override]
         self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any
     ) -> Any:
-        """``Trainer.train``, with the checkpoint's selection checked (or adopted) first."""
+        """``Trainer.train``, with the checkpoint's selection checked (or adopted) first;
+        ``resume_from_checkpoint=True`` takes the newest complete checkpoint."""
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)
-            if checkpoint is None:
-                raise ValueError(
-                    f"resume_from_checkpoint=True but output_dir={self.args.output_dir!r} "
-                    "holds no checkpoint-* folder"
-                )
+            checkpoint = self._last_complete_checkpoint()
         if isinstance(checkpoint, str | os.PathLike):
             self._resolve_checkpoint_selection(Path(checkpoint))
         if self.selection is None:
@@ -430,18 +493,63 @@ class USEFULTrainer(Trainer):
             )
         return super().train(resume_from_checkpoint=checkpoint, **kwargs)
 
+    def _last_complete_checkpoint(self) -> str:
+        """The newest ``checkpoint-*`` folder of ``output_dir`` that holds the selection (a
+        complete one); the newer, incomplete ones are skipped with a warning."""
+        folder = Path(str(self.args.output_dir))
+        found = sorted(
+            (int(match.group(1)), path)
+            for path in (folder.iterdir() if folder.is_dir() else ())
+            if (match := _CHECKPOINT_NAME.match(path.name)) and path.is_dir()
+        )
+        complete = [(step, path) for step, path in found if (path / _SELECTION_FILE).is_file()]
+        if not complete:
+            what = (
+                f"only checkpoints without {_SELECTION_FILE} "
+                f"({', '.join(p.name for _, p in found)}: incomplete saves, or not saved by a "
+                "USEFULTrainer)"
+                if found
+                else "no checkpoint-* folder"
+            )
+            raise ValueError(
+                f"resume_from_checkpoint=True but output_dir={str(folder)!r} holds {what}; "
+                "start phase 2 without resume_from_checkpoint"
+            )
+        newest_step, newest = complete[-1]
+        skipped = [path.name for step, path in found if step > newest_step]
+        if skipped:
+            warnings.warn(
+                f"resume_from_checkpoint=True skips {', '.join(skipped)} in {str(folder)!r}: "
+                f"incomplete (no {_SELECTION_FILE}, so saving it failed or was interrupted); "
+                f"resuming from {newest.name}",
+                stacklevel=3,
+            )
+        return str(newest)
+
     def _resolve_checkpoint_selection(self, checkpoint: Path) -> None:
-        path = checkpoint / SELECTION_FILE
+        if not checkpoint.exists():
+            raise ValueError(
+                f"resume_from_checkpoint={str(checkpoint)!r} does not exist; pass a "
+                "checkpoint-* folder this trainer saved, or True for the newest in output_dir"
+            )
+        if not checkpoint.is_dir():
+            raise ValueError(
+                f"resume_from_checkpoint={str(checkpoint)!r} is not a folder; pass a "
+                "checkpoint-* folder this trainer saved, or True for the newest in output_dir"
+            )
+        path = checkpoint / _SELECTION_FILE
         if not path.is_file():
             raise ValueError(
-                f"checkpoint {str(checkpoint)!r} holds no {SELECTION_FILE}: it was not saved "
-                "by a USEFULTrainer (a phase-1 checkpoint?); phase 2 starts from the initial "
-                "weights, not from a phase-1 checkpoint"
+                f"checkpoint {str(checkpoint)!r} holds no {_SELECTION_FILE}, so it is "
+                "incomplete (saving it failed or was interrupted: resume from an earlier one, "
+                "or pass resume_from_checkpoint=True, which skips incomplete ones) or was not "
+                "saved by a USEFULTrainer (phase 2 starts from the initial weights, not from a "
+                "phase-1 checkpoint)"
             )
         saved = Selection.load(path)
         if self.selection is None:
             if self.train_dataset is not None:
-                _check_fits(saved, self.train_dataset, "train_dataset")
+                _check_fits(saved, self.train_dataset)
             self.selection = saved
             return
         if not (
@@ -452,11 +560,27 @@ class USEFULTrainer(Trainer):
             raise ValueError(
                 f"checkpoint {str(checkpoint)!r} was trained on another selection "
                 f"({saved.num_slow_learnable} of {saved.num_examples} examples upsampled "
-                f"x{saved.upsample_factor}) than this trainer's "
+                f"x{saved.upsample_factor}) than selection= "
                 f"({self.selection.num_slow_learnable} of {self.selection.num_examples} "
-                f"x{self.selection.upsample_factor}): resume "
-                "with selection=None to train on the checkpoint's, or start a new output_dir"
+                f"x{self.selection.upsample_factor}): the checkpoint holds a selection; pass "
+                "selection=None to resume it, or start a new run to use another"
             )
+
+    def _build_sampler(self, train_dataset: Dataset[Any]) -> UpsampleSampler:
+        if self.selection is None:
+            raise ValueError(
+                "USEFULTrainer has no selection: pass selection=... or resume from a "
+                "checkpoint that holds one"
+            )
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return UpsampleSampler(
+            self.selection,
+            len(train_dataset),  # type: ignore[arg-type]
+            seed=seed,
+            num_replicas=1,  # Accelerate's BatchSamplerShard deals the batches to the ranks
+            rank=0,
+            epoch_size=self.epoch_size,
+        )
 
     def _get_train_sampler(
         self, train_dataset: Dataset[Any] | None = None
@@ -466,174 +590,18 @@ class USEFULTrainer(Trainer):
         if train_dataset is None:
             return None
         _check_map_style("train_dataset", train_dataset)
-        if self.selection is None:
-            raise ValueError(
-                "USEFULTrainer has no selection: pass selection=... or resume from a "
-                "checkpoint that holds one"
-            )
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        self.useful_sampler = UpsampleSampler(
-            self.selection,
-            len(train_dataset),  # type: ignore[arg-type]
-            seed=seed,
-            num_replicas=1,  # Accelerate's BatchSamplerShard deals the batches to the ranks
-            rank=0,
-            epoch_size=self.epoch_size,
-        )
+        self.useful_sampler = self._build_sampler(train_dataset)
         return self.useful_sampler
 
 
-class _IndexCollator:
-    """The Trainer's collator, run on the items without the index they carry; the indices
-    are added to the batch as an int64 tensor under ``_INDEX_KEY``."""
-
-    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
-        self.collate = collate
-
-    def __call__(self, features: list[Any]) -> Any:
-        if not all(isinstance(f, Mapping) for f in features):
-            raise TypeError(
-                "DynamicsTrainer needs dict items (what the Trainer's collators take), but got "
-                f"{type(features[0]).__name__} items"
-            )
-        indices = [f[_INDEX_KEY] for f in features]
-        batch = self.collate([{k: v for k, v in f.items() if k != _INDEX_KEY} for f in features])
-        batch[_INDEX_KEY] = torch.tensor(indices, dtype=torch.int64)
-        return batch
-
-
-class _EndEpoch(TrainerCallback):
-    """`DynamicsTrainer`'s own callback: close the record's epoch (on every rank)."""
-
-    def __init__(self, trainer: DynamicsTrainer) -> None:
-        self.trainer = trainer
-
-    def on_epoch_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        if self.trainer.dynamics is not None:
-            self.trainer.dynamics.end_epoch()
-
-
-class DynamicsTrainer(Trainer):
-    """Phase 1 that also records the training dynamics (beyond the paper).
-
-    A ``transformers.Trainer`` whose every training step feeds its logits, labels and the
-    batch's dataset indices to ``dynamics``, a `useful_data.dynamics.TrainingDynamics`, and
-    closes the record's epoch at every epoch's end; with `SeparatingEpochCallback` it stops
-    after epoch ``t``, and `useful_data.dynamics.select_from_dynamics` then selects from the
-    record (the same on every rank under ``torchrun``), instead of `select_with_trainer`.
-
-    The indices come with the items: the training loader reads ``train_dataset`` through an
-    `useful_data.dynamics.IndexedDataset`, and the collator removes the index before your
-    collator (or the Trainer's column removal) sees the items, so your dataset, collator and
-    model are unchanged. The items must be dicts (as for any Trainer collator) and the model
-    must return a mapping with ``"logits"`` (every ``transformers`` model does); the labels
-    are the batch's ``label_names[0]`` (``"labels"``).
-
-    Args:
-        *args: Positional arguments of ``Trainer`` (``model``, ``args``, ...).
-        dynamics: The recorder to feed; ``None`` (default): a new
-            ``TrainingDynamics(len(train_dataset))``, built when training starts.
-        **kwargs: Keyword arguments of ``Trainer``.
-
-    Attributes:
-        dynamics: The `useful_data.dynamics.TrainingDynamics` recorded (``None`` until
-            training starts, when not given).
-
-    Raises:
-        TypeError: if ``dynamics`` is not a ``TrainingDynamics``, or ``train_dataset`` is
-            iterable.
-        ValueError: if ``dynamics`` was built for another number of examples than
-            ``train_dataset`` holds, or ``train(resume_from_checkpoint=...)`` is asked (the
-            record is not checkpointed: run phase 1 again).
-    """
-
-    def __init__(self, *args: Any, dynamics: TrainingDynamics | None = None, **kwargs: Any) -> None:
-        if dynamics is not None and not isinstance(dynamics, TrainingDynamics):
-            raise TypeError(
-                "dynamics should be a useful_data.dynamics.TrainingDynamics or None, but got "
-                f"{type(dynamics).__name__}"
-            )
-        _check_train_dataset_argument(args, kwargs)
-        super().__init__(*args, **kwargs)
-        self.dynamics = dynamics
-        if self.train_dataset is not None:
-            self._check_dynamics(self.train_dataset)
-        self.add_callback(_EndEpoch(self))
-
-    def _check_dynamics(self, dataset: Any) -> None:
-        _check_map_style("train_dataset", dataset)
-        if self.dynamics is None:
-            self.dynamics = TrainingDynamics(len(dataset))
-        elif self.dynamics.num_examples != len(dataset):
-            raise ValueError(
-                f"dynamics records {self.dynamics.num_examples} examples, but train_dataset "
-                f"has {len(dataset)}; build it with TrainingDynamics(len(train_dataset))"
-            )
-
-    def train(  # type: ignore[override]
-        self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any
-    ) -> Any:
-        """``Trainer.train``; resuming is refused, since checkpoints do not hold the record."""
-        if resume_from_checkpoint:
-            raise ValueError(
-                "DynamicsTrainer cannot resume: the training dynamics of the epochs before the "
-                f"checkpoint are not in it (resume_from_checkpoint={resume_from_checkpoint!r}); "
-                "run phase 1 again from W0"
-            )
-        return super().train(**kwargs)
-
-    def get_train_dataloader(self) -> torch.utils.data.DataLoader[Any]:
-        """The Trainer's training loader, over items that carry their dataset index."""
-        dataset = self.train_dataset
-        if dataset is None:
-            return super().get_train_dataloader()  # the Trainer's own error
-        self._check_dynamics(dataset)
-        return self._get_dataloader(
-            dataset=IndexedDataset(dataset, key=_INDEX_KEY),
-            description="Training",
-            batch_size=self._train_batch_size,
-            # the Trainer's sampler, over the dataset itself (None for no sampler, as there)
-            sampler_fn=lambda _: self._get_train_sampler(dataset),  # type: ignore[arg-type,return-value]
-            is_training=True,
-        )
-
-    def _get_collator_with_removed_columns(
-        self, data_collator: Callable[..., Any], description: str | None = None
-    ) -> Callable[..., Any]:
-        collate = super()._get_collator_with_removed_columns(data_collator, description)
-        return _IndexCollator(collate) if description == "Training" else collate
-
-    def compute_loss(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ) -> Any:
-        """``Trainer.compute_loss``; a training batch's outputs are recorded first."""
-        if _INDEX_KEY not in inputs:  # evaluation, prediction
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        indices = inputs[_INDEX_KEY]
-        inputs = {k: v for k, v in inputs.items() if k != _INDEX_KEY}
-        label = self.label_names[0] if self.label_names else "labels"
-        targets = inputs.get(label)
-        if targets is None:
-            raise TypeError(
-                f"DynamicsTrainer records each example's label, but the batch has no {label!r} "
-                f"(keys: {sorted(inputs)}); the items should carry it, or set label_names"
-            )
-        loss, outputs = super().compute_loss(
-            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-        )
-        logits = outputs.get("logits") if isinstance(outputs, Mapping) else None
-        if not isinstance(logits, torch.Tensor):
-            raise TypeError(
-                "DynamicsTrainer records the logits, but the model's output has none: return "
-                'a mapping (a ModelOutput or dict) with "logits"'
-            )
-        if self.dynamics is None:  # set with the training loader
-            raise RuntimeError("DynamicsTrainer's record is built with its training loader")
-        self.dynamics.update(logits, targets, indices)
-        return (loss, outputs) if return_outputs else loss
+__getattr__ = moved_names(
+    __name__,
+    {
+        "SELECTION_FILE": "useful_data.huggingface:_SELECTION_FILE",
+        "DynamicsTrainer": (
+            "!the training-dynamics tool is now in useful_data.experimental (TrainingDynamics, "
+            "select_from_dynamics), fed from a plain training loop or from logits you record; "
+            "phase 1 with the Trainer is a plain Trainer with SeparatingEpochCallback"
+        ),
+    },
+)

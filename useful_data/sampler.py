@@ -21,8 +21,12 @@ Where training frameworks are concerned, the rule is that exactly one party shar
   not when the sampler is built, so building it before ``init_process_group`` (or before a
   framework launches its processes) shards correctly too.
 * Accelerate's ``prepare`` (and so the Hugging Face ``Trainer``) shards the *batches* of the
-  sampler it is given: under it, the sampler yields the whole multiset, the same on every
-  process, and Accelerate deals it out (`useful_data._frameworks`).
+  sampler it is given, so there the sampler must not: build it with
+  ``num_replicas=1, rank=0``, and it yields the whole multiset, the same on every process, for
+  Accelerate to deal out. That is the one switch, and it is explicit: once an
+  ``accelerate.Accelerator`` exists in the process, a sampler that would shard itself
+  (``num_replicas > 1``, given or read from the process group) raises a ``RuntimeError`` that
+  says so, rather than lose data to a second sharding.
 """
 
 from __future__ import annotations
@@ -37,12 +41,12 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from useful_data._checks import (
+    _memory_bytes,
     check_bool,
     check_int,
     check_positive_int,
     check_upsample_factor,
 )
-from useful_data._frameworks import sharding_framework
 from useful_data.dataset import upsampled_index_map
 from useful_data.distributed import get_rank, get_world_size
 from useful_data.selection import SelectionLike, resolve_selection
@@ -64,11 +68,13 @@ class UpsampleSampler(DistributedSampler[int]):
     Safe in every common set-up, each epoch giving exactly the upsampled multiset across all
     processes: a single process; DDP under ``torchrun``, built before or after
     ``init_process_group``; PyTorch Lightning and Fabric (their default
-    ``use_distributed_sampler=True`` keeps it, as a ``DistributedSampler``); Ray Train;
-    Accelerate's ``prepare`` and the Hugging Face ``Trainer`` (which shard the batches
-    themselves: the sampler then yields the whole multiset on every process and Accelerate
-    deals it out; build it with ``num_replicas=1, rank=0`` there, so that ``len(loader)``
-    taken before ``prepare``, e.g. to size an LR schedule, is the whole epoch's too).
+    ``use_distributed_sampler=True`` keeps it, as a ``DistributedSampler``); Ray Train.
+    Under Accelerate's ``prepare`` (and in a Hugging Face ``Trainer`` subclass), which shard
+    the batches themselves, build it with ``num_replicas=1, rank=0``: it then yields the whole
+    multiset on every process and Accelerate deals it out (``len(loader)`` before
+    ``prepare`` is the whole epoch's). Once an ``accelerate.Accelerator`` exists in the
+    process, a sampler that would shard itself (``num_replicas > 1``) raises a
+    ``RuntimeError`` instead of sharding a second time.
 
     Args:
         selection: A `Selection`, a path to a saved one, a boolean mask of
@@ -86,9 +92,11 @@ class UpsampleSampler(DistributedSampler[int]):
             padding it with repeated indices.
         epoch_size: ``M``, indices per epoch across all replicas (before padding), drawn
             without replacement from the upsampled multiset (a fresh shuffle of it once it is
-            used up) and continuing where the previous epoch stopped. ``M = N`` trains at
-            SGD's step count (see `Selection.relative_cost`); ``None`` (default) makes every
-            epoch the whole multiset, ``N + (k - 1) |S|``.
+            used up) and continuing where the previous epoch stopped; at most
+            ``upsample_factor * num_examples``, the largest multiset a selection of the
+            dataset can make. ``M = N`` trains at SGD's step count (see
+            `Selection.relative_cost`); ``None`` (default) makes every epoch the whole
+            multiset, ``N + (k - 1) |S|``.
 
     Raises:
         TypeError: if ``seed``, ``num_replicas``/``rank`` or ``epoch_size`` is not an
@@ -96,7 +104,11 @@ class UpsampleSampler(DistributedSampler[int]):
             `SelectionLike`.
         ValueError: if a number is out of range, ``rank >= num_replicas``, the
             selection does not match ``num_examples``, ``epoch_size`` is given for an
-            empty dataset, or the upsampled multiset would not fit in memory.
+            empty dataset or exceeds ``upsample_factor * num_examples``, or the upsampled
+            multiset (or an epoch) would not fit in memory.
+        RuntimeError: when an epoch starts (or ``len`` is asked) with ``num_replicas > 1``
+            while an ``accelerate.Accelerator`` exists (build it with ``num_replicas=1,
+            rank=0`` there).
 
     Example:
         >>> sampler = UpsampleSampler([1, 3], num_examples=5, shuffle=False)
@@ -148,12 +160,7 @@ class UpsampleSampler(DistributedSampler[int]):
         self._multiset = torch.from_numpy(multiset)
         self._epoch_size: int | None = None
         if epoch_size is not None:
-            self._epoch_size = check_positive_int("epoch_size", epoch_size)
-            if len(multiset) == 0:
-                raise ValueError(
-                    f"epoch_size={epoch_size} needs examples to draw from, but the dataset "
-                    "is empty (num_examples=0)"
-                )
+            self._epoch_size = _check_epoch_size(epoch_size, len(mask), self.upsample_factor)
         # Resumption: (epoch, position) to start the next iteration of that epoch from, and
         # the running epoch's (epoch, start, length, iterator) to tell how far it has got.
         self._resume: tuple[int, int] | None = None
@@ -179,21 +186,19 @@ class UpsampleSampler(DistributedSampler[int]):
     def rank(self, value: int) -> None:
         self._rank = check_positive_int("rank", value, minimum=0)
 
-    def _shard(self, caller: Any) -> tuple[int, int]:
-        """``(num_replicas, rank)`` for the epoch about to run; ``(1, 0)`` where a framework
-        shards the batches itself (``caller``: the frame that asked)."""
-        framework = sharding_framework(caller)
-        if framework is not None:
-            if self._num_replicas is not None and self._num_replicas > 1:
-                raise RuntimeError(
-                    f"UpsampleSampler was built with num_replicas={self._num_replicas}, but "
-                    f"{framework} shards the batches of this DataLoader itself, so every "
-                    "process would see only 1/num_replicas of its own shard; build it "
-                    "without num_replicas and rank (it then yields the whole multiset "
-                    f"and {framework} deals it out)"
-                )
-            return 1, 0
+    def _shard(self) -> tuple[int, int]:
+        """``(num_replicas, rank)`` for the epoch about to run; under Accelerate, which
+        shards the batches itself, the sampler must not shard (``num_replicas=1``)."""
         replicas, rank = self.num_replicas, self.rank
+        if replicas > 1 and _accelerator_exists():
+            raise RuntimeError(
+                f"UpsampleSampler would shard itself over num_replicas={replicas} processes, "
+                "but an accelerate.Accelerator exists in this process, and Accelerate's prepare "
+                "(the Hugging Face Trainer's too) shards the loader's batches itself: sharded "
+                "twice, each process would train on a fraction of its share. Build it with "
+                "UpsampleSampler(..., num_replicas=1, rank=0): it yields the whole multiset and "
+                "Accelerate deals it out"
+            )
         _check_rank(rank, replicas)
         return replicas, rank
 
@@ -263,7 +268,7 @@ class UpsampleSampler(DistributedSampler[int]):
         return passes[offset : offset + size]
 
     def __iter__(self) -> Iterator[int]:
-        replicas, rank = self._shard(sys._getframe(1))
+        replicas, rank = self._shard()
         num_samples, total_size = self._sizes(replicas)
         indices = self._epoch_order()
         if not self.drop_last:
@@ -286,7 +291,7 @@ class UpsampleSampler(DistributedSampler[int]):
         return it
 
     def __len__(self) -> int:
-        replicas, _ = self._shard(sys._getframe(1))
+        replicas, _ = self._shard()
         return self._sizes(replicas)[0]
 
     # --- resumption -------------------------------------------------------------------------
@@ -371,6 +376,39 @@ class UpsampleSampler(DistributedSampler[int]):
         self.epoch = state["epoch"]
         self._resume = (state["epoch"], state["yielded"])
         self._running = None
+
+
+def _check_epoch_size(epoch_size: int, num_examples: int, upsample_factor: int) -> int:
+    """``epoch_size`` if it is an integer in ``[1, upsample_factor * num_examples]`` whose
+    epochs fit in memory, else a ``TypeError``/``ValueError`` naming the bound."""
+    epoch_size = check_positive_int("epoch_size", epoch_size)
+    if num_examples == 0:
+        raise ValueError(
+            f"epoch_size={epoch_size} needs examples to draw from, but the dataset is empty "
+            "(num_examples=0)"
+        )
+    bound = upsample_factor * num_examples
+    if epoch_size > bound:
+        raise ValueError(
+            f"epoch_size should be at most upsample_factor x num_examples = {upsample_factor} "
+            f"x {num_examples} = {bound} (the upsampled dataset if every example were "
+            f"slow-learnable), but got epoch_size={epoch_size}; for more training, train more "
+            "epochs"
+        )
+    if 16 * epoch_size > _memory_bytes():  # an epoch's int64 indices, twice while drawn
+        raise ValueError(
+            f"epoch_size={epoch_size} makes epochs whose indices ({16 * epoch_size / 2**30:.3g} "
+            f"GiB) exceed this machine's memory ({_memory_bytes() / 2**30:.3g} GiB); use a "
+            "smaller epoch_size (num_examples trains at SGD's step count)"
+        )
+    return epoch_size
+
+
+def _accelerator_exists() -> bool:
+    """Whether an ``accelerate.Accelerator`` was created in this process (Accelerate's own
+    public test; Accelerate is not imported for it)."""
+    state = sys.modules.get("accelerate.state")
+    return state is not None and bool(state.is_initialized())
 
 
 def _check_rank(rank: int, num_replicas: int) -> None:
