@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from useful_data import find_slow_learnable
-from useful_data.collect import _try_channels_last, collect_outputs, default_batch_size
+from useful_data._batches import default_batch_size, try_channels_last
+from useful_data.collect import collect_outputs
 
 CL = torch.channels_last
 
@@ -131,15 +132,15 @@ def test_auto_leaves_models_without_convolutions_and_other_inputs_alone():
     assert seen == [False] * 3  # not tried, and the first batch ran once
     conv = _conv_net()
     cpu = torch.device("cpu")
-    assert _try_channels_last(conv, x, cpu)
-    assert not _try_channels_last(conv, x, torch.device("cuda"))  # GPUs: as the inputs come
-    assert not _try_channels_last(conv, x.to(torch.float64).flatten(1), cpu)  # not 4-D
-    assert not _try_channels_last(conv, x.to(torch.int64), cpu)  # not floating point
-    assert not _try_channels_last(conv, x.contiguous(memory_format=CL), cpu)  # already
-    assert not _try_channels_last(conv, {"image": x}, cpu)  # not a tensor
-    assert not _try_channels_last(mlp, x, cpu)  # no convolution
+    assert try_channels_last(conv, x, cpu)
+    assert not try_channels_last(conv, x, torch.device("cuda"))  # GPUs: as the inputs come
+    assert not try_channels_last(conv, x.to(torch.float64).flatten(1), cpu)  # not 4-D
+    assert not try_channels_last(conv, x.to(torch.int64), cpu)  # not floating point
+    assert not try_channels_last(conv, x.contiguous(memory_format=CL), cpu)  # already
+    assert not try_channels_last(conv, {"image": x}, cpu)  # not a tensor
+    assert not try_channels_last(mlp, x, cpu)  # no convolution
     conv.compile()  # lazy: nothing is compiled until a call; a new layout would recompile
-    assert not _try_channels_last(conv, x, cpu)
+    assert not try_channels_last(conv, x, cpu)
 
 
 def test_bad_channels_last_is_a_clear_error():

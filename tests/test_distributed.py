@@ -6,11 +6,14 @@ is smoke-tested once under torchrun.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import socket
 import subprocess
 import sys
+import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -22,17 +25,11 @@ import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from useful_data import Selection, UpsampleSampler, USEFULDataset, find_slow_learnable
+from useful_data._comm import resolve_distributed, shard_indices
+from useful_data._sharded import assign_classes, collect_outputs_sharded, select_across_ranks
 from useful_data.collect import collect_outputs
-from useful_data.distributed import (
-    assign_classes,
-    collect_outputs_sharded,
-    gather_outputs,
-    resolve_distributed,
-    save_on_rank0,
-    select_across_ranks,
-    shard_indices,
-)
-from useful_data.slow_learnable import select_from_logits
+from useful_data.distributed import gather_outputs, save_on_rank0
+from useful_data.slow_learnable import _select_from_logits as select_from_logits
 from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,12 +271,98 @@ def _check_save(rank: int, selection: Selection, folder: str) -> None:
     assert [p.name for p in Path(folder).iterdir()] == ["selection.npz"]  # no temp files left
 
 
+class BadItem(Exception):
+    """A user's own exception type, raised by a dataset item."""
+
+
+class CodedError(Exception):
+    """An exception type that cannot be rebuilt from a message alone."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code {code}: {detail}")
+
+
+class _FailsAt5(torch.utils.data.Dataset):
+    """16 examples; reading example 5 (in rank 1's second batch of 4) raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int):
+        if i == 5:
+            raise self.error
+        return torch.full((3,), float(i)), i % 2
+
+
+def _check_failures(rank: int) -> None:
+    """Rank 1 raises in its shard and stays alive: both ranks raise at once, with the cause."""
+    model = torch.nn.Linear(3, 2)
+    errors = [
+        ValueError("item 5 is bad"),
+        TypeError("item 5 is bad"),
+        RuntimeError("item 5 is bad"),
+        BadItem("item 5 is bad"),
+        CodedError(7, "item 5 is bad"),
+    ]
+    for error in errors:
+        expected = RuntimeError if rank == 0 and isinstance(error, CodedError) else type(error)
+        start = time.monotonic()
+        with pytest.raises(expected, match="item 5 is bad") as raised:
+            find_slow_learnable(model, _FailsAt5(error), batch_size=4, progress=False)
+        assert time.monotonic() - start < 30  # not the process group's timeout
+        if rank == 0:
+            assert f"the eval pass failed on rank 1 with {type(error).__name__}" in str(
+                raised.value
+            )
+        else:
+            assert raised.value is error  # the failed rank raises its own exception
+    # a failure in the per-class selection on one rank reaches every rank too
+    logits, targets = torch.randn(20, 2), torch.arange(20) % 2
+
+    def select(part_logits, part_targets):
+        if rank == 1:
+            raise BadItem("clustering failed")
+        return select_from_logits(part_logits, part_targets, backend="sklearn")
+
+    with pytest.raises(BadItem, match="clustering failed"):
+        select_across_ranks(select, logits, targets)
+
+
+def _check_diagnostics_are_global() -> None:
+    """Class 0 (rank 0's) splits cleanly, class 1 (rank 1's) is noise: alone, rank 1's part
+    is weakly separated (AUC ~0.55), the whole selection is not (~0.82). Every rank warns as
+    one process does, from the whole selection."""
+    g = np.random.default_rng(0)
+    clear = np.concatenate([g.normal([4, 0], 0.3, (30, 2)), g.normal([0, 0], 0.3, (30, 2))])
+    logits = np.concatenate([clear, g.normal(0, 1, (40, 2))]).astype(np.float32)
+    targets = np.array([0] * 60 + [1] * 40)
+    said = []
+    for distributed in (True, False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            selection = find_slow_learnable(
+                logits=logits, targets=targets, backend="sklearn", distributed=distributed
+            )
+        said.append(sorted(str(w.message) for w in caught))
+    assert said[0] == said[1] == []
+    assert selection.separation.auc > 0.8
+
+
 def _worker(rank: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),  # a hang fails the test, not stalls it
     )
     try:
+        _check_failures(rank)
+        _check_diagnostics_are_global()
         _check_gather(rank)
         selection = _check_selection(rank)
         _check_samplers(rank, selection)

@@ -8,11 +8,13 @@ DataLoader workers in one spawned gloo run.
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -34,8 +36,8 @@ from useful_data._keys import (
     keys_array,
     normalize_key,
 )
+from useful_data._streaming import collect_stream_outputs
 from useful_data.cli import main
-from useful_data.streaming import collect_stream_outputs
 
 wds = pytest.importorskip("webdataset")
 hf = pytest.importorskip("datasets")
@@ -498,14 +500,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class BadItem(Exception):
+    """A user's own exception type, raised while reading the stream."""
+
+
+class FailsOnRank1(IterableDataset):
+    """Rows, except that on rank 1 the third item raises ``error`` (rank 1 stays alive)."""
+
+    def __init__(self, rows: Rows, error: Exception) -> None:
+        self.rows, self.error = rows, error
+
+    def __iter__(self):
+        for n, item in enumerate(self.rows):
+            if n == 2 and int(os.environ["RANK"]) == 1:
+                raise self.error
+            yield item
+
+
+def _check_stream_failures(rank: int, x, y) -> None:
+    for error in (
+        ValueError("item 3 is bad"),
+        TypeError("item 3 is bad"),
+        RuntimeError("item 3 is bad"),
+        BadItem("item 3 is bad"),
+    ):
+        start = time.monotonic()
+        with pytest.raises(type(error), match="item 3 is bad") as raised:
+            find_slow_learnable(
+                _identity_model(), FailsOnRank1(Rows(x, y, KEYS), error), progress=False
+            )
+        assert time.monotonic() - start < 30  # not the process group's timeout
+        if rank == 0:
+            assert f"failed on rank 1 with {type(error).__name__}" in str(raised.value)
+
+
+def _gathered(value):
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def _rank(rank: int, port: int, folder: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", OMP_NUM_THREADS="1")  # as torchrun sets
     mp.set_start_method("fork", force=True)  # DataLoader workers: fork, not a fresh interpreter
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=60),  # a hang fails the test, not stalls it
+    )
     from datasets.distributed import split_dataset_by_node
 
     try:
         x, y, truth = _rows()
+        _check_stream_failures(rank, x, y)
         paths = sorted(str(p) for p in Path(folder).glob("shard-*.tar"))
         chosen = [KEYS[i] for i in np.flatnonzero(truth)]
         ids = np.arange(len(KEYS))
@@ -539,7 +588,7 @@ def _rank(rank: int, port: int, folder: str) -> None:
         result["selected"] = sorted(sel.keys[sel.mask].tolist())
         result["fingerprint"] = sel.fingerprint
         repeats_on_rank1 = Rows(x, y, KEYS, order=[0, 1, 2, 3, 4, 1])  # rank 1: 1, 3, 1
-        with pytest.raises(ValueError, match="on rank 1: key 'ex0001' appeared twice"):
+        with pytest.raises(ValueError, match="key 'ex0001' appeared twice"):
             find_slow_learnable(_identity_model(), repeats_on_rank1, progress=False)  # no hang
         with pytest.raises(ValueError, match="seen by more than one rank"):
             find_slow_learnable(_identity_model(), Rows(x, y, KEYS, split=False), progress=False)

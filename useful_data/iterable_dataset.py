@@ -47,7 +47,7 @@ from useful_data._keys import (
     keys_array,
     read_key,
 )
-from useful_data.distributed import get_rank, get_world_size
+from useful_data._comm import get_rank, get_world_size
 from useful_data.selection import Selection
 
 __all__ = ["USEFULIterableDataset"]
