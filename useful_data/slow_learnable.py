@@ -205,32 +205,9 @@ def find_slow_learnable(
     check_backend(backend)  # an unknown or unusable backend fails before the forward pass
     upsample_factor = check_upsample_factor(upsample_factor)
     sharded = resolve_distributed(distributed)
-    if max_examples is not None:
-        max_examples = check_positive_int("max_examples", max_examples)
-    if (model is None) == (logits is None):
-        raise TypeError(
-            "find_slow_learnable needs exactly one source of outputs: either a model and a "
-            "dataset, find_slow_learnable(model, dataset), or precomputed outputs, "
-            "find_slow_learnable(logits=..., targets=...)"
-        )
-    stream = model is not None and isinstance(dataset, IterableDataset)
-    for name, value in (("key", key), ("max_examples", max_examples)):
-        if value is not None and not stream:
-            raise ValueError(
-                f"{name}= applies to a stream (an IterableDataset passed with a model) only, "
-                f"but got {name}={value!r} with "
-                + ("logits=" if logits is not None else "a map-style dataset")
-                + f"; drop {name}= (examples are then addressed by position)"
-            )
+    stream, max_examples = _check_sources(model, dataset, logits, key, max_examples)
     keys: np.ndarray | None = None  # a stream's keys, row for row
     if model is not None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"model should be a torch.nn.Module, but got {type(model).__name__}; "
-                "for precomputed outputs pass logits=... and targets=..."
-            )
-        if dataset is None:
-            raise TypeError("find_slow_learnable(model, dataset) needs a dataset")
         device = torch.device(device) if device is not None else model_device(model)
         collect_kwargs: dict[str, Any] = {
             "batch_size": batch_size,
@@ -254,7 +231,7 @@ def find_slow_learnable(
         else:
             logits, targets = _dataset_outputs(
                 model,
-                dataset,
+                dataset,  # type: ignore[arg-type]
                 eval_dataset=eval_dataset,
                 targets=targets,
                 sharded=sharded,
@@ -288,6 +265,42 @@ def find_slow_learnable(
     if keys is not None:
         return with_keys(selection, keys, key)
     return _record_dataset_labels(selection, dataset)
+
+
+def _check_sources(
+    model: Any, dataset: Any, logits: Any, key: Any, max_examples: Any
+) -> tuple[bool, int | None]:
+    """Check where the outputs come from; whether they come from a stream, and the bound.
+
+    Raises:
+        TypeError: for no source or two, a model that is not a module, or one without data.
+        ValueError: for ``key=`` or ``max_examples=`` without a stream, or a bad bound.
+    """
+    if max_examples is not None:
+        max_examples = check_positive_int("max_examples", max_examples)
+    if (model is None) == (logits is None):
+        raise TypeError(
+            "find_slow_learnable needs exactly one source of outputs: either a model and a "
+            "dataset, find_slow_learnable(model, dataset), or precomputed outputs, "
+            "find_slow_learnable(logits=..., targets=...)"
+        )
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model should be a torch.nn.Module, but got {type(model).__name__}; "
+            "for precomputed outputs pass logits=... and targets=..."
+        )
+    if model is not None and dataset is None:
+        raise TypeError("find_slow_learnable(model, dataset) needs a dataset")
+    stream = model is not None and isinstance(dataset, IterableDataset)
+    for name, value in (("key", key), ("max_examples", max_examples)):
+        if value is not None and not stream:
+            raise ValueError(
+                f"{name}= applies to a stream (an IterableDataset passed with a model) only, "
+                f"but got {name}={value!r} with "
+                + ("logits=" if logits is not None else "a map-style dataset")
+                + f"; drop {name}= (examples are then addressed by position)"
+            )
+    return stream, max_examples
 
 
 def _record_dataset_labels(selection: Selection, dataset: Dataset[Any] | None) -> Selection:
