@@ -79,6 +79,61 @@ def test_outside_a_process_group():
         )
 
 
+@pytest.mark.parametrize(
+    ("module", "name", "where"),
+    [
+        (
+            "useful_data.distributed",
+            "collect_outputs_sharded",
+            "useful_data._sharded:collect_outputs_sharded",
+        ),
+        (
+            "useful_data.distributed",
+            "select_across_ranks",
+            "useful_data._sharded:select_across_ranks",
+        ),
+        ("useful_data.distributed", "assign_classes", "useful_data._sharded:assign_classes"),
+        ("useful_data.distributed", "shard_indices", "useful_data._comm:shard_indices"),
+        ("useful_data.distributed", "get_rank", "useful_data._comm:get_rank"),
+        ("useful_data.distributed", "get_world_size", "useful_data._comm:get_world_size"),
+        ("useful_data.distributed", "is_distributed", "useful_data._comm:is_distributed"),
+        ("useful_data.collect", "default_batch_size", "useful_data._batches:default_batch_size"),
+        ("useful_data.collect", "model_device", "useful_data._batches:model_device"),
+        (
+            "useful_data.streaming",
+            "collect_stream_outputs",
+            "useful_data._streaming:collect_stream_outputs",
+        ),
+        ("useful_data.streaming", "stream_outputs", "useful_data._streaming:stream_outputs"),
+        ("useful_data.streaming", "with_keys", "useful_data._streaming:with_keys"),
+        (
+            "useful_data.slow_learnable",
+            "select_from_logits",
+            "useful_data.slow_learnable:_select_from_logits",
+        ),
+    ],
+)
+def test_names_made_private_in_1_0_still_import_with_a_warning(module, name, where):
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match=rf"{module}\.{name} is private since"):
+        found = getattr(importlib.import_module(module), name)
+    where_module, _, where_name = where.partition(":")
+    assert found is getattr(importlib.import_module(where_module), where_name)
+
+
+def test_public_names_of_the_data_path():
+    import useful_data.collect
+    import useful_data.distributed
+    import useful_data.slow_learnable
+    import useful_data.streaming
+
+    assert useful_data.collect.__all__ == ["collect_outputs"]
+    assert useful_data.distributed.__all__ == ["gather_outputs", "save_on_rank0"]
+    assert useful_data.slow_learnable.__all__ == ["find_slow_learnable"]
+    assert useful_data.streaming.__all__ == []
+
+
 # --- the spawned 2-rank run --------------------------------------------------------------------
 def _mixed_data(num_examples: int) -> tuple[torch.nn.Module, TensorDataset]:
     """A seeded linear model on 4 classes; class 3 has one example (left unsplit)."""

@@ -18,12 +18,12 @@ from tqdm.auto import tqdm
 from useful_data._batches import (
     autocast,
     check_channels_last,
-    default_batch_size,
     eval_mode,
     loader,
     resolve_device,
     run_batch,
 )
+from useful_data._batches import default_batch_size as _default_batch_size
 from useful_data._checks import check_positive_int, check_sized
 from useful_data._deprecation import moved_names
 from useful_data._targets import split_batch
@@ -93,7 +93,7 @@ def collect_outputs(
         raise ValueError("dataset should hold at least one example, but got an empty dataset")
     device = resolve_device(model, device)
     if batch_size is None:
-        batch_size = default_batch_size(device)
+        batch_size = _default_batch_size(device)
     batch_size = check_positive_int("batch_size", batch_size)
     batches = loader(dataset, batch_size, num_workers, collate_fn, device)
     outputs: torch.Tensor | None = None

@@ -44,7 +44,7 @@ import torch.distributed as dist
 from useful_data._comm import all_gather_equal as _all_gather_equal
 from useful_data._comm import comm_device as _comm_device
 from useful_data._comm import resolve_distributed as resolve_distributed
-from useful_data._comm import shard_indices
+from useful_data._comm import shard_indices as _shard_indices
 from useful_data._deprecation import moved_names
 from useful_data.selection import Selection
 
@@ -84,7 +84,7 @@ def gather_outputs(
         ValueError: if ``local`` does not have this rank's shard length.
     """
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    expected = len(shard_indices(num_examples, rank, world, block=block))
+    expected = len(_shard_indices(num_examples, rank, world, block=block))
     if local.shape[0] != expected:
         raise ValueError(
             f"rank {rank} should pass the outputs of its {expected} examples (blocks "
