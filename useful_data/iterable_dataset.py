@@ -29,8 +29,8 @@ the last one stopped. So, exactly: the items a process yields over its first ``E
 the first ``E q`` items (``q`` its share of ``n``) of passes ``0, 1, 2, ...`` of its part;
 every complete pass is the multiset of `USEFULDataset` on that part (every example once,
 every selected one ``k`` times), and whatever ends an epoch mid-pass is yielded at the start
-of the next epoch. Over all processes, the complete passes together are the whole stream's
-upsampled multiset once per pass.
+of the next epoch. One complete pass of every process together is the whole stream's
+upsampled multiset, where the stream splits into the same parts every epoch.
 
 **Resuming mid-epoch.** ``state_dict()`` / ``load_state_dict()`` hold where this process is:
 the epoch, the pass, the items of that pass already yielded and of this epoch. torchdata's
