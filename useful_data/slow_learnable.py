@@ -425,7 +425,7 @@ def _select_from_logits(
     _check_strategy(strategy)
     seed = check_seed("seed", seed)
     logits_np, targets_np = check_outputs(logits, targets)
-    num_examples, num_classes = logits_np.shape
+    num_classes = logits_np.shape[1]
 
     logits_t = torch.from_numpy(logits_np)
     loss = F.cross_entropy(logits_t, torch.from_numpy(targets_np), reduction="none").numpy()
@@ -445,10 +445,40 @@ def _select_from_logits(
         )
 
     kmeans = KMeans2(backend, n_init=n_init, seed=seed, device=_cluster_device(device, logits))
+    mask, unsplit = _split_classes(kmeans, feats, loss, targets_np)
+    if strategy == "random":  # k-means' count per class, drawn uniformly (Figure 6 baseline)
+        mask = select_random_like(mask, targets_np, seed=seed)
+    params = {
+        "strategy": strategy,
+        "features": features,
+        "n_init": n_init,
+        "seed": int(seed),
+        "backend": kmeans.backend,
+        "num_classes": int(num_classes),
+    }
+    return Selection(
+        mask=mask,
+        loss=loss,
+        targets=targets_np,
+        upsample_factor=upsample_factor,
+        params=params,
+        unsplit=unsplit,
+    )
+
+
+def _split_classes(
+    kmeans: KMeans2, feats: np.ndarray, loss: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Algorithm 1 on every class: 2-means on its features, the higher-loss cluster selected.
+
+    Returns:
+        The ``(N,)`` mask of slow-learnable examples, and the classes left unsplit with why.
+    """
+    num_examples = len(targets)
     mask = np.zeros(num_examples, dtype=bool)
     unsplit: dict[int, str] = {}
-    order = np.argsort(targets_np, kind="stable")
-    labels, starts = np.unique(targets_np[order], return_index=True)
+    order = np.argsort(targets, kind="stable")
+    labels, starts = np.unique(targets[order], return_index=True)
     bounds = [*starts.tolist(), num_examples]
     to_split: list[tuple[int, np.ndarray]] = []
     for label, start, stop in zip(labels.tolist(), bounds[:-1], bounds[1:], strict=True):
@@ -473,25 +503,7 @@ def _select_from_logits(
             continue
         slow = in_one if mean_one > mean_zero else ~in_one
         mask[members[slow]] = True
-
-    if strategy == "random":  # k-means' count per class, drawn uniformly (Figure 6 baseline)
-        mask = select_random_like(mask, targets_np, seed=seed)
-    params = {
-        "strategy": strategy,
-        "features": features,
-        "n_init": n_init,
-        "seed": int(seed),
-        "backend": kmeans.backend,
-        "num_classes": int(num_classes),
-    }
-    return Selection(
-        mask=mask,
-        loss=loss,
-        targets=targets_np,
-        upsample_factor=upsample_factor,
-        params=params,
-        unsplit=unsplit,
-    )
+    return mask, unsplit
 
 
 def _warn_if_doubtful(selection: Selection) -> None:
