@@ -277,3 +277,20 @@ def test_a_model_whose_output_width_depends_on_the_layout_falls_back():
     with pytest.warns(UserWarning, match="memory layout"):
         outputs, _ = collect_outputs(LayoutDependent(), data, progress=False)
     assert outputs.shape == (6, 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_model_gives_the_cpu_outputs_on_the_cpu():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3)
+    )
+    images = torch.randn(50, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    data = TensorDataset(images, torch.arange(50) % 3)
+    on_cpu, labels_cpu = collect_outputs(model, data, batch_size=16, progress=False)
+    on_gpu, labels_gpu = collect_outputs(model.cuda(), data, batch_size=16, progress=False)
+    assert on_gpu.device.type == "cpu" and on_gpu.dtype == torch.float32
+    assert torch.equal(labels_gpu, labels_cpu)
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-2, atol=1e-2)  # TF32 convolutions
+    with pytest.raises(ValueError, match="device should be where the model is"):
+        collect_outputs(model, data, device="cpu", progress=False)

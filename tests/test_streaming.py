@@ -647,6 +647,16 @@ def test_stateful_dataloader_resumes_mid_epoch_exactly(num_workers, epoch_length
         assert len(whole) == epoch_length
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_stream_pass_of_a_cuda_model_selects_what_the_cpu_one_does():
+    x, y, _ = _rows()
+    kwargs = {"progress": False, "backend": "sklearn", "batch_size": 16}
+    on_cpu = find_slow_learnable(_identity_model(), Rows(x, y, KEYS), **kwargs)
+    on_gpu = find_slow_learnable(_identity_model().cuda(), Rows(x, y, KEYS), **kwargs)
+    assert on_gpu.fingerprint == on_cpu.fingerprint
+    assert np.array_equal(on_gpu.mask, on_cpu.mask) and np.array_equal(on_gpu.keys, on_cpu.keys)
+
+
 # --- 2 ranks x 2 workers --------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
