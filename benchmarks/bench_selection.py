@@ -39,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import base_parser, describe_machine, print_table
 
+from useful_data._batches import default_batch_size
 from useful_data._cluster import KMeans2, cuml_usable
-from useful_data.collect import collect_outputs, default_batch_size
-from useful_data.slow_learnable import select_from_logits
+from useful_data.collect import collect_outputs
+from useful_data.slow_learnable import _select_from_logits as select_from_logits
 
 
 def small_cnn(num_classes: int = 10) -> nn.Module:

@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from useful_data import find_slow_learnable
-from useful_data.collect import _try_channels_last, collect_outputs, default_batch_size
+from useful_data._batches import default_batch_size, try_channels_last
+from useful_data.collect import collect_outputs
 
 CL = torch.channels_last
 
@@ -131,15 +132,15 @@ def test_auto_leaves_models_without_convolutions_and_other_inputs_alone():
     assert seen == [False] * 3  # not tried, and the first batch ran once
     conv = _conv_net()
     cpu = torch.device("cpu")
-    assert _try_channels_last(conv, x, cpu)
-    assert not _try_channels_last(conv, x, torch.device("cuda"))  # GPUs: as the inputs come
-    assert not _try_channels_last(conv, x.to(torch.float64).flatten(1), cpu)  # not 4-D
-    assert not _try_channels_last(conv, x.to(torch.int64), cpu)  # not floating point
-    assert not _try_channels_last(conv, x.contiguous(memory_format=CL), cpu)  # already
-    assert not _try_channels_last(conv, {"image": x}, cpu)  # not a tensor
-    assert not _try_channels_last(mlp, x, cpu)  # no convolution
+    assert try_channels_last(conv, x, cpu)
+    assert not try_channels_last(conv, x, torch.device("cuda"))  # GPUs: as the inputs come
+    assert not try_channels_last(conv, x.to(torch.float64).flatten(1), cpu)  # not 4-D
+    assert not try_channels_last(conv, x.to(torch.int64), cpu)  # not floating point
+    assert not try_channels_last(conv, x.contiguous(memory_format=CL), cpu)  # already
+    assert not try_channels_last(conv, {"image": x}, cpu)  # not a tensor
+    assert not try_channels_last(mlp, x, cpu)  # no convolution
     conv.compile()  # lazy: nothing is compiled until a call; a new layout would recompile
-    assert not _try_channels_last(conv, x, cpu)
+    assert not try_channels_last(conv, x, cpu)
 
 
 def test_bad_channels_last_is_a_clear_error():
@@ -276,3 +277,20 @@ def test_a_model_whose_output_width_depends_on_the_layout_falls_back():
     with pytest.warns(UserWarning, match="memory layout"):
         outputs, _ = collect_outputs(LayoutDependent(), data, progress=False)
     assert outputs.shape == (6, 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_model_gives_the_cpu_outputs_on_the_cpu():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3)
+    )
+    images = torch.randn(50, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    data = TensorDataset(images, torch.arange(50) % 3)
+    on_cpu, labels_cpu = collect_outputs(model, data, batch_size=16, progress=False)
+    on_gpu, labels_gpu = collect_outputs(model.cuda(), data, batch_size=16, progress=False)
+    assert on_gpu.device.type == "cpu" and on_gpu.dtype == torch.float32
+    assert torch.equal(labels_gpu, labels_cpu)
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-2, atol=1e-2)  # TF32 convolutions
+    with pytest.raises(ValueError, match="device should be where the model is"):
+        collect_outputs(model, data, device="cpu", progress=False)

@@ -6,11 +6,14 @@ is smoke-tested once under torchrun.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import socket
 import subprocess
 import sys
+import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -22,17 +25,11 @@ import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from useful_data import Selection, UpsampleSampler, USEFULDataset, find_slow_learnable
+from useful_data._comm import resolve_distributed, shard_indices
+from useful_data._sharded import assign_classes, collect_outputs_sharded, select_across_ranks
 from useful_data.collect import collect_outputs
-from useful_data.distributed import (
-    assign_classes,
-    collect_outputs_sharded,
-    gather_outputs,
-    resolve_distributed,
-    save_on_rank0,
-    select_across_ranks,
-    shard_indices,
-)
-from useful_data.slow_learnable import select_from_logits
+from useful_data.distributed import gather_outputs, save_on_rank0
+from useful_data.slow_learnable import _select_from_logits as select_from_logits
 from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +77,61 @@ def test_outside_a_process_group():
         find_slow_learnable(
             torch.nn.Linear(2, 2), TensorDataset(torch.zeros(2, 2)), distributed=True
         )
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "where"),
+    [
+        (
+            "useful_data.distributed",
+            "collect_outputs_sharded",
+            "useful_data._sharded:collect_outputs_sharded",
+        ),
+        (
+            "useful_data.distributed",
+            "select_across_ranks",
+            "useful_data._sharded:select_across_ranks",
+        ),
+        ("useful_data.distributed", "assign_classes", "useful_data._sharded:assign_classes"),
+        ("useful_data.distributed", "shard_indices", "useful_data._comm:shard_indices"),
+        ("useful_data.distributed", "get_rank", "useful_data._comm:get_rank"),
+        ("useful_data.distributed", "get_world_size", "useful_data._comm:get_world_size"),
+        ("useful_data.distributed", "is_distributed", "useful_data._comm:is_distributed"),
+        ("useful_data.collect", "default_batch_size", "useful_data._batches:default_batch_size"),
+        ("useful_data.collect", "model_device", "useful_data._batches:model_device"),
+        (
+            "useful_data.streaming",
+            "collect_stream_outputs",
+            "useful_data._streaming:collect_stream_outputs",
+        ),
+        ("useful_data.streaming", "stream_outputs", "useful_data._streaming:stream_outputs"),
+        ("useful_data.streaming", "with_keys", "useful_data._streaming:with_keys"),
+        (
+            "useful_data.slow_learnable",
+            "select_from_logits",
+            "useful_data.slow_learnable:_select_from_logits",
+        ),
+    ],
+)
+def test_names_made_private_in_1_0_still_import_with_a_warning(module, name, where):
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match=rf"{module}\.{name} is private since"):
+        found = getattr(importlib.import_module(module), name)
+    where_module, _, where_name = where.partition(":")
+    assert found is getattr(importlib.import_module(where_module), where_name)
+
+
+def test_public_names_of_the_data_path():
+    import useful_data.collect
+    import useful_data.distributed
+    import useful_data.slow_learnable
+    import useful_data.streaming
+
+    assert useful_data.collect.__all__ == ["collect_outputs"]
+    assert useful_data.distributed.__all__ == ["gather_outputs", "save_on_rank0"]
+    assert useful_data.slow_learnable.__all__ == ["find_slow_learnable"]
+    assert useful_data.streaming.__all__ == []
 
 
 # --- the spawned 2-rank run --------------------------------------------------------------------
@@ -274,12 +326,98 @@ def _check_save(rank: int, selection: Selection, folder: str) -> None:
     assert [p.name for p in Path(folder).iterdir()] == ["selection.npz"]  # no temp files left
 
 
+class BadItem(Exception):
+    """A user's own exception type, raised by a dataset item."""
+
+
+class CodedError(Exception):
+    """An exception type that cannot be rebuilt from a message alone."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code {code}: {detail}")
+
+
+class _FailsAt5(torch.utils.data.Dataset):
+    """16 examples; reading example 5 (in rank 1's second batch of 4) raises ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, i: int):
+        if i == 5:
+            raise self.error
+        return torch.full((3,), float(i)), i % 2
+
+
+def _check_failures(rank: int) -> None:
+    """Rank 1 raises in its shard and stays alive: both ranks raise at once, with the cause."""
+    model = torch.nn.Linear(3, 2)
+    errors = [
+        ValueError("item 5 is bad"),
+        TypeError("item 5 is bad"),
+        RuntimeError("item 5 is bad"),
+        BadItem("item 5 is bad"),
+        CodedError(7, "item 5 is bad"),
+    ]
+    for error in errors:
+        expected = RuntimeError if rank == 0 and isinstance(error, CodedError) else type(error)
+        start = time.monotonic()
+        with pytest.raises(expected, match="item 5 is bad") as raised:
+            find_slow_learnable(model, _FailsAt5(error), batch_size=4, progress=False)
+        assert time.monotonic() - start < 30  # not the process group's timeout
+        if rank == 0:
+            assert f"the eval pass failed on rank 1 with {type(error).__name__}" in str(
+                raised.value
+            )
+        else:
+            assert raised.value is error  # the failed rank raises its own exception
+    # a failure in the per-class selection on one rank reaches every rank too
+    logits, targets = torch.randn(20, 2), torch.arange(20) % 2
+
+    def select(part_logits, part_targets):
+        if rank == 1:
+            raise BadItem("clustering failed")
+        return select_from_logits(part_logits, part_targets, backend="sklearn")
+
+    with pytest.raises(BadItem, match="clustering failed"):
+        select_across_ranks(select, logits, targets)
+
+
+def _check_diagnostics_are_global() -> None:
+    """Class 0 (rank 0's) splits cleanly, class 1 (rank 1's) is noise: alone, rank 1's part
+    is weakly separated (AUC ~0.55), the whole selection is not (~0.82). Every rank warns as
+    one process does, from the whole selection."""
+    g = np.random.default_rng(0)
+    clear = np.concatenate([g.normal([4, 0], 0.3, (30, 2)), g.normal([0, 0], 0.3, (30, 2))])
+    logits = np.concatenate([clear, g.normal(0, 1, (40, 2))]).astype(np.float32)
+    targets = np.array([0] * 60 + [1] * 40)
+    said = []
+    for distributed in (True, False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            selection = find_slow_learnable(
+                logits=logits, targets=targets, backend="sklearn", distributed=distributed
+            )
+        said.append(sorted(str(w.message) for w in caught))
+    assert said[0] == said[1] == []
+    assert selection.separation.auc > 0.8
+
+
 def _worker(rank: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),  # a hang fails the test, not stalls it
     )
     try:
+        _check_failures(rank)
+        _check_diagnostics_are_global()
         _check_gather(rank)
         selection = _check_selection(rank)
         _check_samplers(rank, selection)

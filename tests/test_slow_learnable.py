@@ -292,6 +292,11 @@ class _CountingIdentity(torch.nn.Module):
         ({"seed": None}, TypeError, "seed should be an integer"),
         ({"backend": "gpu"}, ValueError, "backend should be one of"),
         ({"backend": "cuml"}, ImportError, "cuML"),
+        # arguments of a stream are refused for data addressed by position, not ignored
+        ({"max_examples": 0}, ValueError, "max_examples should be an integer >= 1"),
+        ({"max_examples": 10}, ValueError, r"max_examples= applies to a stream .* only"),
+        ({"key": "id"}, ValueError, r"key= applies to a stream .* but got key='id'"),
+        ({"key": len}, ValueError, r"key= applies to a stream"),
     ],
 )
 def test_bad_arguments_fail_before_the_forward_pass(kwargs, error, match):
@@ -393,7 +398,7 @@ def test_clusters_with_equal_mean_loss_are_left_unsplit():
 
 def test_defaults_are_the_papers():
     """Raw logits, 10 restarts and an upsampling factor of 2, wherever a selection is made."""
-    from useful_data.slow_learnable import select_from_logits
+    from useful_data.slow_learnable import _select_from_logits as select_from_logits
 
     logits, targets, _ = two_blob_logits()
     for sel in (

@@ -10,7 +10,7 @@ import torch
 from conftest import two_blob_logits
 
 from useful_data import Selection, find_slow_learnable
-from useful_data.slow_learnable import select_from_logits
+from useful_data.slow_learnable import _select_from_logits as select_from_logits
 from useful_data.strategies import (
     STRATEGIES,
     loss_weights,

@@ -8,11 +8,13 @@ DataLoader workers in one spawned gloo run.
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -34,8 +36,8 @@ from useful_data._keys import (
     keys_array,
     normalize_key,
 )
+from useful_data._streaming import collect_stream_outputs
 from useful_data.cli import main
-from useful_data.streaming import collect_stream_outputs
 
 wds = pytest.importorskip("webdataset")
 hf = pytest.importorskip("datasets")
@@ -491,6 +493,170 @@ def test_wrapper_with_workers_webdataset_and_hf(tmp_path):
     assert seen == {int(i): 1 + 2 * bool(t) for i, t in zip(ids, truth, strict=True)}
 
 
+def test_every_key_kind_is_checked_not_only_the_first():
+    """A later int key in a string selection would never be upsampled: it is refused."""
+    items = [{"__key__": "a"}, {"__key__": "b"}, {"__key__": 7}]
+    with pytest.raises(TypeError, match="holds str keys, but the stream's key is 7"):
+        list(USEFULIterableDataset(items, ["a", "b"]))
+    with pytest.raises(TypeError, match="holds int keys, but the stream's key is 'c'"):
+        list(USEFULIterableDataset([{"__key__": 1}, {"__key__": "c"}], [1]))
+    numpy_ints = [{"__key__": np.int64(i)} for i in range(4)]  # normalized, then looked up
+    assert len(list(USEFULIterableDataset(numpy_ints, [1, 2]))) == 6
+
+
+class EpochRows(IterableDataset):
+    """A stream whose items carry the epoch its own ``set_epoch`` last received, split by
+    worker (a Hugging Face stream reshuffles by that epoch)."""
+
+    def __init__(self, keys):
+        self.keys, self.epoch = list(keys), 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        for i in _split(len(self.keys)):
+            yield {"__key__": self.keys[i], "epoch": self.epoch}
+
+
+def _loader_epochs(ds, epochs, **loader_kwargs):
+    """The keys (and epochs the stream saw) of each epoch, through one DataLoader."""
+    loader = DataLoader(ds, batch_size=5, **loader_kwargs)
+    out = []
+    for epoch in epochs:
+        ds.set_epoch(epoch)
+        pairs = (zip(b["__key__"], b["epoch"], strict=True) for b in loader)
+        out.append([(k, int(e)) for batch in pairs for k, e in batch])
+    return out
+
+
+def test_set_epoch_reaches_persistent_workers():
+    keys = [f"k{i}" for i in range(60)]
+    fresh = [
+        _loader_epochs(USEFULIterableDataset(EpochRows(keys), keys[::4], buffer_size=8), [e],
+                       num_workers=2)[0]
+        for e in (0, 1, 2)
+    ]  # fmt: skip
+    ds = USEFULIterableDataset(EpochRows(keys), keys[::4], buffer_size=8)
+    persistent = _loader_epochs(ds, [0, 1, 2], num_workers=2, persistent_workers=True)
+    assert persistent == fresh  # the delays and the stream's own epoch, in every worker
+    assert {e for _, e in persistent[2]} == {2} and persistent[1] != persistent[2]
+
+
+def _passes(keys, chosen, count, **kwargs):
+    """The items of ``count`` single passes, epochs 0, 1, ..., of one process."""
+    out = []
+    for epoch in range(count):
+        ds = USEFULIterableDataset(Plain(keys), chosen, **kwargs)
+        ds.set_epoch(epoch)
+        out += [item["__key__"] for item in ds]
+    return out
+
+
+@pytest.mark.parametrize("epoch_length", [7, 25, 30, 64])
+def test_epoch_length_continues_over_passes_exactly(epoch_length):
+    """Each epoch yields exactly epoch_length items; over epochs, a process's items are its
+    passes 0, 1, 2, ... back to back, each the upsampled multiset of its part."""
+    keys = [f"k{i}" for i in range(20)]
+    chosen = keys[::2]  # 20 + 10 = 30 items a pass
+    ds = USEFULIterableDataset(Plain(keys), chosen, buffer_size=4, epoch_length=epoch_length)
+    epochs = []
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        epochs.append([item["__key__"] for item in ds])
+    assert [len(e) for e in epochs] == [epoch_length] * 6
+    flat = [k for e in epochs for k in e]
+    passes = _passes(keys, chosen, 13, buffer_size=4)
+    assert flat == passes[: len(flat)]
+    whole = len(flat) // 30 * 30
+    assert collections.Counter(flat[:whole]) == collections.Counter(
+        {k: (2 if k in chosen else 1) * (whole // 30) for k in keys}
+    )
+
+
+@pytest.mark.parametrize(
+    "loader_kwargs",
+    [{"num_workers": 0}, {"num_workers": 2}, {"num_workers": 2, "persistent_workers": True}],
+)
+def test_epoch_length_is_per_rank_and_shared_by_its_workers(loader_kwargs):
+    keys = [f"k{i}" for i in range(40)]
+    ds = USEFULIterableDataset(
+        EpochRows(keys), keys[:30:3], buffer_size=4, epoch_length=23
+    )  # 40 + 10 a pass, not a multiple of 23
+    epochs = _loader_epochs(ds, range(5), **loader_kwargs)
+    assert [len(e) for e in epochs] == [23] * 5
+    per_worker: dict[int, list[str]] = collections.defaultdict(list)
+    workers = loader_kwargs["num_workers"] or 1
+    for e in epochs:
+        for k, _ in e:  # worker w's part: the keys k{i} with i % workers == w
+            per_worker[int(k[1:]) % workers].append(k)
+    # every worker continues its own passes over its own part, never restarting early
+    for w, got in per_worker.items():
+        part = [keys[i] for i in range(w, 40, workers)]
+        chosen = [k for k in keys[:30:3] if k in part]
+        complete = len(got) // (len(part) + len(chosen)) * (len(part) + len(chosen))
+        assert complete > 0
+        assert collections.Counter(got[:complete]) == collections.Counter(
+            {k: (2 if k in chosen else 1) * complete // (len(part) + len(chosen)) for k in part}
+        )
+
+
+@pytest.mark.filterwarnings("ignore:.*never appeared:RuntimeWarning")
+def test_epoch_length_refuses_a_process_without_a_part():
+    ds = USEFULIterableDataset(Plain([]), ["a"], epoch_length=3)
+    with pytest.raises(RuntimeError, match="every process needs a part of the stream"):
+        list(ds)
+    with pytest.raises(ValueError, match="epoch_length should be an integer >= 1"):
+        USEFULIterableDataset(Plain(["a"]), ["a"], epoch_length=0)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("epoch_length", [None, 27])
+def test_stateful_dataloader_resumes_mid_epoch_exactly(num_workers, epoch_length):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    keys = [f"k{i}" for i in range(40)]
+
+    def make():
+        ds = USEFULIterableDataset(
+            EpochRows(keys), keys[::3], buffer_size=6, seed=1, epoch_length=epoch_length
+        )
+        return StatefulDataLoader(ds, batch_size=4, num_workers=num_workers), ds
+
+    def keys_of(batches):
+        return [k for b in batches for k in b["__key__"]]
+
+    loader, ds = make()
+    ds.set_epoch(0)
+    first = keys_of(loader)  # epoch 0, whole
+    ds.set_epoch(1)
+    whole = keys_of(loader)  # epoch 1, whole: what the resumed run must reproduce
+
+    loader, ds = make()
+    ds.set_epoch(0)
+    keys_of(loader)
+    ds.set_epoch(1)
+    it = iter(loader)
+    head = keys_of(next(it) for _ in range(3))
+    state = loader.state_dict()  # the job stops here
+    resumed, ds = make()
+    resumed.load_state_dict(state)
+    tail = keys_of(resumed)
+    assert head + tail == whole and whole != first
+    if epoch_length is not None:
+        assert len(whole) == epoch_length
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_stream_pass_of_a_cuda_model_selects_what_the_cpu_one_does():
+    x, y, _ = _rows()
+    kwargs = {"progress": False, "backend": "sklearn", "batch_size": 16}
+    on_cpu = find_slow_learnable(_identity_model(), Rows(x, y, KEYS), **kwargs)
+    on_gpu = find_slow_learnable(_identity_model().cuda(), Rows(x, y, KEYS), **kwargs)
+    assert on_gpu.fingerprint == on_cpu.fingerprint
+    assert np.array_equal(on_gpu.mask, on_cpu.mask) and np.array_equal(on_gpu.keys, on_cpu.keys)
+
+
 # --- 2 ranks x 2 workers --------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -498,14 +664,100 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class BadItem(Exception):
+    """A user's own exception type, raised while reading the stream."""
+
+
+class FailsOnRank1(IterableDataset):
+    """Rows, except that on rank 1 the third item raises ``error`` (rank 1 stays alive)."""
+
+    def __init__(self, rows: Rows, error: Exception) -> None:
+        self.rows, self.error = rows, error
+
+    def __iter__(self):
+        for n, item in enumerate(self.rows):
+            if n == 2 and int(os.environ["RANK"]) == 1:
+                raise self.error
+            yield item
+
+
+def _check_stream_failures(rank: int, x, y) -> None:
+    for error in (
+        ValueError("item 3 is bad"),
+        TypeError("item 3 is bad"),
+        RuntimeError("item 3 is bad"),
+        BadItem("item 3 is bad"),
+    ):
+        start = time.monotonic()
+        with pytest.raises(type(error), match="item 3 is bad") as raised:
+            find_slow_learnable(
+                _identity_model(), FailsOnRank1(Rows(x, y, KEYS), error), progress=False
+            )
+        assert time.monotonic() - start < 30  # not the process group's timeout
+        if rank == 0:
+            assert f"failed on rank 1 with {type(error).__name__}" in str(raised.value)
+
+
+def _check_ddp_epochs(x, y) -> None:
+    """A DDP-wrapped model trained 3 epochs on a stream whose selected keys all lie in rank
+    0's part: a pass is 120 items there and 60 on rank 1, so one pass per epoch would hang
+    DDP; with epoch_length both ranks run the same steps, and stay in sync."""
+    chosen = [k for i, k in enumerate(KEYS) if i % 4 < 2]  # rank 0's part (2 workers)
+    plain = USEFULIterableDataset(Rows(x, y, KEYS), chosen)
+    sizes = _gathered(sum(len(b["label"]) for b in DataLoader(plain, 8, num_workers=2)))
+    assert sizes == [120, 60]  # what would make the ranks' step counts differ
+    selection_size = len(KEYS) + len(chosen)  # N + |S| over both ranks
+    ds = USEFULIterableDataset(
+        Rows(x, y, KEYS), chosen, epoch_length=selection_size // 2, buffer_size=16
+    )
+    loader = DataLoader(ds, batch_size=8, num_workers=2, persistent_workers=True)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps, items = 0, collections.Counter()
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for batch in loader:
+            loss = torch.nn.functional.cross_entropy(model(batch["x"]), batch["label"])
+            optimizer.zero_grad()
+            loss.backward()  # an all-reduce: a rank with a step more would wait forever
+            optimizer.step()
+            steps += 1
+            items.update(batch["__key__"])
+    assert _gathered(steps) == [steps, steps] and sum(items.values()) == 3 * 90
+    weights = _gathered(model.module.weight.detach().numpy().tobytes())
+    assert weights[0] == weights[1]
+    # each worker yielded 135 items: complete passes of its part (60 items a pass on rank 0,
+    # 30 on rank 1), then a prefix of the next one
+    passes = 2 if dist.get_rank() == 0 else 4
+    assert len(items) == 60  # every key of the rank's part
+    for key, count in items.items():
+        copies = 2 if key in chosen else 1
+        assert passes * copies <= count <= (passes + 1) * copies
+
+
+def _gathered(value):
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def _rank(rank: int, port: int, folder: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", OMP_NUM_THREADS="1")  # as torchrun sets
     mp.set_start_method("fork", force=True)  # DataLoader workers: fork, not a fresh interpreter
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=60),  # a hang fails the test, not stalls it
+    )
     from datasets.distributed import split_dataset_by_node
 
     try:
         x, y, truth = _rows()
+        _check_stream_failures(rank, x, y)
+        _check_ddp_epochs(x, y)
         paths = sorted(str(p) for p in Path(folder).glob("shard-*.tar"))
         chosen = [KEYS[i] for i in np.flatnonzero(truth)]
         ids = np.arange(len(KEYS))
@@ -539,7 +791,7 @@ def _rank(rank: int, port: int, folder: str) -> None:
         result["selected"] = sorted(sel.keys[sel.mask].tolist())
         result["fingerprint"] = sel.fingerprint
         repeats_on_rank1 = Rows(x, y, KEYS, order=[0, 1, 2, 3, 4, 1])  # rank 1: 1, 3, 1
-        with pytest.raises(ValueError, match="on rank 1: key 'ex0001' appeared twice"):
+        with pytest.raises(ValueError, match="key 'ex0001' appeared twice"):
             find_slow_learnable(_identity_model(), repeats_on_rank1, progress=False)  # no hang
         with pytest.raises(ValueError, match="seen by more than one rank"):
             find_slow_learnable(_identity_model(), Rows(x, y, KEYS, split=False), progress=False)

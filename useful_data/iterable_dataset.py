@@ -18,6 +18,27 @@ stream, which splits its shards by worker and rank itself (WebDataset's ``split_
 torch ``IterableDataset``), and upsamples exactly what it sees. So the union over workers and
 ranks is the ``USEFULDataset`` multiset whenever the splits of the wrapped stream partition it.
 
+**Equal epochs under DDP.** Ranks whose parts of a stream differ in length would run
+different numbers of steps, and a DDP-wrapped model then hangs at the epoch's end. With
+``epoch_length=n`` every rank yields exactly ``n`` items an epoch (its DataLoader workers share
+them: worker ``w`` of ``W`` yields ``n // W``, plus one if ``w < n % W``), so with the same
+``batch_size`` and ``num_workers`` on every rank all ranks run the same number of steps. Each
+process (rank, or worker of a rank) takes its items from its endless sequence of passes over
+its part, pass ``p`` upsampled with the delays of epoch ``p``, and every epoch continues where
+the last one stopped. So, exactly: the items a process yields over its first ``E`` epochs are
+the first ``E q`` items (``q`` its share of ``n``) of passes ``0, 1, 2, ...`` of its part;
+every complete pass is the multiset of `USEFULDataset` on that part (every example once,
+every selected one ``k`` times), and whatever ends an epoch mid-pass is yielded at the start
+of the next epoch. One complete pass of every process together is the whole stream's
+upsampled multiset, where the stream splits into the same parts every epoch.
+
+**Resuming mid-epoch.** ``state_dict()`` / ``load_state_dict()`` hold where this process is:
+the epoch, the pass, the items of that pass already yielded and of this epoch. torchdata's
+``StatefulDataLoader`` saves them per worker and restores them; a restored pass is rebuilt by
+reading the stream again up to that point (the stream must give its items in the same order
+for the same epoch), so the resumed epoch yields exactly the items the interrupted one had
+left.
+
 Conventions: ``N`` examples, ``S`` the selected (slow-learnable) ones, ``k`` the
 ``upsample_factor``.
 """
@@ -25,6 +46,7 @@ Conventions: ``N`` examples, ``S`` the selected (slow-learnable) ones, ``k`` the
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 import random
 import warnings
@@ -33,9 +55,11 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from useful_data._checks import check_positive_int, check_seed, check_upsample_factor
+from useful_data._comm import get_rank, get_world_size
 from useful_data._keys import (
     DEFAULT_KEY,
     Key,
@@ -47,12 +71,14 @@ from useful_data._keys import (
     keys_array,
     read_key,
 )
-from useful_data.distributed import get_rank, get_world_size
 from useful_data.selection import Selection
 
 __all__ = ["USEFULIterableDataset"]
 
 T_co = TypeVar("T_co", covariant=True)
+
+#: DataLoader workers per process whose positions survive between epochs (``epoch_length``).
+_MAX_WORKERS = 256
 
 
 def _selected_keys(
@@ -112,9 +138,15 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
         seed: Seed of the delays; each epoch, rank and worker draws its own
             (``set_epoch``). The output is deterministic given the stream's order.
         transform: Applied to every yielded item, original or copy (e.g. augmentation).
+        epoch_length: Items each rank yields per epoch, continuing over passes (see the
+            module docstring); ``None`` (default): one pass per epoch, as long as the rank's
+            part. Under DDP pass ``selection.upsampled_size // world_size``, the same on
+            every rank, with the same ``num_workers`` (and ``persistent_workers=True``, or a
+            fresh worker re-reads its pass up to where the last epoch stopped).
 
     Raises:
-        TypeError: for a selection without keys, keys of mixed kinds, or a bad ``key``.
+        TypeError: for a selection without keys, keys of mixed kinds, a bad ``key``, or (while
+            iterating) a stream key of the other kind than the selection's.
         ValueError: for a repeated selected key or bad numbers.
 
     Example:
@@ -138,6 +170,7 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
         buffer_size: int = 1024,
         seed: int = 0,
         transform: Callable[[Any], Any] | None = None,
+        epoch_length: int | None = None,
     ) -> None:
         if not isinstance(dataset, Iterable):
             raise TypeError(
@@ -176,10 +209,29 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
         self.seed = check_seed("seed", seed)
         self.transform = transform
         self.selection = sel
-        self.epoch = 0
+        self.epoch_length = (
+            None if epoch_length is None else check_positive_int("epoch_length", epoch_length)
+        )
         self._table = table
         self._num_selected = len(keys)
         self._kind = key_kind(keys[0].item()) if len(keys) else None
+        # In shared memory, so that DataLoader workers (persistent ones too) see what the main
+        # process sets: [0] the epoch; 1 + 2w and 2 + 2w: the pass worker w is in and the
+        # items of it yielded, when its last epoch ended (epoch_length).
+        self._shared = torch.zeros(1 + 2 * _MAX_WORKERS, dtype=torch.int64).share_memory_()
+        self._live: dict[int, tuple[int, int, Iterator[T_co]]] = {}  # this process's passes
+        self._position = [0, 0, 0, 0]  # epoch, pass, items of the pass, items of the epoch
+        self._resume: dict[str, int] | None = None
+
+    @property
+    def epoch(self) -> int:
+        """The epoch set by `set_epoch` (0 before), seen by every DataLoader worker."""
+        return int(self._shared[0])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_live"] = {}  # suspended passes stay in the process that runs them
+        return state
 
     @property
     def num_slow_learnable(self) -> int:
@@ -188,11 +240,35 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
 
     def set_epoch(self, epoch: int) -> None:
         """Draw other delays this epoch; passed on to the wrapped stream if it has
-        ``set_epoch`` (a Hugging Face ``IterableDataset`` reshuffles with it)."""
-        self.epoch = check_positive_int("epoch", epoch, minimum=0)
+        ``set_epoch`` (a Hugging Face ``IterableDataset`` reshuffles with it), here and, when
+        an epoch starts, in every DataLoader worker (persistent ones too)."""
+        self._shared[0] = check_positive_int("epoch", epoch, minimum=0)
         inner = getattr(self.dataset, "set_epoch", None)
         if callable(inner):
             inner(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this process is: ``epoch``, ``pass``, ``offset`` (items of the pass yielded)
+        and ``taken`` (items of the epoch yielded); for torchdata's ``StatefulDataLoader``."""
+        epoch, pass_number, offset, taken = self._position
+        return {"epoch": epoch, "pass": pass_number, "offset": offset, "taken": taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume where `state_dict` was taken: the next iteration reads the stream again up
+        to that point (not yielding it) and goes on from there.
+
+        Raises:
+            ValueError: for a state without the four non-negative integers.
+        """
+        fields = ("epoch", "pass", "offset", "taken")
+        if not isinstance(state, dict) or set(state) != set(fields):
+            raise ValueError(
+                f"state should be a dict with the fields {fields} (from state_dict()), "
+                f"but got {state!r}"
+            )
+        resume = {f: check_positive_int(f"state[{f!r}]", state[f], minimum=0) for f in fields}
+        self._shared[0] = resume["epoch"]
+        self._resume = resume
 
     def _split(self) -> tuple[bool, str]:
         """Whether this pass is one part of a split stream, and this process's name."""
@@ -204,8 +280,64 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
         return info is not None or world > 1, f"{rank}:{worker}"
 
     def __iter__(self) -> Iterator[T_co]:
-        items = self._upsampled()
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if worker >= _MAX_WORKERS:
+            raise ValueError(
+                f"USEFULIterableDataset supports up to {_MAX_WORKERS} DataLoader workers, "
+                f"but got num_workers={num_workers}"
+            )
+        inner = getattr(self.dataset, "set_epoch", None)
+        if info is not None and callable(inner):  # this worker's copy of the stream
+            inner(self.epoch)
+        items = self._epoch(worker, num_workers)
         return items if self.transform is None else map(self.transform, items)
+
+    def _epoch(self, worker: int, num_workers: int) -> Iterator[T_co]:
+        """This process's items of one epoch: one pass, or its share of ``epoch_length``
+        continuing its sequence of passes; ``self._position`` follows every item."""
+        slot = 1 + 2 * worker
+        resume, self._resume = self._resume, None
+        quota = None
+        if self.epoch_length is not None:
+            quota = self.epoch_length // num_workers + (worker < self.epoch_length % num_workers)
+        if resume is not None:
+            epoch, pass_number = resume["epoch"], resume["pass"]
+            offset, taken = resume["offset"], resume["taken"]
+        elif quota is None:
+            epoch, pass_number, offset, taken = self.epoch, self.epoch, 0, 0
+        else:
+            epoch, taken = self.epoch, 0
+            pass_number, offset = int(self._shared[slot]), int(self._shared[slot + 1])
+        position = self._position = [epoch, pass_number, offset, taken]
+        live = self._live.pop(worker, None)
+        if live is not None and live[:2] == (pass_number, offset):
+            items = live[2]  # this process stopped there last epoch: go on
+        else:
+            items = self._pass(pass_number)
+            for _ in itertools.islice(items, offset):  # rebuild the pass up to there
+                pass
+        while quota is None or position[3] < quota:
+            for item in items:
+                position[2] += 1
+                position[3] += 1
+                yield item
+                if position[3] == quota:
+                    break
+            else:  # the pass ended
+                if quota is None:
+                    return
+                if position[2] == 0:
+                    raise RuntimeError(
+                        f"with epoch_length={self.epoch_length}, every process needs a "
+                        f"part of the stream, but {self._split()[1]} (rank:worker) got none: "
+                        "give the stream at least as many shards as ranks x workers"
+                    )
+                position[1] += 1
+                position[2] = 0
+                items = self._pass(position[1])
+        self._shared[slot], self._shared[slot + 1] = position[1], position[2]
+        self._live[worker] = (position[1], position[2], items)
 
     def _key(self, item: Any) -> Key:
         """``read_key`` with the kind checked against the selection's."""
@@ -217,25 +349,30 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
             )
         return k
 
-    def _upsampled(self) -> Iterator[T_co]:
+    def _pass(self, pass_number: int) -> Iterator[T_co]:
+        """One pass over this process's part of the stream, upsampled with the delays of
+        epoch ``pass_number``."""
         split, where = self._split()
         # str seeds are hashed with SHA-512: the same on every run and platform
-        draw = random.Random(f"useful-data:{self.seed}:{self.epoch}:{where}").random
+        draw = random.Random(f"useful-data:{self.seed}:{pass_number}:{where}").random
         copies, buffer_size = self.upsample_factor - 1, self.buffer_size
         field = self.key if isinstance(self.key, str) else None
         view, mask, slot_of = self._table._view, self._table.capacity - 1, self._table.slot
         seen = bytearray(self._table.capacity)  # 1 at the slot of each selected key seen
         pending: list[tuple[int, int, Any]] = []  # copies: (due position, tie-breaker, item)
+        # a key of this exact type needs no check; any other is normalized and its kind
+        # checked against the selection's (`_key`), for every item
+        plain = {"str": str, "int": int, None: None}[self._kind]
         position = order = repeats = 0
         for item in self.dataset:
-            if position == 0 or field is None:
-                k = self._key(item)  # the first item's key kind is checked, and functions
+            if field is None:
+                k = self._key(item)
             else:  # the hot path: a dict lookup, the full check only when it fails
                 try:
                     k = item[field]  # type: ignore[index]
                 except (KeyError, TypeError, IndexError):
                     k = self._key(item)
-                if type(k) is not str and type(k) is not int:
+                if type(k) is not plain:
                     k = self._key(item)
             position += 1
             while pending and pending[0][0] < position:  # due after d items, not d - 1

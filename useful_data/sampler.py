@@ -47,8 +47,8 @@ from useful_data._checks import (
     check_positive_int,
     check_upsample_factor,
 )
+from useful_data._comm import get_rank, get_world_size
 from useful_data.dataset import upsampled_index_map
-from useful_data.distributed import get_rank, get_world_size
 from useful_data.selection import SelectionLike, resolve_selection
 
 __all__ = ["UpsampleSampler"]

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, IterableDataset
 
+from useful_data._batches import model_device
 from useful_data._checks import (
     as_numpy,
     check_outputs,
@@ -35,13 +36,12 @@ from useful_data._checks import (
     check_upsample_factor,
 )
 from useful_data._cluster import KMeans2, check_backend
+from useful_data._comm import resolve_distributed
+from useful_data._deprecation import moved_names
+from useful_data._sharded import collect_outputs_sharded, select_across_ranks
+from useful_data._streaming import stream_outputs, with_keys
 from useful_data._targets import dataset_targets
-from useful_data.collect import collect_outputs, model_device
-from useful_data.distributed import (
-    collect_outputs_sharded,
-    resolve_distributed,
-    select_across_ranks,
-)
+from useful_data.collect import collect_outputs
 from useful_data.selection import WEAK_SEPARATION_AUC, Selection, dataset_fingerprint
 from useful_data.strategies import (
     STRATEGIES,
@@ -50,7 +50,7 @@ from useful_data.strategies import (
     select_random_like,
 )
 
-__all__ = ["find_slow_learnable", "select_from_logits"]
+__all__ = ["find_slow_learnable"]
 
 logger = logging.getLogger(__name__)
 
@@ -205,40 +205,38 @@ def find_slow_learnable(
     check_backend(backend)  # an unknown or unusable backend fails before the forward pass
     upsample_factor = check_upsample_factor(upsample_factor)
     sharded = resolve_distributed(distributed)
-    if (model is None) == (logits is None):
-        raise TypeError(
-            "find_slow_learnable needs exactly one source of outputs: either a model and a "
-            "dataset, find_slow_learnable(model, dataset), or precomputed outputs, "
-            "find_slow_learnable(logits=..., targets=...)"
-        )
+    stream, max_examples = _check_sources(model, dataset, logits, key, max_examples)
+    keys: np.ndarray | None = None  # a stream's keys, row for row
     if model is not None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"model should be a torch.nn.Module, but got {type(model).__name__}; "
-                "for precomputed outputs pass logits=... and targets=..."
-            )
-        if dataset is None:
-            raise TypeError("find_slow_learnable(model, dataset) needs a dataset")
         device = torch.device(device) if device is not None else model_device(model)
-        collect: Callable[..., tuple[Any, ...]] = _outputs_from_model
-        keys: list[np.ndarray] = []  # a stream's keys, row for row
-        if isinstance(dataset, IterableDataset):  # a stream: its examples are named by key
-            from useful_data.streaming import stream_outputs
-
-            collect = functools.partial(stream_outputs, key=key, max_examples=max_examples)
-        logits, targets, *keys = collect(
-            model,
-            dataset,
-            eval_dataset=eval_dataset,
-            targets=targets,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            device=device,
-            autocast_dtype=autocast_dtype,
-            channels_last=channels_last,
-            progress=progress,
-            sharded=sharded,
-        )
+        collect_kwargs: dict[str, Any] = {
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+            "device": device,
+            "autocast_dtype": autocast_dtype,
+            "channels_last": channels_last,
+            "progress": progress,
+        }
+        if stream:  # its examples are named by key
+            logits, targets, keys = stream_outputs(
+                model,
+                dataset,  # type: ignore[arg-type]
+                key=key,
+                max_examples=max_examples,
+                eval_dataset=eval_dataset,
+                targets=targets,
+                sharded=sharded,
+                **collect_kwargs,
+            )
+        else:
+            logits, targets = _dataset_outputs(
+                model,
+                dataset,  # type: ignore[arg-type]
+                eval_dataset=eval_dataset,
+                targets=targets,
+                sharded=sharded,
+                **collect_kwargs,
+            )
     elif targets is None:
         if dataset is None:
             raise TypeError("logits= needs targets= (or a dataset exposing .targets)")
@@ -250,7 +248,7 @@ def find_slow_learnable(
     if logits is None or targets is None:  # narrowing for type checkers
         raise TypeError("find_slow_learnable needs both outputs and targets")
     select = functools.partial(
-        select_from_logits,
+        _select_from_logits,
         features=features,
         n_init=n_init,
         seed=seed,
@@ -263,11 +261,46 @@ def find_slow_learnable(
         selection = select_across_ranks(select, logits, targets)
     else:
         selection = select(logits, targets)
-    if model is not None and isinstance(dataset, IterableDataset):
-        from useful_data.streaming import with_keys
-
-        return with_keys(selection, keys[0], key)
+    _warn_if_doubtful(selection)  # on the whole selection: the same on every rank
+    if keys is not None:
+        return with_keys(selection, keys, key)
     return _record_dataset_labels(selection, dataset)
+
+
+def _check_sources(
+    model: Any, dataset: Any, logits: Any, key: Any, max_examples: Any
+) -> tuple[bool, int | None]:
+    """Check where the outputs come from; whether they come from a stream, and the bound.
+
+    Raises:
+        TypeError: for no source or two, a model that is not a module, or one without data.
+        ValueError: for ``key=`` or ``max_examples=`` without a stream, or a bad bound.
+    """
+    if max_examples is not None:
+        max_examples = check_positive_int("max_examples", max_examples)
+    if (model is None) == (logits is None):
+        raise TypeError(
+            "find_slow_learnable needs exactly one source of outputs: either a model and a "
+            "dataset, find_slow_learnable(model, dataset), or precomputed outputs, "
+            "find_slow_learnable(logits=..., targets=...)"
+        )
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model should be a torch.nn.Module, but got {type(model).__name__}; "
+            "for precomputed outputs pass logits=... and targets=..."
+        )
+    if model is not None and dataset is None:
+        raise TypeError("find_slow_learnable(model, dataset) needs a dataset")
+    stream = model is not None and isinstance(dataset, IterableDataset)
+    for name, value in (("key", key), ("max_examples", max_examples)):
+        if value is not None and not stream:
+            raise ValueError(
+                f"{name}= applies to a stream (an IterableDataset passed with a model) only, "
+                f"but got {name}={value!r} with "
+                + ("logits=" if logits is not None else "a map-style dataset")
+                + f"; drop {name}= (examples are then addressed by position)"
+            )
+    return stream, max_examples
 
 
 def _record_dataset_labels(selection: Selection, dataset: Dataset[Any] | None) -> Selection:
@@ -304,7 +337,7 @@ def _check_strategy(strategy: str) -> None:
         raise ValueError(f"strategy should be one of {STRATEGIES}, but got strategy={strategy!r}")
 
 
-def _outputs_from_model(
+def _dataset_outputs(
     model: nn.Module,
     dataset: Dataset[Any],
     *,
@@ -313,6 +346,8 @@ def _outputs_from_model(
     sharded: bool = False,
     **collect_kwargs: Any,
 ) -> tuple[torch.Tensor, np.ndarray]:
+    """The map-style path: the outputs on ``eval_dataset`` (else ``dataset``), sharded
+    across ranks where ``sharded``, and the labels, checked against what the datasets expose."""
     source = dataset if eval_dataset is None else eval_dataset
     n = check_sized("dataset", dataset)
     if eval_dataset is not None and check_sized("eval_dataset", eval_dataset) != n:
@@ -370,7 +405,7 @@ def _check_same_targets(expected: np.ndarray, other: np.ndarray | None, what: st
         )
 
 
-def select_from_logits(
+def _select_from_logits(
     logits: np.ndarray | torch.Tensor,
     targets: np.ndarray | torch.Tensor,
     *,
@@ -390,7 +425,7 @@ def select_from_logits(
     _check_strategy(strategy)
     seed = check_seed("seed", seed)
     logits_np, targets_np = check_outputs(logits, targets)
-    num_examples, num_classes = logits_np.shape
+    num_classes = logits_np.shape[1]
 
     logits_t = torch.from_numpy(logits_np)
     loss = F.cross_entropy(logits_t, torch.from_numpy(targets_np), reduction="none").numpy()
@@ -410,10 +445,40 @@ def select_from_logits(
         )
 
     kmeans = KMeans2(backend, n_init=n_init, seed=seed, device=_cluster_device(device, logits))
+    mask, unsplit = _split_classes(kmeans, feats, loss, targets_np)
+    if strategy == "random":  # k-means' count per class, drawn uniformly (Figure 6 baseline)
+        mask = select_random_like(mask, targets_np, seed=seed)
+    params = {
+        "strategy": strategy,
+        "features": features,
+        "n_init": n_init,
+        "seed": int(seed),
+        "backend": kmeans.backend,
+        "num_classes": int(num_classes),
+    }
+    return Selection(
+        mask=mask,
+        loss=loss,
+        targets=targets_np,
+        upsample_factor=upsample_factor,
+        params=params,
+        unsplit=unsplit,
+    )
+
+
+def _split_classes(
+    kmeans: KMeans2, feats: np.ndarray, loss: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Algorithm 1 on every class: 2-means on its features, the higher-loss cluster selected.
+
+    Returns:
+        The ``(N,)`` mask of slow-learnable examples, and the classes left unsplit with why.
+    """
+    num_examples = len(targets)
     mask = np.zeros(num_examples, dtype=bool)
     unsplit: dict[int, str] = {}
-    order = np.argsort(targets_np, kind="stable")
-    labels, starts = np.unique(targets_np[order], return_index=True)
+    order = np.argsort(targets, kind="stable")
+    labels, starts = np.unique(targets[order], return_index=True)
     bounds = [*starts.tolist(), num_examples]
     to_split: list[tuple[int, np.ndarray]] = []
     for label, start, stop in zip(labels.tolist(), bounds[:-1], bounds[1:], strict=True):
@@ -438,7 +503,16 @@ def select_from_logits(
             continue
         slow = in_one if mean_one > mean_zero else ~in_one
         mask[members[slow]] = True
+    return mask, unsplit
 
+
+def _warn_if_doubtful(selection: Selection) -> None:
+    """Warn about classes left unsplit and a weak separation, from the whole selection.
+
+    Called once per call of `find_slow_learnable`, on the selection of all classes (under
+    ``torch.distributed``: after the ranks' classes are merged), so every rank warns alike.
+    """
+    unsplit = selection.unsplit
     for why, (message, hint) in _UNSPLIT_WARNINGS.items():
         which = [c for c, reason in unsplit.items() if reason == why]
         if which:
@@ -450,25 +524,7 @@ def select_from_logits(
             )
     if unsplit:
         logger.info("classes not split: %s", unsplit)
-    if strategy == "random":  # k-means' count per class, drawn uniformly (Figure 6 baseline)
-        mask = select_random_like(mask, targets_np, seed=seed)
-    params = {
-        "strategy": strategy,
-        "features": features,
-        "n_init": n_init,
-        "seed": int(seed),
-        "backend": kmeans.backend,
-        "num_classes": int(num_classes),
-    }
-    selection = Selection(
-        mask=mask,
-        loss=loss,
-        targets=targets_np,
-        upsample_factor=upsample_factor,
-        params=params,
-        unsplit=unsplit,
-    )
-    if strategy == "kmeans":
+    if selection.params.get("strategy") == "kmeans":
         separation = selection.separation
         # Nothing split at all is warned about above (identical outputs, one cluster, equal
         # mean loss) or is a set of single-example classes.
@@ -482,4 +538,9 @@ def select_from_logits(
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return selection
+
+
+# 1.0 made the per-class step private: call find_slow_learnable(logits=..., targets=...)
+__getattr__ = moved_names(
+    __name__, {"select_from_logits": "useful_data.slow_learnable:_select_from_logits"}
+)

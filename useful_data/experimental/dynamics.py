@@ -75,8 +75,8 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from useful_data._checks import as_numpy, check_upsample_factor
+from useful_data._comm import all_gather_equal, comm_device, resolve_distributed
 from useful_data._targets import dataset_targets
-from useful_data.distributed import _all_gather_equal, _comm_device, resolve_distributed
 from useful_data.selection import Selection, SelectionLike, resolve_selection
 
 __all__ = ["IndexedDataset", "TrainingDynamics", "select_from_dynamics"]
@@ -552,17 +552,17 @@ def _check_record(fields: Mapping[str, np.ndarray], epochs: int, classes: int | 
 
 def _gather_rows(local: torch.Tensor) -> torch.Tensor:
     """All-gather every rank's ``(n_r, 4)`` rows, rank-major, padded to the longest."""
-    device = _comm_device()
+    device = comm_device()
     world = dist.get_world_size()
     size = torch.tensor([local.shape[0]], dtype=torch.int64, device=device)
     sizes = torch.empty(world, dtype=torch.int64, device=device)
-    _all_gather_equal(sizes, size, None)
+    all_gather_equal(sizes, size, None)
     counts = sizes.cpu().tolist()
     longest = max(counts)
     padded = torch.zeros((longest, _COLUMNS), dtype=torch.float64, device=device)
     padded[: local.shape[0]].copy_(local)
     gathered = torch.empty((world * longest, _COLUMNS), dtype=torch.float64, device=device)
-    _all_gather_equal(gathered, padded, None)
+    all_gather_equal(gathered, padded, None)
     parts = gathered.view(world, longest, _COLUMNS)
     return torch.cat([parts[r, : counts[r]] for r in range(world)]).cpu()
 
