@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from useful_data import UpsampleSampler, find_slow_learnable
 from useful_data.dynamics import DYNAMICS_STRATEGIES, TrainingDynamics, select_from_dynamics
-from useful_data.strategies import select_random_like
+from useful_data.strategies import _select_random_like as select_random_like
 from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
 
 STRATEGIES = ("kmeans", *DYNAMICS_STRATEGIES)

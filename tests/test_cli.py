@@ -198,8 +198,8 @@ def stub_select(monkeypatch, tmp_path):
         seen["find"] = kwargs
         raise SystemExit(0)
 
-    monkeypatch.setattr("useful_data.timm.create_timm_model", model)
-    monkeypatch.setattr("useful_data.timm.create_eval_dataset", dataset)
+    monkeypatch.setattr("useful_data.timm._create_timm_model", model)
+    monkeypatch.setattr("useful_data.timm._create_eval_dataset", dataset)
     monkeypatch.setattr(slow_learnable, "find_slow_learnable", find)
     return seen
 
@@ -329,7 +329,7 @@ def test_select_reports_a_type_error_cleanly(stub_select, monkeypatch, tmp_path,
     def bad(*args, **kwargs):
         raise TypeError("dataset items should be tensors")
 
-    monkeypatch.setattr("useful_data.timm.create_eval_dataset", bad)
+    monkeypatch.setattr("useful_data.timm._create_eval_dataset", bad)
     assert main(_argv(tmp_path)) == 1
     assert capsys.readouterr().err.startswith("useful-data select: error:")
 

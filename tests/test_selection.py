@@ -8,7 +8,8 @@ import pytest
 from conftest import two_blob_logits
 
 from useful_data import Selection, find_slow_learnable
-from useful_data.selection import dataset_fingerprint, resolve_selection
+from useful_data.selection import _dataset_fingerprint as dataset_fingerprint
+from useful_data.selection import _resolve_selection as resolve_selection
 
 
 @pytest.fixture

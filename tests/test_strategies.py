@@ -11,13 +11,11 @@ from conftest import two_blob_logits
 
 from useful_data import Selection, find_slow_learnable
 from useful_data.slow_learnable import select_from_logits
-from useful_data.strategies import (
-    STRATEGIES,
-    loss_weights,
-    select_loss_quantile,
-    select_misclassified,
-    select_random_like,
-)
+from useful_data.strategies import _STRATEGIES as STRATEGIES
+from useful_data.strategies import _select_loss_quantile as select_loss_quantile
+from useful_data.strategies import _select_misclassified as select_misclassified
+from useful_data.strategies import _select_random_like as select_random_like
+from useful_data.strategies import loss_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from useful_data._checks import check_logits_dtype, check_positive_int, check_sized
+from useful_data._progress import tqdm
 from useful_data._targets import split_batch
 
 __all__ = ["collect_outputs", "default_batch_size", "model_device"]

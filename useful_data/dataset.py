@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from useful_data._checks import check_sized, check_upsample_factor, check_upsampled_size
 from useful_data._targets import dataset_targets
-from useful_data.selection import SelectionLike, resolve_selection
+from useful_data.selection import SelectionLike, _resolve_selection
 
 __all__ = ["USEFULDataset"]
 
@@ -98,7 +98,7 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         upsample_factor: int | None = None,
     ) -> None:
         num_examples = check_sized("dataset", dataset)
-        mask, sel = resolve_selection(selection, num_examples)
+        mask, sel = _resolve_selection(selection, num_examples)
         if upsample_factor is None:
             upsample_factor = sel.upsample_factor if sel is not None else 2
         k = check_upsample_factor(upsample_factor)

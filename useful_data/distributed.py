@@ -40,7 +40,8 @@ from torch.utils.data import Dataset, Subset
 
 from useful_data._checks import check_outputs, check_positive_int
 from useful_data.collect import collect_outputs, default_batch_size, model_device
-from useful_data.selection import Selection, dataset_fingerprint
+from useful_data.selection import Selection
+from useful_data.selection import _dataset_fingerprint as dataset_fingerprint
 
 __all__ = [
     "assign_classes",

@@ -76,7 +76,8 @@ from torch.utils.data import Dataset
 from useful_data._checks import as_numpy, check_upsample_factor
 from useful_data._targets import dataset_targets
 from useful_data.distributed import _all_gather_equal, _comm_device, resolve_distributed
-from useful_data.selection import Selection, SelectionLike, resolve_selection
+from useful_data.selection import Selection, SelectionLike
+from useful_data.selection import _resolve_selection as resolve_selection
 
 __all__ = [
     "DYNAMICS_STRATEGIES",

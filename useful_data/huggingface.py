@@ -63,7 +63,8 @@ from useful_data._checks import check_positive_int
 from useful_data._targets import dataset_targets
 from useful_data.dynamics import IndexedDataset, TrainingDynamics
 from useful_data.sampler import UpsampleSampler
-from useful_data.selection import Selection, dataset_fingerprint
+from useful_data.selection import Selection
+from useful_data.selection import _dataset_fingerprint as dataset_fingerprint
 from useful_data.separating_epoch import SeparatingEpoch
 from useful_data.slow_learnable import find_slow_learnable
 

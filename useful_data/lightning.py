@@ -70,7 +70,9 @@ from useful_data.dynamics import (
     select_from_dynamics,
 )
 from useful_data.sampler import UpsampleSampler
-from useful_data.selection import Selection, SelectionLike, dataset_fingerprint, resolve_selection
+from useful_data.selection import Selection, SelectionLike
+from useful_data.selection import _dataset_fingerprint as dataset_fingerprint
+from useful_data.selection import _resolve_selection as resolve_selection
 from useful_data.separating_epoch import SeparatingEpoch
 from useful_data.slow_learnable import find_slow_learnable
 

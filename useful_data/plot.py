@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import Dataset
 
 from useful_data._checks import check_positive_int
+from useful_data._deprecation import moved_names
 from useful_data._targets import INPUT_KEYS
 from useful_data.selection import Selection
 
-__all__ = ["plot_selection", "to_image_array"]
+__all__ = ["plot_selection"]
 
 
 def _pyplot() -> Any:
@@ -34,14 +35,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def to_image_array(image: Any) -> np.ndarray:
+def _to_image_array(image: Any) -> np.ndarray:
     """Turn a PIL image, an ``(H, W[, C])`` array or a ``(C, H, W)`` tensor into ``(H, W, 3)``.
 
     Values are rescaled to ``[0, 1]`` (min-max per image), so normalised tensors display.
 
     Example:
         >>> import torch
-        >>> to_image_array(torch.zeros(3, 4, 5)).shape
+        >>> _to_image_array(torch.zeros(3, 4, 5)).shape
         (4, 5, 3)
     """
     if isinstance(image, torch.Tensor):
@@ -182,9 +183,12 @@ def plot_selection(
                     for spine in axis.spines.values():
                         spine.set_visible(False)
                     if j < picked.size:
-                        axis.imshow(to_image_array(_image_of(dataset[int(picked[j])])))
+                        axis.imshow(_to_image_array(_image_of(dataset[int(picked[j])])))
             axes[r, 0].set_ylabel(name(label), rotation=0, ha="right", va="center")
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
     return fig
+
+
+__getattr__ = moved_names(__name__, {"to_image_array": "useful_data.plot:_to_image_array"})

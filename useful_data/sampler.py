@@ -45,7 +45,8 @@ from useful_data._checks import (
 from useful_data._frameworks import sharding_framework
 from useful_data.dataset import upsampled_index_map
 from useful_data.distributed import get_rank, get_world_size
-from useful_data.selection import SelectionLike, resolve_selection
+from useful_data.selection import SelectionLike
+from useful_data.selection import _resolve_selection as resolve_selection
 
 __all__ = ["UpsampleSampler"]
 

@@ -42,13 +42,11 @@ from useful_data.distributed import (
     resolve_distributed,
     select_across_ranks,
 )
-from useful_data.selection import WEAK_SEPARATION_AUC, Selection, dataset_fingerprint
-from useful_data.strategies import (
-    STRATEGIES,
-    select_loss_quantile,
-    select_misclassified,
-    select_random_like,
-)
+from useful_data.selection import Selection, _dataset_fingerprint, _exposed_labels
+from useful_data.strategies import _STRATEGIES as STRATEGIES
+from useful_data.strategies import _select_loss_quantile as select_loss_quantile
+from useful_data.strategies import _select_misclassified as select_misclassified
+from useful_data.strategies import _select_random_like as select_random_like
 
 __all__ = ["find_slow_learnable", "select_from_logits"]
 
@@ -263,6 +261,8 @@ def find_slow_learnable(
         selection = select_across_ranks(select, logits, targets)
     else:
         selection = select(logits, targets)
+    for message in selection.diagnose():  # over the global selection, once
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     if model is not None and isinstance(dataset, IterableDataset):
         from useful_data.streaming import with_keys
 
@@ -275,16 +275,10 @@ def _record_dataset_labels(selection: Selection, dataset: Dataset[Any] | None) -
     not the labels it was computed with (``targets=`` given for a ``target_transform``)."""
     if dataset is None:
         return selection
-    num_examples = check_sized("dataset", dataset)
-    if num_examples != selection.num_examples:
-        raise ValueError(
-            f"dataset should hold the {selection.num_examples} examples the outputs are of, "
-            f"but it has {num_examples}"
-        )
-    exposed = dataset_targets(dataset)
+    exposed = _exposed_labels(selection, dataset, name="the selection")
     if exposed is None or selection.fits(exposed):
         return selection
-    return dataclasses.replace(selection, data_fingerprint=dataset_fingerprint(exposed))
+    return dataclasses.replace(selection, data_fingerprint=_dataset_fingerprint(exposed))
 
 
 def _cluster_device(
@@ -468,18 +462,4 @@ def select_from_logits(
         params=params,
         unsplit=unsplit,
     )
-    if strategy == "kmeans":
-        separation = selection.separation
-        # Nothing split at all is warned about above (identical outputs, one cluster, equal
-        # mean loss) or is a set of single-example classes.
-        if separation.weak and separation.num_classes_split:
-            warnings.warn(
-                f"the slow-learnable clusters are weakly separated by loss (ROC-AUC "
-                f"{separation.auc:.3f} < {WEAK_SEPARATION_AUC}, mean-loss gap "
-                f"{separation.loss_gap:.3g}), so the selection is close to random upsampling; "
-                "try another separating epoch (see useful_data.separating_epoch) and check "
-                "selection.class_summary()",
-                RuntimeWarning,
-                stacklevel=3,
-            )
     return selection

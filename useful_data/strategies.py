@@ -33,18 +33,13 @@ from __future__ import annotations
 import numpy as np
 
 from useful_data._checks import check_upsample_factor
+from useful_data._deprecation import moved_names
 from useful_data.selection import Selection
 
-__all__ = [
-    "STRATEGIES",
-    "loss_weights",
-    "select_loss_quantile",
-    "select_misclassified",
-    "select_random_like",
-]
+__all__ = ["loss_weights"]
 
 #: Names accepted by ``find_slow_learnable(..., strategy=...)``.
-STRATEGIES = ("kmeans", "misclassified", "loss_quantile", "random")
+_STRATEGIES = ("kmeans", "misclassified", "loss_quantile", "random")
 
 
 def _per_example(name: str, values: np.ndarray, targets: np.ndarray) -> None:
@@ -56,7 +51,7 @@ def _per_example(name: str, values: np.ndarray, targets: np.ndarray) -> None:
         )
 
 
-def select_misclassified(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def _select_misclassified(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Mask of the examples whose arg-max prediction differs from their label (JTT-style).
 
     Ties go to the lowest column, as in ``np.argmax``.
@@ -74,7 +69,7 @@ def select_misclassified(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     Example:
         >>> import numpy as np
         >>> logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
-        >>> select_misclassified(logits, np.array([0, 0, 1])).tolist()
+        >>> _select_misclassified(logits, np.array([0, 0, 1])).tolist()
         [False, True, True]
     """
     logits, targets = np.asarray(logits), np.asarray(targets)
@@ -86,7 +81,7 @@ def select_misclassified(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return logits.argmax(axis=1) != targets
 
 
-def select_loss_quantile(
+def _select_loss_quantile(
     loss: np.ndarray, targets: np.ndarray, *, quantile: float = 0.5
 ) -> np.ndarray:
     """Mask of the examples whose loss is strictly above their class's loss quantile.
@@ -111,7 +106,7 @@ def select_loss_quantile(
     Example:
         >>> import numpy as np
         >>> loss = np.array([0.1, 0.9, 0.5, 2.0, 0.2, 0.3])
-        >>> select_loss_quantile(loss, np.array([0, 0, 0, 1, 1, 1])).tolist()
+        >>> _select_loss_quantile(loss, np.array([0, 0, 0, 1, 1, 1])).tolist()
         [False, True, False, True, False, False]
     """
     if not 0.0 <= quantile < 1.0:
@@ -127,7 +122,7 @@ def select_loss_quantile(
     return mask
 
 
-def select_random_like(reference: np.ndarray, targets: np.ndarray, *, seed: int = 0) -> np.ndarray:
+def _select_random_like(reference: np.ndarray, targets: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """A random mask with the same number of selected examples *per class* as ``reference``.
 
     Drawing per class (stratified) keeps the class balance of the upsampled set identical to
@@ -149,7 +144,7 @@ def select_random_like(reference: np.ndarray, targets: np.ndarray, *, seed: int 
         >>> import numpy as np
         >>> ref = np.array([True, True, False, False, True, False])
         >>> targets = np.array([0, 0, 0, 0, 1, 1])
-        >>> draw = select_random_like(ref, targets, seed=0)
+        >>> draw = _select_random_like(ref, targets, seed=0)
         >>> int(draw[targets == 0].sum()), int(draw[targets == 1].sum())
         (2, 1)
     """
@@ -201,3 +196,15 @@ def loss_weights(selection: Selection, upsample_factor: int | None = None) -> np
     weights = np.ones(selection.num_examples, dtype=np.float32)
     weights[selection.mask] = float(factor)
     return weights
+
+
+# Private since 1.0: a strategy is chosen with find_slow_learnable(strategy=...).
+__getattr__ = moved_names(
+    __name__,
+    {
+        "STRATEGIES": "useful_data.strategies:_STRATEGIES",
+        "select_loss_quantile": "useful_data.strategies:_select_loss_quantile",
+        "select_misclassified": "useful_data.strategies:_select_misclassified",
+        "select_random_like": "useful_data.strategies:_select_random_like",
+    },
+)
