@@ -253,3 +253,36 @@ def test_plot_grid_puts_slow_examples_left_and_caps_classes():
     assert len(grid) == 2  # one class, one slow and one fast image
     left = min(grid, key=lambda ax: ax.get_position().x0)
     np.testing.assert_allclose(left.get_images()[0].get_array()[0, :, 0], [0.0, 1.0])
+
+
+def test_the_grid_png_shows_slow_examples_left_and_fast_ones_right(tmp_path):
+    """Issue 26.6: the picture, checked by its pixels. Slow-learnable examples are light
+    images, the rest dark ones; the grid's left half must be light, its right half dark
+    (a per-image rescaling would turn both into the same grey noise)."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from useful_data.plot import plot_selection
+
+    g = torch.Generator().manual_seed(0)
+    targets = np.arange(40) % 2
+    mask = np.arange(40) < 16
+    data = [
+        (torch.full((3, 8, 8), 0.8 if m else 0.2) + 0.01 * torch.rand(3, 8, 8, generator=g), t)
+        for m, t in zip(mask, targets.tolist(), strict=True)
+    ]
+    sel = Selection(mask=mask, loss=np.where(mask, 1.0, 0.1), targets=targets)
+    path = tmp_path / "grid.png"
+    plot_selection(sel, data, path, num_per_class=3)
+    pixels = imread(path)[:, :, :3]
+    height, width = pixels.shape[:2]
+    assert (height, width) == (500, 640)  # figsize (6.4, 5.0) at 100 dpi: 2 rows + the bars
+    # the image cells: pixels whose channels are equal and that are neither white nor black
+    cells = (np.ptp(pixels, axis=2) < 0.02) & (pixels.mean(axis=2) > 0.1)
+    cells &= pixels.mean(axis=2) < 0.95
+    top = cells[: int(0.45 * height)]
+    left, right = top[:, : width // 2], top[:, width // 2 :]
+    light = pixels[: int(0.45 * height), : width // 2][left].mean()
+    dark = pixels[: int(0.45 * height), width // 2 :][right].mean()
+    assert left.sum() > 2000 and right.sum() > 2000  # 6 cells per side were drawn
+    assert light == pytest.approx(0.8, abs=0.03) and dark == pytest.approx(0.2, abs=0.03)
