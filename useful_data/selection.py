@@ -614,7 +614,7 @@ class Selection:
             >>> sel = Selection(mask=np.arange(100) < 60, loss=np.linspace(0.1, 0.2, 100)[::-1],
             ...                 targets=np.zeros(100, dtype=int))
             >>> for message in sel.diagnose():
-            ...     print(message[:50])
+            ...     print(message[:49])
             60 of 100 examples (60.0%) are selected, outside
         """
         n = self.num_examples
