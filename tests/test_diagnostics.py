@@ -286,3 +286,13 @@ def test_the_grid_png_shows_slow_examples_left_and_fast_ones_right(tmp_path):
     dark = pixels[: int(0.45 * height), width // 2 :][right].mean()
     assert left.sum() > 2000 and right.sum() > 2000  # 6 cells per side were drawn
     assert light == pytest.approx(0.8, abs=0.03) and dark == pytest.approx(0.2, abs=0.03)
+
+
+def test_noise_logits_over_ten_classes_are_flagged_too():
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(2000, 10, generator=g), torch.randint(0, 10, (2000,), generator=g)
+    with pytest.warns(RuntimeWarning, match="looks untrained: its mean loss"):
+        sel = find_slow_learnable(logits=logits, targets=targets, backend="torch")
+    assert any("close to ln(10)" in m for m in sel.diagnose())
+    learned, labels, _ = two_blob_logits(num_classes=10, slow_fraction=0.3)
+    assert find_slow_learnable(logits=learned, targets=labels, backend="torch").diagnose() == []

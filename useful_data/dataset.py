@@ -231,7 +231,7 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         return (
             f"USEFULDataset(num_examples={len(self.slow_learnable_mask)}, "
             f"num_slow_learnable={self.num_slow_learnable}, "
-            f"upsample_factor={self.upsample_factor}, length={len(self)}, "
+            f"upsample_factor={self.upsample_factor}, length={self.index_map.shape[0]}, "
             f"dataset={type(self.dataset).__name__})"
         )
 

@@ -91,6 +91,9 @@ _SELECTED_SHARE_RANGE = (0.05, 0.5)
 #: `Selection.diagnose` calls phase 1 unlearned when its training accuracy is at most chance
 #: (``1/C``) plus this share of the way from chance to 100% ...
 _CHANCE_MARGIN = 0.1
+#: ... or, with more than two classes (where the loss bounds the accuracy only loosely), its
+#: mean loss is at least this share of ``ln C``: predictions barely differ from uniform ...
+_UNIFORM_LOSS_SHARE = 0.95
 #: ... or one class holds at least this share of the selected examples (with at least
 #: ``_MIN_SELECTED_FOR_SHARE`` selected), and ``_SWALLOW_MARGIN`` more than its share of the data.
 _SWALLOW_SHARE = 0.8
@@ -598,11 +601,12 @@ class Selection:
         It flags:
 
         * a phase-1 model that has not learned: a training accuracy within 10% (of the way
-          to 100%) of chance, ``1/C``, or one class holding at least 80% of the selected
-          examples (at least 20 of them), 25 points more than its share of the data. The
-          accuracy is read from the loss: an example is counted as correct when its loss
-          is below ``ln C`` (exact for two classes, an upper bound for more, so a model
-          that learned is never called untrained);
+          to 100%) of chance, ``1/C``, read from the loss (an example counts as correct
+          when its loss is below ``ln C``: exact for two classes, an upper bound for more);
+          with more than two classes, also a mean loss of at least 95% of ``ln C``
+          (predictions barely differ from uniform); or one class holding at least 80% of
+          the selected examples (at least 20 of them), 25 points more than its share of
+          the data;
         * a selected share outside 5%-50% of the training set (the paper's is about 30%);
         * a weak split of a k-means selection: loss ROC-AUC below 0.7 (see `separation`).
 
@@ -626,7 +630,16 @@ class Selection:
         if isinstance(num_classes, int) and num_classes >= 2:
             chance = 1.0 / num_classes
             accuracy = float(np.mean(self.loss < np.log(num_classes)))
-            if accuracy <= chance + _CHANCE_MARGIN * (1.0 - chance):
+            mean_loss = float(self.loss.astype(np.float64).mean())
+            if num_classes > 2 and mean_loss >= _UNIFORM_LOSS_SHARE * np.log(num_classes):
+                messages.append(
+                    f"the phase-1 model looks untrained: its mean loss {mean_loss:.4f} is "
+                    f"close to ln({num_classes}) = {np.log(num_classes):.4f}, what predicting "
+                    "every class alike gives, so the selection reflects noise, not slow "
+                    "learning; train phase 1 until the training loss falls (check the "
+                    "learning rate and the labels) and pick the separating epoch after that"
+                )
+            elif accuracy <= chance + _CHANCE_MARGIN * (1.0 - chance):
                 bound = "" if num_classes == 2 else "at most "
                 messages.append(
                     f"the phase-1 model looks untrained: it classifies {bound}{accuracy:.1%} "
