@@ -186,9 +186,10 @@ def test_one_class_swallowing_the_selection_is_flagged_even_when_loss_is_low():
     mask[200:205] = True  # 90 of 95 selected from class 0, which holds half the data
     loss = np.where(mask, 1.0, 0.05).astype(np.float32)
     found = Selection(mask=mask, loss=loss, targets=targets).diagnose()
-    assert found == [
-        m for m in found if m.startswith("class 0 holds 90 of the 95 selected examples")
-    ] and len(found) == 1
+    assert (
+        found == [m for m in found if m.startswith("class 0 holds 90 of the 95 selected examples")]
+        and len(found) == 1
+    )
     balanced = mask.copy()
     balanced[200:260] = True  # 90 and 60: no class swallows the selection
     assert Selection(mask=balanced, loss=loss, targets=targets).diagnose() == []

@@ -256,10 +256,7 @@ def decode_keys(utf8: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     data = utf8.tobytes()
     bounds = offsets.tolist()
     try:
-        values = [
-            data[a:b].decode("utf-8", "surrogatepass")
-            for a, b in itertools.pairwise(bounds)
-        ]
+        values = [data[a:b].decode("utf-8", "surrogatepass") for a, b in itertools.pairwise(bounds)]
     except UnicodeDecodeError as err:
         raise ValueError(f"keys_utf8 holds a key that is not UTF-8 ({err})") from None
     strings = np.empty(len(values), dtype=object)

@@ -842,9 +842,9 @@ def _read_members(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     against the metadata before the member is read (see `Selection.load`)."""
     with zipfile.ZipFile(path) as archive:
         info = {}
-        for member in (*_REQUIRED, *_MEMBER_KINDS):
+        for name in (*_REQUIRED, *_MEMBER_KINDS):
             try:
-                info[member] = archive.getinfo(f"{member}.npy")
+                info[name] = archive.getinfo(f"{name}.npy")
             except KeyError:
                 continue
         missing = [m for m in _REQUIRED if m not in info]

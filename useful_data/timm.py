@@ -499,6 +499,7 @@ def with_sampler(loader: Any, sampler: Sampler[int]) -> Any:
     loader.loader = rebuilt
     return loader
 
+
 # Private since 1.0: the helpers of ``useful-data select``.
 __getattr__ = moved_names(
     __name__,
