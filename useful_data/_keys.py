@@ -198,6 +198,8 @@ def keys_array(keys: Iterable[Any], *, name: str = "keys") -> np.ndarray:
     if isinstance(keys, np.ndarray) and keys.ndim == 1:
         if keys.dtype.kind in "UT":
             return keys.astype(object)
+        if keys.dtype == object and all(type(k) is str for k in keys.tolist()):
+            return keys  # already a string keys_array (the common case: a Selection's own)
         if keys.dtype.kind == "i" or (keys.dtype.kind == "u" and keys.dtype.itemsize < 8):
             return keys.astype(np.int64)
     values = [normalize_key(k) for k in keys]
