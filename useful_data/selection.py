@@ -919,7 +919,7 @@ def _read_member(
         data = f.read(shape[0] * dtype.itemsize)
     if len(data) != shape[0] * dtype.itemsize:
         raise _Malformed(f"{name} ends before its declared size")
-    return np.frombuffer(data, dtype=dtype).copy()
+    return np.frombuffer(data, dtype=dtype)  # read-only; Selection copies what it keeps
 
 
 def _parse_meta(raw: np.ndarray) -> dict[str, Any]:
