@@ -862,7 +862,8 @@ def _read_members(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         length["keys_offsets"] = n + 1
         arrays = {m: (info[m], _MEMBER_KINDS[m], length[m]) for m in info if m != "meta"}
         for m, (member, kinds, size) in arrays.items():  # every header, before any body
-            _read_member(archive, member, m, kinds, size, header_only=True)
+            with archive.open(member) as f:
+                _check_member(f, member, m, kinds, size)
         bound = max(_MIN_BYTES_BOUND, _MAX_EXPANSION * path.stat().st_size)
         declared = sum(member.file_size for member, _, _ in arrays.values())
         if declared > bound:
@@ -880,46 +881,47 @@ def _read_members(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return meta, read
 
 
+def _check_member(
+    f: Any, info: zipfile.ZipInfo, name: str, kinds: str, length: int | None
+) -> tuple[int, np.dtype[Any]]:
+    """Read the ``.npy`` header at the start of the open member ``f`` and check that it
+    declares a 1-D array of ``length`` entries (any length if ``None``) of a dtype of one
+    of ``kinds`` that fills the member; return its entry count and dtype."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise _Malformed(f"{name} is an .npy of unknown version {version}")
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, _, dtype = read_header(f)
+    if (
+        len(shape) != 1
+        or (length is not None and shape[0] != length)
+        or dtype.kind not in kinds
+        or dtype.hasobject
+        or f.tell() + shape[0] * dtype.itemsize != info.file_size
+    ):
+        expected = "(N,)" if length is None else f"({length},)"
+        raise _Malformed(
+            f"{name} should be a {expected} array of a kind in {kinds!r} filling its "
+            f"member, but its header declares shape {shape} and dtype {dtype} in "
+            f"{info.file_size} bytes"
+        )
+    return int(shape[0]), dtype
+
+
 def _read_member(
-    archive: zipfile.ZipFile,
-    info: zipfile.ZipInfo,
-    name: str,
-    kinds: str,
-    length: int | None,
-    *,
-    header_only: bool = False,
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, kinds: str, length: int | None
 ) -> np.ndarray:
-    """Read the ``.npy`` member ``info`` once its header declares a 1-D array of ``length``
-    entries (any length if ``None``) of a dtype of one of ``kinds``, filling the member;
-    with ``header_only``, check the header and return an empty array."""
+    """The member ``info`` as a read-only array, its header checked first (`_check_member`)."""
     with archive.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise _Malformed(f"{name} is an .npy of unknown version {version}")
-        header = f.tell()
-        if (
-            len(shape) != 1
-            or (length is not None and shape[0] != length)
-            or dtype.kind not in kinds
-            or dtype.hasobject
-            or header + shape[0] * dtype.itemsize != info.file_size
-        ):
-            expected = "(N,)" if length is None else f"({length},)"
-            raise _Malformed(
-                f"{name} should be a {expected} array of a kind in {kinds!r} filling its "
-                f"member, but its header declares shape {shape} and dtype {dtype} in "
-                f"{info.file_size} bytes"
-            )
-        if header_only:
-            return np.empty(0, dtype=dtype)
-        data = f.read(shape[0] * dtype.itemsize)
-    if len(data) != shape[0] * dtype.itemsize:
+        count, dtype = _check_member(f, info, name, kinds, length)
+        data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
         raise _Malformed(f"{name} ends before its declared size")
-    return np.frombuffer(data, dtype=dtype)  # read-only; Selection copies what it keeps
+    return np.frombuffer(data, dtype=dtype)  # Selection copies what it keeps
 
 
 def _parse_meta(raw: np.ndarray) -> dict[str, Any]:
