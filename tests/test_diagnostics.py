@@ -297,3 +297,52 @@ def test_noise_logits_over_ten_classes_are_flagged_too():
     assert any("close to ln(10)" in m for m in sel.diagnose())
     learned, labels, _ = two_blob_logits(num_classes=10, slow_fraction=0.3)
     assert find_slow_learnable(logits=learned, targets=labels, backend="torch").diagnose() == []
+
+
+_TWO_RANKS = '''
+import json, sys, warnings
+import numpy as np
+import torch.distributed as dist
+from useful_data import find_slow_learnable
+
+dist.init_process_group("gloo")
+rng = np.random.default_rng(0)
+targets = np.repeat(np.arange(4), 100)
+logits = rng.normal(0.0, 1.0, size=(400, 4)).astype(np.float32)
+for c in (2, 3):  # classes 2 and 3: 60 slow-learnable examples each
+    members = np.flatnonzero(targets == c)
+    logits[members, c] += np.where(np.arange(100) < 60, 0.0, 6.0)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    sel = find_slow_learnable(logits=logits, targets=targets, distributed=True)
+found = [str(w.message) for w in caught if w.category is RuntimeWarning]
+every = [None] * 2
+dist.all_gather_object(every, {"warned": found, "diagnose": sel.diagnose()})
+if dist.get_rank() == 0:
+    with open(sys.argv[1], "w") as f:
+        json.dump(every, f)
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_the_diagnostics_under_ddp_are_those_of_the_global_selection(tmp_path):
+    """Issue 26.5: under DDP each rank clusters some classes; the warnings must describe the
+    whole selection (the same on every rank, and as one process computes them)."""
+    from _two_processes import run_two_processes
+
+    script = tmp_path / "two_ranks.py"
+    script.write_text(_TWO_RANKS)
+    ranks = run_two_processes(script, tmp_path / "out.json")
+    rng = np.random.default_rng(0)
+    targets = np.repeat(np.arange(4), 100)
+    logits = rng.normal(0.0, 1.0, size=(400, 4)).astype(np.float32)
+    for c in (2, 3):
+        members = np.flatnonzero(targets == c)
+        logits[members, c] += np.where(np.arange(100) < 60, 0.0, 6.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = find_slow_learnable(logits=logits, targets=targets).diagnose()
+    assert any(" of 400 examples" in m for m in alone)  # counted over all classes
+    for rank in ranks:
+        assert rank["warned"] == alone and rank["diagnose"] == alone
