@@ -432,7 +432,7 @@ def test_input_channels_come_from_the_training_run(tmp_path, capsys, monkeypatch
 
 
 def test_a_training_split_falls_back_to_the_folder_and_an_existing_split_is_used(tmp_path):
-    from useful_data.timm import check_split
+    from useful_data.timm import _check_split as check_split
 
     check_split("", tmp_path, "train")  # timm's fallback, as its train.py reads the folder
     (tmp_path / "validation").mkdir()
