@@ -42,9 +42,9 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from useful_data import UpsampleSampler, find_slow_learnable
+from useful_data._baselines import select_random_like
 from useful_data.experimental import TrainingDynamics, select_from_dynamics
 from useful_data.experimental.dynamics import _STRATEGIES as DYNAMICS_STRATEGIES
-from useful_data.strategies import select_random_like
 from useful_data.synthetic import ToyCNN, make_simplicity_bias_data
 
 STRATEGIES = ("kmeans", *DYNAMICS_STRATEGIES)

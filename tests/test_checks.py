@@ -11,8 +11,8 @@ from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
 from useful_data import find_slow_learnable
 from useful_data._checks import SEED_MAX, check_seed, is_integer_valued
+from useful_data._resolve import resolve_selection
 from useful_data._targets import dataset_targets, split_batch
-from useful_data.selection import resolve_selection
 
 
 def test_largest_seed_is_accepted():

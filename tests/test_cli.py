@@ -198,8 +198,8 @@ def stub_select(monkeypatch, tmp_path):
         seen["find"] = kwargs
         raise SystemExit(0)
 
-    monkeypatch.setattr("useful_data.timm.create_timm_model", model)
-    monkeypatch.setattr("useful_data.timm.create_eval_dataset", dataset)
+    monkeypatch.setattr("useful_data.timm._create_timm_model", model)
+    monkeypatch.setattr("useful_data.timm._create_eval_dataset", dataset)
     monkeypatch.setattr(slow_learnable, "find_slow_learnable", find)
     return seen
 
@@ -329,7 +329,7 @@ def test_select_reports_a_type_error_cleanly(stub_select, monkeypatch, tmp_path,
     def bad(*args, **kwargs):
         raise TypeError("dataset items should be tensors")
 
-    monkeypatch.setattr("useful_data.timm.create_eval_dataset", bad)
+    monkeypatch.setattr("useful_data.timm._create_eval_dataset", bad)
     assert main(_argv(tmp_path)) == 1
     assert capsys.readouterr().err.startswith("useful-data select: error:")
 
@@ -364,3 +364,34 @@ def test_inspect_prints_the_cost_relative_to_sgd(tmp_path, capsys):
     assert "--separating-epoch and --epochs go together" in capsys.readouterr().err
     assert main(["inspect", path, "--separating-epoch", "300", "--epochs", "200"]) == 1
     assert "separating_epoch=300" in capsys.readouterr().err
+
+
+def test_inspect_grid_png_shows_the_selected_images_left(tmp_path, capsys):
+    """Issue 26.6 through the command line: an image folder whose first 4 images per class
+    are light and selected, the other 6 dark; the PNG's grid is light left, dark right."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        folder = tmp_path / "images" / "train" / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(10):
+            level = 200.0 if i < 4 else 50.0
+            pixels = np.clip(rng.normal(level, 2.0, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    targets = np.repeat([0, 1], 10)  # the folder's order: class by class, files sorted
+    sel = Selection(mask=np.arange(20) % 10 < 4, loss=np.ones(20), targets=targets)
+    path = sel.save(tmp_path / "sel.npz")
+    grid = tmp_path / "grid.png"
+    argv = ["inspect", str(path), "--plot", str(grid), "--data-dir", str(tmp_path / "images"),
+            "--num-per-class", "3"]  # fmt: skip
+    assert main(argv) == 0
+    assert f"wrote {grid}" in capsys.readouterr().out
+    pixels = imread(grid)[:, :, :3]
+    top = pixels[: int(0.45 * pixels.shape[0])]
+    grey = (np.ptp(top, axis=2) < 0.05) & (top.mean(axis=2) > 0.1) & (top.mean(axis=2) < 0.95)
+    half = top.shape[1] // 2
+    light, dark = top[:, :half][grey[:, :half]].mean(), top[:, half:][grey[:, half:]].mean()
+    assert light == pytest.approx(200 / 255, abs=0.04) and dark == pytest.approx(50 / 255, abs=0.04)

@@ -247,3 +247,38 @@ def test_a_labels_attribute_that_is_not_per_example_is_passed_through():
     base = Named(torch.arange(5.0), torch.tensor([0, 0, 1, 1, 1]))
     ds = USEFULDataset(base, np.array([True, False, False, False, True]))
     assert ds.labels == ("cat", "dog")
+
+
+class _Growing(torch.utils.data.Dataset):
+    """A dataset whose examples a user appends to, or removes, after wrapping it."""
+
+    def __init__(self, n: int):
+        self.items = list(range(n))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.mark.parametrize(("change", "effect"), [(+3, "never be trained on"), (-3, "past its end")])
+def test_a_dataset_that_changes_length_after_wrapping_is_refused(change, effect):
+    base = _Growing(10)
+    ds = USEFULDataset(base, [0, 5])
+    assert len(ds) == 12
+    if change > 0:
+        base.items.extend(range(10, 10 + change))
+    else:
+        del base.items[change:]
+    message = f"had 10 examples when USEFULDataset wrapped it but has {10 + change} now.*{effect}"
+    with pytest.raises(RuntimeError, match=message):
+        len(ds)
+    with pytest.raises(RuntimeError, match=message):
+        ds[0]
+    with pytest.raises(RuntimeError, match=message):
+        ds.__getitems__([0, 1])
+    with pytest.raises(RuntimeError, match=message):  # at the start of an epoch
+        next(iter(DataLoader(ds, batch_size=4, shuffle=True)))
+    with pytest.raises(RuntimeError, match=message):
+        list(DataLoader(ds, batch_size=4))

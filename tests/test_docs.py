@@ -517,10 +517,10 @@ def _cli_commands() -> list[tuple[str, str]]:
 def test_cli_commands_in_the_docs_parse(page, command, capsys):
     import shlex
 
-    from useful_data.cli import build_parser
+    from useful_data.cli import _build_parser
 
     try:
-        build_parser().parse_args(shlex.split(command)[1:])
+        _build_parser().parse_args(shlex.split(command)[1:])
     except SystemExit as exit_info:  # --version and --help exit 0
         assert exit_info.code in (0, None), (
             f"docs/{page}: {command!r} is refused by useful-data's own parser:\n"

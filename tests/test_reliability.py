@@ -29,7 +29,7 @@ from useful_data import Selection, UpsampleSampler, USEFULDataset, find_slow_lea
 from useful_data.cli import main
 from useful_data.collect import collect_outputs
 from useful_data.distributed import save_on_rank0
-from useful_data.selection import dataset_fingerprint
+from useful_data.selection import _dataset_fingerprint as dataset_fingerprint
 
 # the models here are untrained: how well their selections separate is beside the point
 pytestmark = pytest.mark.filterwarnings("ignore:the slow-learnable clusters are weakly separated")
@@ -141,7 +141,7 @@ def test_logits_with_targets_and_dataset_record_the_datasets_labels():
     assert alone.data_fingerprint is None  # nothing known of the dataset: refused, and said
     with pytest.raises(ValueError, match="only if find_slow_learnable is given the dataset"):
         USEFULDataset(ds, alone)
-    with pytest.raises(ValueError, match="dataset should hold the 40 examples"):
+    with pytest.raises(ValueError, match="computed on 40 examples, but the dataset has 39"):
         find_slow_learnable(logits=logits, targets=labels, dataset=_shorter(ds))
 
 
@@ -195,9 +195,9 @@ def test_useful_data_select_writes_with_the_umasks_permissions(
 
     umask(0o027)
     torch.save({"state_dict": {}}, tmp_path / "c.pth.tar")
-    monkeypatch.setattr("useful_data.timm.create_timm_model", lambda *a, **k: nn.Linear(1, 2))
+    monkeypatch.setattr("useful_data.timm._create_timm_model", lambda *a, **k: nn.Linear(1, 2))
     monkeypatch.setattr(
-        "useful_data.timm.create_eval_dataset",
+        "useful_data.timm._create_eval_dataset",
         lambda *a, **k: TensorDataset(torch.zeros(6, 1), torch.arange(6) % 2),
     )
     monkeypatch.setattr(slow_learnable, "find_slow_learnable", lambda *a, **k: _selection())
@@ -368,8 +368,8 @@ def nothing_loaded(monkeypatch, tmp_path):
     def loaded(*args, **kwargs):
         raise AssertionError("the model or the data was loaded before the flags were checked")
 
-    monkeypatch.setattr("useful_data.timm.create_timm_model", loaded)
-    monkeypatch.setattr("useful_data.timm.create_eval_dataset", loaded)
+    monkeypatch.setattr("useful_data.timm._create_timm_model", loaded)
+    monkeypatch.setattr("useful_data.timm._create_eval_dataset", loaded)
 
 
 @pytest.mark.parametrize(
@@ -423,7 +423,7 @@ def test_input_channels_come_from_the_training_run(tmp_path, capsys, monkeypatch
         built.update(kwargs)
         raise SystemExit(0)  # stop once the model would be built
 
-    monkeypatch.setattr("useful_data.timm.create_timm_model", model)
+    monkeypatch.setattr("useful_data.timm._create_timm_model", model)
     assert main(_select_argv(tmp_path, "--input-size", "3", "32", "32")) == 1
     assert "--input-size C H W should have C=1" in _one_line_error(capsys, "select")
     with pytest.raises(SystemExit):
@@ -432,7 +432,7 @@ def test_input_channels_come_from_the_training_run(tmp_path, capsys, monkeypatch
 
 
 def test_a_training_split_falls_back_to_the_folder_and_an_existing_split_is_used(tmp_path):
-    from useful_data.timm import check_split
+    from useful_data.timm import _check_split as check_split
 
     check_split("", tmp_path, "train")  # timm's fallback, as its train.py reads the folder
     (tmp_path / "validation").mkdir()
@@ -459,7 +459,7 @@ def test_any_unexpected_error_is_one_line(tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("bogus")
 
-    monkeypatch.setattr("useful_data.timm.create_timm_model", broken)
+    monkeypatch.setattr("useful_data.timm._create_timm_model", broken)
     assert main(_select_argv(tmp_path)) == 1
     assert "KeyError: no such key 'bogus'" in _one_line_error(capsys, "select")
 
@@ -681,3 +681,172 @@ def test_selection_params_accept_numpy_scalars_and_string_label_keys():
     sel = _selection(params={"seed": np.int64(3), "tol": np.float32(0.5)}, unsplit={"1": "x"})
     assert sel.params == {"seed": 3, "tol": 0.5} and type(sel.params["seed"]) is int
     assert sel.unsplit == {1: "x"}
+
+
+# --- Issue 25 (round 3): bounded loads, keys stored exactly, orphan temporaries, ----------
+# --- non-finite losses, special files --------------------------------------------------
+
+
+def _bomb(path, *, declared: int, meta_examples: int, members: tuple[str, ...] = ("mask",)):
+    """A selection file whose ``members`` are deflated runs of zeros that declare
+    ``declared`` entries of their dtype, the other members as a real 6-example selection."""
+    sel = _selection()
+    fp = {**sel.fingerprint, "num_examples": meta_examples}
+    meta = np.frombuffer(_meta(fingerprint=fp).encode(), dtype=np.uint8)
+    arrays = {"mask": sel.mask, "loss": sel.loss, "targets": sel.targets, "meta": meta}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            if name not in members:
+                with archive.open(f"{name}.npy", "w") as f:
+                    np.lib.format.write_array(f, array)
+                continue
+            info = zipfile.ZipInfo(f"{name}.npy")
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as f:
+                header = {"descr": np.lib.format.dtype_to_descr(array.dtype),
+                          "fortran_order": False, "shape": (declared,)}  # fmt: skip
+                np.lib.format.write_array_header_1_0(f, header)
+                zeros, left = bytes(2**24), declared * array.dtype.itemsize
+                while left:
+                    f.write(zeros[: min(left, len(zeros))])
+                    left -= min(left, len(zeros))
+
+
+@pytest.mark.parametrize("member", ["mask", "loss", "targets"])
+def test_a_member_declaring_another_shape_is_refused_before_it_is_read(tmp_path, capsys, member):
+    import tracemalloc
+
+    path = tmp_path / "bomb.npz"
+    _bomb(path, declared=2**26, meta_examples=6, members=(member,))  # 64 Mi entries, < 1 MB
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=f"{member} should be a \\(6,\\) array"):
+            Selection.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**22  # nothing near the 64-512 MiB the member declares was allocated
+    assert main(["inspect", str(path)]) == 1
+    assert "declares shape (67108864,)" in _one_line_error(capsys, "inspect")
+
+
+def test_a_consistent_file_declaring_far_more_than_it_holds_is_refused(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "bomb.npz"
+    n = 2**25  # 416 MiB declared by a file of about 400 KiB
+    _bomb(path, declared=n, meta_examples=n, members=("mask", "loss", "targets"))
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"its arrays declare \d+ bytes, more than the"):
+            Selection.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**22
+
+
+def test_a_stream_selection_file_is_bounded_through_the_stream_wrapper_too(tmp_path):
+    from useful_data import USEFULIterableDataset
+
+    path = tmp_path / "bomb.npz"
+    _bomb(path, declared=2**26, meta_examples=6)
+    with pytest.raises(ValueError, match=r"mask should be a \(6,\) array"):
+        USEFULIterableDataset([], path)
+
+
+def _keyed(keys: list) -> Selection:
+    n = len(keys)
+    return Selection(mask=np.arange(n) % 2 == 0, loss=np.ones(n), targets=np.zeros(n, int),
+                     keys=keys)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["k1", "k1\x00", "\x00", ""],  # trailing NULs and the empty key are keys of their own
+        ["é", "日本", "🙂", "a\nb"],
+        ["lone \ud800 surrogate", "ok"],  # kept as Python keeps it (surrogatepass)
+        [0, -1, 2**63 - 1, -(2**63)],
+    ],
+)
+def test_keys_round_trip_exactly(tmp_path, keys):
+    sel = _keyed(keys)
+    assert sel.keys.tolist() == keys
+    loaded = Selection.load(sel.save(tmp_path / "k.npz"))
+    assert loaded.keys.tolist() == keys
+    assert loaded.fingerprint == sel.fingerprint
+
+
+def test_a_key_ending_in_nul_is_not_the_key_without_it():
+    sel = _keyed(["k1", "k1\x00"])  # numpy's <U dtype would make them collide
+    assert sel.fingerprint["num_examples"] == 2
+
+
+def test_a_long_key_costs_its_length_not_its_length_times_n(tmp_path):
+    keys = [f"k{i}" for i in range(19_999)] + ["x" * 50_000]
+    sel = _keyed(keys)
+    path = sel.save(tmp_path / "long.npz")
+    assert path.stat().st_size < 2**20  # <U50000 would be 4 GB
+    assert sel.keys.dtype == object
+    assert Selection.load(path).keys.tolist() == keys
+
+
+def test_a_file_with_keys_of_the_0x_format_still_loads(tmp_path):
+    keys = ["a", "bb", "ccc", "d", "e", "f"]
+    sel = _keyed(keys)
+    meta = _meta(fingerprint=sel.fingerprint)
+    path = tmp_path / "old.npz"
+    np.savez(path, mask=sel.mask, loss=sel.loss, targets=sel.targets,
+             meta=np.frombuffer(meta.encode(), dtype=np.uint8), keys=np.array(keys))  # fmt: skip
+    assert Selection.load(path).keys.tolist() == keys
+
+
+def test_bad_key_offsets_are_refused(tmp_path):
+    sel = _keyed(["a", "b", "c", "d", "e", "f"])
+    meta = _meta(fingerprint=sel.fingerprint)
+    path = tmp_path / "bad.npz"
+    np.savez(path, mask=sel.mask, loss=sel.loss, targets=sel.targets,
+             meta=np.frombuffer(meta.encode(), dtype=np.uint8),
+             keys_utf8=np.frombuffer(b"abcdef", dtype=np.uint8),
+             keys_offsets=np.array([0, 1, 2, 3, 5, 4, 6]))  # fmt: skip
+    with pytest.raises(ValueError, match="keys_offsets should be non-decreasing"):
+        Selection.load(path)
+
+
+def test_an_orphan_temporary_is_never_loaded_and_a_stale_one_is_removed(tmp_path):
+    path = _selection().save(tmp_path / "sel.npz")
+    stale = tmp_path / ".sel.npz.0123456789abcdef.tmp"  # a save killed before its rename
+    fresh = tmp_path / ".sel.npz.fedcba9876543210.tmp"  # perhaps a save in progress
+    other = tmp_path / ".other.npz.0123456789abcdef.tmp"
+    for tmp in (stale, fresh, other):
+        tmp.write_bytes(b"half a file")
+    old = os.stat(stale).st_mtime - 2 * 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    assert Selection.load(path).num_examples == 6  # the temporaries are not looked at
+    _selection(8).save(path)
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert Selection.load(path).num_examples == 8
+
+
+def test_a_non_finite_loss_is_refused_in_the_constructor_and_in_a_file(tmp_path):
+    with pytest.raises(ValueError, match="loss should be finite, but 6 of 6 values are NaN"):
+        _selection(loss=np.full(6, np.nan))
+    with pytest.raises(ValueError, match="1 of 6 values"):
+        _selection(loss=np.array([1, 1, 1, 1, 1, np.inf]))
+    sel = _selection()
+    path = tmp_path / "nan.npz"
+    np.savez(path, mask=sel.mask, loss=np.full(6, np.nan, dtype=np.float32),
+             targets=sel.targets, meta=np.frombuffer(_meta().encode(), np.uint8))  # fmt: skip
+    with pytest.raises(ValueError, match="is malformed: loss should be finite"):
+        Selection.load(path)
+
+
+def test_a_device_is_not_a_regular_file_and_is_not_called_missing(capsys):
+    with pytest.raises(ValueError, match="is not a regular file"):
+        Selection.load("/dev/zero")
+    assert main(["inspect", "/dev/zero"]) == 1
+    assert "not a regular file" in _one_line_error(capsys, "inspect")

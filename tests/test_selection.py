@@ -8,7 +8,8 @@ import pytest
 from conftest import two_blob_logits
 
 from useful_data import Selection, find_slow_learnable
-from useful_data.selection import dataset_fingerprint, resolve_selection
+from useful_data._resolve import resolve_selection
+from useful_data._targets import dataset_fingerprint
 
 
 @pytest.fixture
@@ -214,3 +215,39 @@ def test_relative_cost_is_phase1_share_plus_phase2_epoch_over_n():
 def test_relative_cost_rejects_bad_numbers(kwargs, error, match):
     with pytest.raises(error, match=match):
         _cost_selection(10, 2, 2).relative_cost(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("module", "old", "new"),
+    [
+        ("selection", "WEAK_SEPARATION_AUC", "_WEAK_SEPARATION_AUC"),
+        ("selection", "dataset_fingerprint", "useful_data._targets:dataset_fingerprint"),
+        ("selection", "loss_auc", "_loss_auc"),
+        ("selection", "resolve_selection", "useful_data._resolve:resolve_selection"),
+        ("strategies", "STRATEGIES", "useful_data._baselines:STRATEGIES"),
+        ("strategies", "select_loss_quantile", "useful_data._baselines:select_loss_quantile"),
+        ("strategies", "select_misclassified", "useful_data._baselines:select_misclassified"),
+        ("strategies", "select_random_like", "useful_data._baselines:select_random_like"),
+        ("timm", "INTERPOLATIONS", "_INTERPOLATIONS"),
+        ("timm", "check_model_name", "_check_model_name"),
+        ("timm", "check_split", "_check_split"),
+        ("timm", "checkpoint_data_config", "_checkpoint_data_config"),
+        ("timm", "create_eval_dataset", "_create_eval_dataset"),
+        ("timm", "create_timm_model", "_create_timm_model"),
+        ("timm", "extract_state_dict", "_extract_state_dict"),
+        ("plot", "to_image_array", "_to_image_array"),
+        ("cli", "build_parser", "_build_parser"),
+        ("cli", "format_summary", "_format_summary"),
+        ("cli", "format_cost", "_format_cost"),
+    ],
+)
+def test_names_made_private_in_1_0_still_import_with_a_warning(module, old, new):
+    import importlib
+
+    mod = importlib.import_module(f"useful_data.{module}")
+    assert old not in mod.__all__
+    target = new if ":" in new else f"useful_data.{module}:{new}"
+    with pytest.warns(DeprecationWarning, match=target):
+        found = getattr(mod, old)
+    where, _, name = target.partition(":")
+    assert found is getattr(importlib.import_module(where), name)

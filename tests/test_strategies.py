@@ -10,14 +10,14 @@ import torch
 from conftest import two_blob_logits
 
 from useful_data import Selection, find_slow_learnable
-from useful_data.slow_learnable import _select_from_logits as select_from_logits
-from useful_data.strategies import (
+from useful_data._baselines import (
     STRATEGIES,
-    loss_weights,
     select_loss_quantile,
     select_misclassified,
     select_random_like,
 )
+from useful_data.slow_learnable import _select_from_logits as select_from_logits
+from useful_data.strategies import loss_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 

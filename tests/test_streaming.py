@@ -218,7 +218,7 @@ def test_keyed_selection_saves_loads_and_fingerprints_by_key_set(tmp_path):
     # a file whose keys were swapped for others no longer matches its fingerprint
     with np.load(tmp_path / "s.npz") as data:
         arrays = {k: data[k] for k in data.files}
-    arrays["keys"] = np.array(["a", "b", "c", "x"])
+    arrays["keys_utf8"] = np.frombuffer(b"abcx", dtype=np.uint8)  # keys: UTF-8 + offsets
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match="corrupt"):
         Selection.load(tmp_path / "bad.npz")

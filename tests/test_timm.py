@@ -19,10 +19,10 @@ from timm.data import create_dataset, create_loader  # noqa: E402
 
 from useful_data import Selection, USEFULDataset  # noqa: E402
 from useful_data.timm import (  # noqa: E402
-    checkpoint_data_config,
-    create_eval_dataset,
-    create_timm_model,
-    extract_state_dict,
+    _checkpoint_data_config,
+    _create_eval_dataset,
+    _create_timm_model,
+    _extract_state_dict,
     load_timm_checkpoint,
 )
 
@@ -39,7 +39,7 @@ def image_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return create_timm_model(MODEL, num_classes=NUM_CLASSES)
+    return _create_timm_model(MODEL, num_classes=NUM_CLASSES)
 
 
 def save_timm_style(model, path, *, prefix="module.", ema=None):
@@ -72,28 +72,28 @@ def test_load_timm_checkpoint_strips_prefixes_and_reads_ema(model, tmp_path):
 def test_load_bare_state_dict_with_compile_prefix(model, tmp_path):
     path = tmp_path / "w.pth"
     torch.save({"_orig_mod.module." + k: v for k, v in model.state_dict().items()}, path)
-    fresh = create_timm_model(MODEL, num_classes=NUM_CLASSES, checkpoint=path)
+    fresh = _create_timm_model(MODEL, num_classes=NUM_CLASSES, checkpoint=path)
     assert torch.equal(fresh.state_dict()["fc.bias"], model.state_dict()["fc.bias"])
 
 
 def test_checkpoint_errors(model, tmp_path):
     path = save_timm_style(model, tmp_path / "c.pth.tar")
     with pytest.raises(ValueError, match="classifier with 3 classes but the model has 5"):
-        create_timm_model(MODEL, num_classes=5, checkpoint=path)
+        _create_timm_model(MODEL, num_classes=5, checkpoint=path)
     with pytest.raises(ValueError, match=r"does not fit the model.*missing key"):
-        create_timm_model("resnet18", num_classes=NUM_CLASSES, checkpoint=path)
+        _create_timm_model("resnet18", num_classes=NUM_CLASSES, checkpoint=path)
     with pytest.raises(ValueError, match="no EMA weights"):
-        create_timm_model(MODEL, num_classes=NUM_CLASSES, checkpoint=path, use_ema=True)
+        _create_timm_model(MODEL, num_classes=NUM_CLASSES, checkpoint=path, use_ema=True)
     with pytest.raises(FileNotFoundError, match="is not a file"):
-        create_timm_model(MODEL, num_classes=NUM_CLASSES, checkpoint=tmp_path / "nope.pth")
+        _create_timm_model(MODEL, num_classes=NUM_CLASSES, checkpoint=tmp_path / "nope.pth")
     with pytest.raises(ValueError, match="not a timm model name"):
-        create_timm_model("resnet_does_not_exist", num_classes=NUM_CLASSES)
+        _create_timm_model("resnet_does_not_exist", num_classes=NUM_CLASSES)
     with pytest.raises(ValueError, match="no model weights"):
-        extract_state_dict({"epoch": 3, "optimizer": {"lr": 0.1}})
+        _extract_state_dict({"epoch": 3, "optimizer": {"lr": 0.1}})
 
 
 def test_eval_dataset_uses_eval_transforms_and_timm_order(image_root, model):
-    ds = create_eval_dataset("", image_root, model=model, input_size=32)
+    ds = _create_eval_dataset("", image_root, model=model, input_size=32)
     assert len(ds) == NUM_CLASSES * PER_CLASS
     assert "RandomResizedCrop" not in repr(ds.transform)
     assert "CenterCrop" in repr(ds.transform)
@@ -112,9 +112,9 @@ def test_eval_dataset_uses_eval_transforms_and_timm_order(image_root, model):
 def test_eval_dataset_errors(tmp_path, model):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"could not build dataset|holds no examples"):
-        create_eval_dataset("", tmp_path / "empty", model=model)
+        _create_eval_dataset("", tmp_path / "empty", model=model)
     with pytest.raises(ValueError, match="is not a folder"):
-        create_eval_dataset("", tmp_path / "missing", model=model)
+        _create_eval_dataset("", tmp_path / "missing", model=model)
 
 
 @contextlib.contextmanager
@@ -251,7 +251,7 @@ def test_usefuldataset_from_saved_selection_matches_fingerprint(image_root, tmp_
 
 
 def test_timm_folder_labels_are_read_and_checked_without_loading_images(image_root, model):
-    ds = create_eval_dataset("", image_root, model=model, input_size=32)
+    ds = _create_eval_dataset("", image_root, model=model, input_size=32)
     selection = _selection_for(ds)
     assert len(USEFULDataset(ds, selection)) == len(ds) + selection.num_slow_learnable
     other = Selection(mask=selection.mask, loss=selection.loss, targets=selection.targets[::-1])
@@ -264,17 +264,17 @@ def test_checkpoint_data_config_and_eval_normalization(image_root, model, tmp_pa
     args = argparse.Namespace(input_size=[3, 24, 24], img_size=None, mean=(0.5, 0.4, 0.3))
     args.std, args.crop_pct, args.interpolation = (0.2, 0.2, 0.2), 0.9, "bilinear"
     torch.save({"state_dict": model.state_dict(), "args": args}, path)
-    config = checkpoint_data_config(path)
+    config = _checkpoint_data_config(path)
     assert config == {"input_size": (3, 24, 24), "crop_pct": 0.9, "mean": (0.5, 0.4, 0.3),
                       "std": (0.2, 0.2, 0.2), "interpolation": "bilinear"}  # fmt: skip
-    ds = create_eval_dataset("", image_root, model=model, **config)
+    ds = _create_eval_dataset("", image_root, model=model, **config)
     assert tuple(ds[0][0].shape) == (3, 24, 24)
     normalize = ds.transform.transforms[-1]
     assert tuple(normalize.mean.tolist()) == pytest.approx((0.5, 0.4, 0.3))
     torch.save(model.state_dict(), tmp_path / "bare.pth")  # no arguments saved
-    assert checkpoint_data_config(tmp_path / "bare.pth") == {}
+    assert _checkpoint_data_config(tmp_path / "bare.pth") == {}
     with pytest.raises(ValueError, match="one value per input channel"):
-        create_eval_dataset("", image_root, model=model, mean=(0.5, 0.5))
+        _create_eval_dataset("", image_root, model=model, mean=(0.5, 0.5))
 
 
 def test_inspect_plot_passes_class_names_and_defaults(monkeypatch, tmp_path):
@@ -302,12 +302,12 @@ def test_create_timm_model_returns_eval_mode(model):
 
 def test_extract_state_dict_reads_every_documented_key():
     """``model``/``model_ema`` too; ``state_dict`` wins over ``model``."""
-    from useful_data.timm import extract_state_dict
+    from useful_data.timm import _extract_state_dict
 
     a, b = torch.zeros(1), torch.ones(1)
-    assert list(extract_state_dict({"model": {"module.w": a}, "epoch": 1})) == ["w"]
-    assert list(extract_state_dict({"model_ema": {"w": a}}, use_ema=True)) == ["w"]
-    both = extract_state_dict({"state_dict": {"w": a}, "model": {"w": b}})
+    assert list(_extract_state_dict({"model": {"module.w": a}, "epoch": 1})) == ["w"]
+    assert list(_extract_state_dict({"model_ema": {"w": a}}, use_ema=True)) == ["w"]
+    both = _extract_state_dict({"state_dict": {"w": a}, "model": {"w": b}})
     assert torch.equal(both["w"], a)
 
 
@@ -327,29 +327,29 @@ def test_checkpoint_that_does_not_fit_is_a_value_error(model, tmp_path):
 
 def test_checkpoint_data_config_sizes_and_unset_values(model, tmp_path):
     """in_chans is used with img_size; input_size wins over img_size; unset args are left out."""
-    from useful_data.timm import checkpoint_data_config
+    from useful_data.timm import _checkpoint_data_config
 
     path = tmp_path / "a.pth.tar"
     args = argparse.Namespace(img_size=24, in_chans=1, input_size=None, crop_pct=None,
                               mean=None, std=None, interpolation="")  # fmt: skip
     torch.save({"state_dict": {}, "args": args}, path)
-    assert checkpoint_data_config(path) == {"input_size": (1, 24, 24)}
+    assert _checkpoint_data_config(path) == {"input_size": (1, 24, 24)}
     args = argparse.Namespace(img_size=32, input_size=[3, 20, 20])
     torch.save({"state_dict": {}, "args": args}, path)
-    assert checkpoint_data_config(path) == {"input_size": (3, 20, 20)}
+    assert _checkpoint_data_config(path) == {"input_size": (3, 20, 20)}
 
 
 def test_eval_dataset_uses_crop_pct_interpolation_and_checks_input_size(model, image_root):
     """crop_pct and interpolation reach the eval transform; input_size must be (C, H, W)."""
-    from useful_data.timm import create_eval_dataset
+    from useful_data.timm import _create_eval_dataset
 
-    ds = create_eval_dataset("", image_root, model=model, input_size=32, crop_pct=0.5,
+    ds = _create_eval_dataset("", image_root, model=model, input_size=32, crop_pct=0.5,
                              interpolation="bilinear")  # fmt: skip
     resize = ds.transform.transforms[0]  # 32 / crop_pct 0.5: resize to 64, crop the center 32
     assert resize.size in (64, [64], (64, 64))
     assert resize.interpolation.value == "bilinear"
     with pytest.raises(ValueError, match=r"input_size should be \(C, H, W\)"):
-        create_eval_dataset("", image_root, model=model, input_size=(32, 32))
+        _create_eval_dataset("", image_root, model=model, input_size=(32, 32))
 
 
 def test_eval_dataset_builds_torch_datasets_for_download_without_the_folder(
@@ -358,7 +358,7 @@ def test_eval_dataset_builds_torch_datasets_for_download_without_the_folder(
     """torch/ names with download=True may start from a missing folder; is_training=False."""
     import timm.data
 
-    from useful_data.timm import create_eval_dataset
+    from useful_data.timm import _create_eval_dataset
 
     seen = {}
 
@@ -367,5 +367,5 @@ def test_eval_dataset_builds_torch_datasets_for_download_without_the_folder(
         return TensorDataset(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
 
     monkeypatch.setattr(timm.data, "create_dataset", fake)
-    create_eval_dataset("torch/cifar10", tmp_path / "new", model=model, download=True)
+    _create_eval_dataset("torch/cifar10", tmp_path / "new", model=model, download=True)
     assert seen["is_training"] is False and seen["download"] is True

@@ -33,6 +33,7 @@ __all__ = [
     "check_upsampled_size",
     "indices_to_mask",
     "is_integer_valued",
+    "memory_bytes",
 ]
 
 #: The largest seed accepted: ``numpy.random.RandomState`` (scikit-learn's k-means) takes
@@ -150,7 +151,7 @@ def check_upsample_factor(upsample_factor: Any) -> int:
     return check_positive_int("upsample_factor", upsample_factor, minimum=1)
 
 
-def _memory_bytes() -> int:
+def memory_bytes() -> int:
     """The machine's physical memory in bytes (a very large number where unknown)."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -163,12 +164,12 @@ def check_upsampled_size(num_examples: int, num_slow_learnable: int, upsample_fa
     (8 bytes an entry) fits in this machine's memory, else raise a `ValueError` before
     anything is allocated. Call after `check_upsample_factor`."""
     size = num_examples + (upsample_factor - 1) * num_slow_learnable
-    if 8 * size > _memory_bytes():
+    if 8 * size > memory_bytes():
         raise ValueError(
             f"upsample_factor={upsample_factor} with {num_slow_learnable} slow-learnable of "
             f"{num_examples} examples makes an upsampled dataset of {size} entries, whose "
             f"index ({8 * size / 2**30:.3g} GiB) exceeds this machine's memory "
-            f"({_memory_bytes() / 2**30:.3g} GiB); use a smaller upsample_factor (the paper: 2)"
+            f"({memory_bytes() / 2**30:.3g} GiB); use a smaller upsample_factor (the paper: 2)"
         )
     return size
 

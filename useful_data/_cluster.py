@@ -102,12 +102,19 @@ def cuml_usable() -> bool:
 def resolve_backend(backend: str) -> str:
     """Map ``"auto" | "cuml" | "sklearn" | "torch"`` to the backend that will actually run.
 
-    ``"sklearn"`` and ``"torch"`` always run. ``"auto"`` picks cuML only where `cuml_usable`
+    ``"torch"`` always runs, ``"sklearn"`` where scikit-learn is installed (the ``sklearn``
+    extra; else an ``ImportError`` naming it). ``"auto"`` picks cuML only where `cuml_usable`
     (probed once per process), else ``"torch"`` (scikit-learn's k-means, batched); if cuML is
     installed but unusable it warns once. An explicit ``"cuml"`` that cannot run is an error.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend should be one of {BACKENDS}, but got backend={backend!r}")
+    if backend == "sklearn" and importlib.util.find_spec("sklearn") is None:
+        raise ImportError(
+            "backend='sklearn' (the CPU reference k-means) needs scikit-learn: "
+            "pip install 'useful-data[sklearn]'; backend='torch' gives the same clusters "
+            "without it"
+        )
     if backend in ("sklearn", "torch"):
         return backend
     reason = _cuml_probe()
@@ -125,9 +132,9 @@ def resolve_backend(backend: str) -> str:
 
 
 def check_backend(backend: str) -> None:
-    """Raise now if ``backend`` is unknown, or is ``"cuml"`` and cuML cannot run here (as
-    `resolve_backend` would later), so that a call fails before any expensive work."""
-    if backend not in BACKENDS or backend == "cuml":
+    """Raise now if ``backend`` is unknown, or is ``"cuml"`` or ``"sklearn"`` and cannot run
+    here (as `resolve_backend` would later), so that a call fails before any expensive work."""
+    if backend not in BACKENDS or backend in ("cuml", "sklearn"):
         resolve_backend(backend)
 
 

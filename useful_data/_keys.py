@@ -8,6 +8,12 @@ selection are of one kind.
 Keys are looked up through 64-bit hashes (BLAKE2b-64 of the UTF-8 text for strings,
 SplitMix64 of the two's-complement value for integers) in an open-addressing table of
 ``uint64`` with linear probing, at most half full: O(1) per lookup, 16 to 32 bytes per key.
+
+In memory, string keys are a numpy ``object`` array of Python strings (a fixed-width ``<U``
+array costs ``N`` times the longest key and drops trailing NULs); in a selection file they are
+their UTF-8 bytes (lone surrogates kept, as Python's ``"surrogatepass"``) concatenated, with
+``N + 1`` int64 offsets (`encode_keys`, `decode_keys`), so a file costs the keys' total
+length and gives every string back exactly.
 Two distinct keys of one selection that share a hash are detected when the table or the
 fingerprint is built (a ``ValueError`` names them). A key outside the selection matches a
 selected one only if its hash equals one of the ``|S|`` selected hashes: for ``M`` such keys
@@ -17,6 +23,7 @@ the chance that any does is at most ``M |S| / 2**64`` (2.7e-4 for ``M = |S| = 10
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -29,9 +36,13 @@ __all__ = [
     "KeySpec",
     "KeyTable",
     "check_distinct",
+    "decode_keys",
     "describe_key",
+    "encode_keys",
     "hash_key",
     "hash_keys",
+    "is_string_keys",
+    "key_at",
     "key_kind",
     "keyed_fingerprint",
     "keys_array",
@@ -149,9 +160,20 @@ def hash_key(value: Key) -> int:
     return h or 1
 
 
+def is_string_keys(keys: np.ndarray) -> bool:
+    """Whether a `keys_array` holds string keys (else int64 ones)."""
+    return keys.dtype.kind in "OUT"
+
+
+def key_at(keys: np.ndarray, i: int) -> Key:
+    """Entry ``i`` of a `keys_array` as a plain ``str`` or ``int`` (for messages)."""
+    value: Key = keys[[i]].tolist()[0]
+    return value
+
+
 def hash_keys(keys: np.ndarray) -> np.ndarray:
     """`hash_key` of every entry of a `keys_array`: ``(n,)`` uint64 (vectorized for ints)."""
-    if keys.dtype.kind == "U":
+    if is_string_keys(keys):
         return np.fromiter(map(hash_key, keys.tolist()), dtype=np.uint64, count=keys.shape[0])
     x = keys.astype(np.int64).view(np.uint64)
     with np.errstate(over="ignore"):
@@ -164,14 +186,20 @@ def hash_keys(keys: np.ndarray) -> np.ndarray:
 
 
 def keys_array(keys: Iterable[Any], *, name: str = "keys") -> np.ndarray:
-    """Keys as one numpy array: int64 for integer keys, unicode (``<U``) for strings.
+    """Keys as one numpy array: int64 for integer keys, ``object`` (Python ``str``) for strings.
 
     Raises:
         TypeError: for a key that is neither, or a mix of strings and integers.
+
+    Example:
+        >>> keys_array(["k1", "k1\\x00"]).tolist()  # a trailing NUL is kept
+        ['k1', 'k1\\x00']
     """
     if isinstance(keys, np.ndarray) and keys.ndim == 1:
-        if keys.dtype.kind == "U":
-            return keys
+        if keys.dtype.kind in "UT":
+            return keys.astype(object)
+        if keys.dtype == object and all(type(k) is str for k in keys.tolist()):
+            return keys  # already a string keys_array (the common case: a Selection's own)
         if keys.dtype.kind == "i" or (keys.dtype.kind == "u" and keys.dtype.itemsize < 8):
             return keys.astype(np.int64)
     values = [normalize_key(k) for k in keys]
@@ -183,8 +211,59 @@ def keys_array(keys: Iterable[Any], *, name: str = "keys") -> np.ndarray:
             f"{next(v for v in values if isinstance(v, int))!r})"
         )
     if kinds == {"str"}:
-        return np.array(values, dtype=str)
+        strings = np.empty(len(values), dtype=object)
+        strings[:] = values
+        return strings
     return np.array(values, dtype=np.int64)
+
+
+def encode_keys(keys: np.ndarray) -> dict[str, np.ndarray]:
+    """A `keys_array` as the members of a selection file: ``{"keys": int64}`` for integer
+    keys; ``{"keys_utf8": uint8, "keys_offsets": int64 (n + 1,)}`` for strings, key ``i``
+    being ``keys_utf8[offsets[i]:offsets[i + 1]]``."""
+    if not is_string_keys(keys):
+        return {"keys": np.ascontiguousarray(keys, dtype=np.int64)}
+    encoded = [k.encode("utf-8", "surrogatepass") for k in keys.tolist()]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return {
+        "keys_utf8": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+        "keys_offsets": offsets,
+    }
+
+
+def decode_keys(utf8: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The string `keys_array` that `encode_keys` stored as ``utf8`` and ``offsets``.
+
+    Raises:
+        ValueError: if the offsets are not ``0``, non-decreasing, ending at ``len(utf8)``,
+            or a key is not UTF-8.
+    """
+    offsets = np.asarray(offsets)
+    utf8 = np.asarray(utf8)
+    if (
+        offsets.ndim != 1
+        or offsets.dtype.kind not in "iu"
+        or utf8.ndim != 1
+        or utf8.dtype != np.uint8
+        or offsets.shape[0] == 0
+        or offsets[0] != 0
+        or offsets[-1] != utf8.shape[0]
+        or np.any(np.diff(offsets) < 0)
+    ):
+        raise ValueError(
+            "keys_offsets should be non-decreasing int64 offsets from 0 to the length of "
+            "keys_utf8 (uint8)"
+        )
+    data = utf8.tobytes()
+    bounds = offsets.tolist()
+    try:
+        values = [data[a:b].decode("utf-8", "surrogatepass") for a, b in itertools.pairwise(bounds)]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"keys_utf8 holds a key that is not UTF-8 ({err})") from None
+    strings = np.empty(len(values), dtype=object)
+    strings[:] = values
+    return strings
 
 
 def check_distinct(keys: np.ndarray, hashes: np.ndarray, order: np.ndarray, name: str) -> None:
@@ -193,7 +272,7 @@ def check_distinct(keys: np.ndarray, hashes: np.ndarray, order: np.ndarray, name
     same = np.flatnonzero(ordered[1:] == ordered[:-1])
     if same.size == 0:
         return
-    a, b = keys[order[same[0]]].item(), keys[order[same[0] + 1]].item()
+    a, b = key_at(keys, int(order[same[0]])), key_at(keys, int(order[same[0] + 1]))
     if a == b:
         raise ValueError(
             f"{name} should be distinct, but key {a!r} appears more than once "
@@ -226,7 +305,7 @@ def keyed_fingerprint(keys: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
     payload += np.ascontiguousarray(np.asarray(targets)[order], dtype="<i8").tobytes()
     return {
         "num_examples": int(keys.shape[0]),
-        "key_kind": "str" if keys.dtype.kind == "U" else "int",
+        "key_kind": "str" if is_string_keys(keys) else "int",
         "keys_sha256": hashlib.sha256(payload).hexdigest(),
     }
 

@@ -31,9 +31,10 @@ from useful_data._comm import (
     shard_indices,
     unwrap,
 )
+from useful_data._targets import dataset_fingerprint
 from useful_data.collect import collect_outputs
 from useful_data.distributed import gather_outputs
-from useful_data.selection import Selection, dataset_fingerprint
+from useful_data.selection import Selection
 
 __all__ = ["assign_classes", "collect_outputs_sharded", "select_across_ranks"]
 

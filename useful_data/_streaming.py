@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import IterableDataset, default_collate
-from tqdm.auto import tqdm
 
 from useful_data._batches import (
     autocast,
@@ -37,9 +36,11 @@ from useful_data._keys import (
     check_distinct,
     describe_key,
     hash_keys,
+    key_at,
     keys_array,
     read_key,
 )
+from useful_data._progress import tqdm
 from useful_data._targets import split_batch
 from useful_data.selection import Selection
 
@@ -83,11 +84,11 @@ class _Rows:
         if self.keys and keys.dtype.kind != self.keys[0].dtype.kind:
             raise TypeError(
                 "the stream's keys should be all strings or all integers, but got both "
-                f"(e.g. {self.keys[0][0].item()!r} and {keys[0].item()!r})"
+                f"(e.g. {key_at(self.keys[0], 0)!r} and {key_at(keys, 0)!r})"
             )
         repeated = self.seen.add(hash_keys(keys))
         if repeated.any():
-            again = keys[np.flatnonzero(repeated)[0]].item()
+            again = key_at(keys, int(np.flatnonzero(repeated)[0]))
             raise ValueError(
                 f"key {again!r} appeared twice in one pass over the stream (after "
                 f"{self.count} examples); {_REPEAT_HINT}"
@@ -266,8 +267,8 @@ def stream_outputs(
     ordered = hashes[order]
     twice = np.flatnonzero(ordered[1:] == ordered[:-1])
     if twice.size:
-        again = keys[order[twice[0]]].item()
-        if again != keys[order[twice[0] + 1]].item():  # two keys, one hash: name them
+        again = key_at(keys, int(order[twice[0]]))
+        if again != key_at(keys, int(order[twice[0] + 1])):  # two keys, one hash: name them
             check_distinct(keys, hashes, order, "the stream's keys")
         raise ValueError(
             f"key {again!r} was seen by more than one rank: under torch.distributed the stream "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,9 +10,16 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-from useful_data._checks import as_labels, is_integer_valued
+from useful_data._checks import as_labels, check_sized, is_integer_valued
 
-__all__ = ["INPUT_KEYS", "TARGET_KEYS", "dataset_targets", "split_batch"]
+__all__ = [
+    "INPUT_KEYS",
+    "TARGET_KEYS",
+    "dataset_fingerprint",
+    "dataset_targets",
+    "exposed_labels",
+    "split_batch",
+]
 
 #: Keys tried, in order, for the model input of a dict-shaped dataset item.
 INPUT_KEYS: tuple[str, ...] = ("input", "inputs", "image", "images", "pixel_values", "x")
@@ -145,3 +153,42 @@ def _as_target_tensor(value: Any, *, positional: bool = False) -> torch.Tensor:
     if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
         tensor = tensor.float()
     return torch.from_numpy(as_labels(where, tensor.numpy()))
+
+
+def dataset_fingerprint(targets: np.ndarray) -> dict[str, Any]:
+    """Fingerprint of a labelled dataset: its size and a SHA-256 of its int64 labels.
+
+    Two datasets with the same examples in the same order have the same fingerprint; another
+    split, another dataset or a reshuffled copy almost surely do not.
+
+    Example:
+        >>> import numpy as np
+        >>> fp = dataset_fingerprint(np.array([0, 1, 1]))
+        >>> fp["num_examples"], len(fp["targets_sha256"])
+        (3, 64)
+    """
+    targets = np.ascontiguousarray(targets, dtype="<i8")
+    return {
+        "num_examples": int(targets.shape[0]),
+        "targets_sha256": hashlib.sha256(targets.tobytes()).hexdigest(),
+    }
+
+
+def exposed_labels(
+    dataset: Dataset[Any], num_examples: int, *, name: str = "selection"
+) -> np.ndarray | None:
+    """The labels ``dataset`` exposes without loading items (see `dataset_targets`), once its
+    length is checked to be ``num_examples``, the size of what ``name`` was computed on;
+    ``None`` where it exposes none.
+
+    Raises:
+        ValueError: if the lengths differ.
+        TypeError: if ``dataset`` has no length.
+    """
+    found = check_sized("dataset", dataset)
+    if found != num_examples:
+        raise ValueError(
+            f"{name} was computed on {num_examples} examples, but the dataset has "
+            f"{found}; was it computed on another dataset or split?"
+        )
+    return dataset_targets(dataset)

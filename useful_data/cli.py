@@ -15,12 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from useful_data._checks import check_destination
+from useful_data._deprecation import moved_names
+from useful_data._keys import is_string_keys
 from useful_data._targets import dataset_targets
 from useful_data._version import __version__
-from useful_data.selection import WEAK_SEPARATION_AUC, Selection
-from useful_data.timm import INTERPOLATIONS
+from useful_data.selection import Selection
+from useful_data.timm import _INTERPOLATIONS
 
-__all__ = ["build_parser", "main"]
+__all__ = ["main"]
 
 
 def _fmt_loss(value: float) -> str:
@@ -31,26 +33,27 @@ def _fmt_separation(selection: Selection) -> str:
     sep = selection.separation
     if sep.num_classes_split == 0:
         return "separation: no class has examples on both sides (weak)"
-    verdict = (
-        f"weak (auc < {WEAK_SEPARATION_AUC}): close to random upsampling; "
-        "try another separating epoch"
-        if sep.weak
-        else "ok"
-    )
     return (
         f"separation: loss auc {sep.auc:.3f}   loss gap {sep.loss_gap:.4f}   "
-        f"over {sep.num_classes_split} split classes   {verdict}"
+        f"over {sep.num_classes_split} split classes"
     )
 
 
-def format_summary(selection: Selection) -> str:
+def _fmt_diagnosis(selection: Selection) -> list[str]:
+    """``check: ok``, or one ``warning:`` line per finding of `Selection.diagnose`."""
+    found = selection.diagnose()
+    return [f"warning: {message}" for message in found] if found else ["check: ok"]
+
+
+def _format_summary(selection: Selection) -> str:
     """Render a selection's per-class summary as a plain-text table.
 
     ``auc`` is the ROC-AUC of the loss for membership in the slow-learnable cluster within a
     class (0.5: the split ignores the loss, like random upsampling; 1.0: perfectly separated)
     and ``gap`` the mean loss of the slow-learnable cluster minus the rest. The ``separation``
-    line averages both over the split classes, weighted by class size, and says when the
-    split is weak (see `useful_data.selection.WEAK_SEPARATION_AUC`).
+    line averages both over the split classes, weighted by class size; then ``check: ok``,
+    or a ``warning:`` line for each thing `Selection.diagnose` finds (a phase-1 model that
+    has not learned, a selected share far from the paper's, a weak split).
     """
     rows = [("class", "examples", "slow", "slow %", "loss slow", "loss fast", "auc", "gap", "note")]
     for c in selection.class_summary():
@@ -79,15 +82,16 @@ def format_summary(selection: Selection) -> str:
         f"upsampled size: {selection.upsampled_size} ({selection.upsampled_size / max(n, 1):.2f}x)",
         "params: " + ", ".join(f"{k}={v}" for k, v in sorted(selection.params.items())),
         _fmt_separation(selection),
+        *_fmt_diagnosis(selection),
         "",
     ]
     if selection.keys is not None:  # computed on a stream: addressed by key
-        kind = "string" if selection.keys.dtype.kind == "U" else "integer"
+        kind = "string" if is_string_keys(selection.keys) else "integer"
         head.insert(2, f"keys: {n} {kind} keys (a stream; upsample with USEFULIterableDataset)")
     return "\n".join(head + lines)
 
 
-def format_cost(
+def _format_cost(
     selection: Selection,
     *,
     separating_epoch: int | None = None,
@@ -178,7 +182,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``useful-data`` (its subcommands are added here)."""
     parser = _Parser(
         prog="useful-data",
@@ -277,7 +281,7 @@ def _add_select(sub: Any) -> None:
         help=f"normalization std {run}",
     )
     select.add_argument(
-        "--interpolation", choices=INTERPOLATIONS, help=f"resize interpolation {run}"
+        "--interpolation", choices=_INTERPOLATIONS, help=f"resize interpolation {run}"
     )
     select.add_argument("--use-ema", action="store_true", help="cluster the EMA weights")
     select.add_argument(
@@ -337,13 +341,13 @@ def _device(name: str | None) -> str:
 def _check_select_args(args: argparse.Namespace) -> None:
     """Every ``select`` argument that can be checked without reading a file."""
     from useful_data._cluster import check_backend
-    from useful_data.timm import check_model_name
+    from useful_data.timm import _check_model_name
 
     _device(args.device)
     check_destination("--output", args.output)
     check_backend(args.backend)  # an unusable cuML fails here, not after the forward pass
     try:
-        check_model_name(args.model)
+        _check_model_name(args.model)
     except ValueError as err:
         raise ValueError(f"--model: {err}") from None
     if args.class_map and not os.path.isfile(args.class_map):
@@ -371,26 +375,26 @@ def _input_channels(args: argparse.Namespace, run: dict[str, Any]) -> int:
 
 def _check_data_dir(args: argparse.Namespace, *, remote: bool = False) -> None:
     """``--data-dir`` is a folder (unless torchvision downloads it) and ``--split`` names a
-    split of it (see `useful_data.timm.check_split`)."""
-    from useful_data.timm import check_split
+    split of it (see `useful_data.timm._check_split`)."""
+    from useful_data.timm import _check_split
 
     if not remote and not os.path.isdir(args.data_dir):
         raise FileNotFoundError(f"--data-dir should be a folder, but {args.data_dir!r} is not one")
     try:
-        check_split(args.dataset, args.data_dir, args.split)
+        _check_split(args.dataset, args.data_dir, args.split)
     except ValueError as err:
         raise ValueError(f"--split: {err}") from None
 
 
 def _select(args: argparse.Namespace) -> Selection:
     from useful_data.slow_learnable import find_slow_learnable
-    from useful_data.timm import checkpoint_data_config, create_eval_dataset, create_timm_model
+    from useful_data.timm import _checkpoint_data_config, _create_eval_dataset, _create_timm_model
 
     _check_select_args(args)  # before any work: loading, inference, k-means
     device = _device(args.device)
-    run = checkpoint_data_config(args.checkpoint)  # the run's arguments, not its weights
+    run = _checkpoint_data_config(args.checkpoint)  # the run's arguments, not its weights
     channels = _input_channels(args, run)
-    model = create_timm_model(
+    model = _create_timm_model(
         args.model,
         num_classes=args.num_classes,
         checkpoint=args.checkpoint,
@@ -408,7 +412,7 @@ def _select(args: argparse.Namespace) -> Selection:
     if from_run:
         listed = ", ".join(f"{k}={v}" for k, v in from_run.items())
         print(f"eval data config from the checkpoint's training arguments: {listed}")
-    dataset = create_eval_dataset(
+    dataset = _create_eval_dataset(
         args.dataset,
         args.data_dir,
         model=model,
@@ -444,6 +448,9 @@ def _plot(args: argparse.Namespace, selection: Selection) -> None:
     dataset = None
     class_names = None
     if args.data_dir:
+        from useful_data.timm import _import_timm
+
+        _import_timm()
         from timm.data import create_dataset
 
         dataset = create_dataset(args.dataset, root=args.data_dir, split=args.split)
@@ -478,7 +485,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "select":
         selection = _select(args)
         path = selection.save(args.output)
-        print(format_summary(selection))
+        print(_format_summary(selection))
         print(f"\nwrote {path}")
         return 0
     selection = Selection.load(args.selection)
@@ -486,13 +493,13 @@ def _run(args: argparse.Namespace) -> int:
         check_destination("--plot", args.plot)
     if args.data_dir:
         _check_data_dir(args)
-    cost = format_cost(
+    cost = _format_cost(
         selection,
         separating_epoch=args.separating_epoch,
         total_epochs=args.epochs,
         epoch_size=args.epoch_size,
     )
-    print(format_summary(selection))
+    print(_format_summary(selection))
     print(cost)
     if args.plot:
         _plot(args, selection)
@@ -507,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (2 for a malformed command line); every ``select`` flag is checked before the model or
     the data are loaded.
     """
-    parser = build_parser()
+    parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -518,6 +525,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_one_line(args.command, err), file=sys.stderr)
         return 1
 
+
+__getattr__ = moved_names(
+    __name__,
+    {
+        "build_parser": "useful_data.cli:_build_parser",
+        "format_summary": "useful_data.cli:_format_summary",
+        "format_cost": "useful_data.cli:_format_cost",
+    },
+)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from useful_data._batches import (
     autocast,
@@ -26,6 +25,7 @@ from useful_data._batches import (
 from useful_data._batches import default_batch_size as _default_batch_size
 from useful_data._checks import check_positive_int, check_sized
 from useful_data._deprecation import moved_names
+from useful_data._progress import tqdm
 from useful_data._targets import split_batch
 
 __all__ = ["collect_outputs"]

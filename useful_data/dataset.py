@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import Dataset
 
 from useful_data._checks import check_sized, check_upsample_factor, check_upsampled_size
+from useful_data._resolve import resolve_selection
 from useful_data._targets import dataset_targets
-from useful_data.selection import SelectionLike, resolve_selection
+from useful_data.selection import SelectionLike
 
 __all__ = ["USEFULDataset"]
 
@@ -118,11 +119,29 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         object.__setattr__(self, "selection", sel)
 
     def __len__(self) -> int:
+        self._check_unchanged()
         return int(self.index_map.shape[0])
+
+    def _check_unchanged(self) -> None:
+        """Raise if the wrapped dataset's length changed since it was wrapped: its selection
+        and index map describe the examples it had then (one ``len`` call, tens of ns)."""
+        now, then = len(self.dataset), self.slow_learnable_mask.shape[0]  # type: ignore[arg-type]
+        if now != then:
+            effect = (
+                "its new examples would never be trained on"
+                if now > then
+                else ("indices would point past its end")
+            )
+            raise RuntimeError(
+                f"the wrapped dataset had {then} examples when USEFULDataset wrapped it but "
+                f"has {now} now, so the selection no longer describes it ({effect}); wrap "
+                "the dataset again after changing it, with a selection computed on it"
+            )
 
     def __getitems__(self, indices: list[int]) -> list[T_co]:
         """A batch of items: what a ``DataLoader`` asks for (one call per batch, not per
         item). Uses the wrapped dataset's own ``__getitems__`` when it has one."""
+        self._check_unchanged()
         try:
             # One C call for the batch; itemgetter of one index returns it bare, of none fails.
             if len(indices) > 1:
@@ -141,6 +160,7 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
     def __getitem__(self, index: int) -> T_co:
         if type(index) is not int:  # samplers yield ints; anything else is checked first
             index = _as_index(index)
+        self._check_unchanged()
         try:
             position = self._positions[index]
         except IndexError:
@@ -212,7 +232,7 @@ class USEFULDataset(Dataset[T_co], Generic[T_co]):
         return (
             f"USEFULDataset(num_examples={len(self.slow_learnable_mask)}, "
             f"num_slow_learnable={self.num_slow_learnable}, "
-            f"upsample_factor={self.upsample_factor}, length={len(self)}, "
+            f"upsample_factor={self.upsample_factor}, length={self.index_map.shape[0]}, "
             f"dataset={type(self.dataset).__name__})"
         )
 

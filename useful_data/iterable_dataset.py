@@ -67,6 +67,7 @@ from useful_data._keys import (
     KeyTable,
     hash_key,
     hash_keys,
+    key_at,
     key_kind,
     keys_array,
     read_key,
@@ -197,7 +198,7 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
         table = KeyTable(len(keys))
         repeated = table.add(hash_keys(keys))
         if repeated.any():
-            again = keys[np.flatnonzero(repeated)[0]].item()
+            again = key_at(keys, int(np.flatnonzero(repeated)[0]))
             raise ValueError(
                 f"selection keys should be distinct, but {again!r} appears twice (or shares "
                 "its 64-bit hash with another key; rename one)"
@@ -214,7 +215,7 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
         )
         self._table = table
         self._num_selected = len(keys)
-        self._kind = key_kind(keys[0].item()) if len(keys) else None
+        self._kind = key_kind(key_at(keys, 0)) if len(keys) else None
         # In shared memory, so that DataLoader workers (persistent ones too) see what the main
         # process sets: [0] the epoch; 1 + 2w and 2 + 2w: the pass worker w is in and the
         # items of it yielded, when its last epoch ended (epoch_length).

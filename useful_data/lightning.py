@@ -60,8 +60,9 @@ from torch.utils.data import (
 )
 
 from useful_data._checks import as_numpy, check_int, check_positive_int
+from useful_data._resolve import resolve_selection
 from useful_data.sampler import UpsampleSampler
-from useful_data.selection import Selection, SelectionLike, resolve_selection
+from useful_data.selection import Selection, SelectionLike
 from useful_data.separating_epoch import SeparatingEpoch
 from useful_data.slow_learnable import find_slow_learnable
 

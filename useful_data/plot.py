@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import Dataset
 
 from useful_data._checks import check_positive_int
+from useful_data._deprecation import moved_names
 from useful_data._targets import INPUT_KEYS
 from useful_data.selection import Selection
 
-__all__ = ["plot_selection", "to_image_array"]
+__all__ = ["plot_selection"]
 
 
 def _pyplot() -> Any:
@@ -34,14 +35,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def to_image_array(image: Any) -> np.ndarray:
+def _to_image_array(image: Any) -> np.ndarray:
     """Turn a PIL image, an ``(H, W[, C])`` array or a ``(C, H, W)`` tensor into ``(H, W, 3)``.
 
-    Values are rescaled to ``[0, 1]`` (min-max per image), so normalised tensors display.
+    Values end in ``[0, 1]``: integer images (PIL, uint8) are divided by 255, float images
+    already in ``[0, 1]`` are kept (so a dark image stays dark), and others, e.g.
+    normalised tensors, are rescaled min-max per image.
 
     Example:
         >>> import torch
-        >>> to_image_array(torch.zeros(3, 4, 5)).shape
+        >>> _to_image_array(torch.zeros(3, 4, 5)).shape
         (4, 5, 3)
     """
     if isinstance(image, torch.Tensor):
@@ -51,7 +54,8 @@ def to_image_array(image: Any) -> np.ndarray:
         elif array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[0] < array.shape[-1]:
             array = array.transpose(1, 2, 0)
     else:
-        array = np.asarray(image, dtype=np.float32)
+        array = np.asarray(image)
+        array = array / 255.0 if array.dtype.kind in "uib" else array.astype(np.float32)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3:
@@ -60,6 +64,8 @@ def to_image_array(image: Any) -> np.ndarray:
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     low, high = float(array.min()), float(array.max())
+    if 0.0 <= low and high <= 1.0:
+        return array
     return (array - low) / (high - low) if high > low else np.zeros_like(array)
 
 
@@ -168,23 +174,28 @@ def plot_selection(
 
     if grid_fig is not None and dataset is not None:  # rows only exist with a dataset
         rng = np.random.default_rng(seed)
-        axes = np.atleast_2d(grid_fig.subplots(rows, cols, squeeze=False))
-        grid_fig.suptitle("left: slow-learnable (upsampled)    right: fast-learnable")
+        groups = grid_fig.subfigures(1, 2, wspace=0.05)
+        groups[0].suptitle("slow-learnable (upsampled)")
+        groups[1].suptitle("fast-learnable")
+        axes = [np.atleast_2d(g.subplots(rows, num_per_class, squeeze=False)) for g in groups]
         for r, label in enumerate(grid_labels):
             in_class = selection.targets == label
             for g, members in enumerate((selection.mask & in_class, ~selection.mask & in_class)):
                 index = np.flatnonzero(members)
                 picked = rng.choice(index, size=min(num_per_class, index.size), replace=False)
                 for j in range(num_per_class):
-                    axis = axes[r, g * num_per_class + j]
+                    axis = axes[g][r, j]
                     axis.set_xticks([])
                     axis.set_yticks([])
                     for spine in axis.spines.values():
                         spine.set_visible(False)
                     if j < picked.size:
-                        axis.imshow(to_image_array(_image_of(dataset[int(picked[j])])))
-            axes[r, 0].set_ylabel(name(label), rotation=0, ha="right", va="center")
+                        axis.imshow(_to_image_array(_image_of(dataset[int(picked[j])])))
+            axes[0][r, 0].set_ylabel(name(label), rotation=0, ha="right", va="center")
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
     return fig
+
+
+__getattr__ = moved_names(__name__, {"to_image_array": "useful_data.plot:_to_image_array"})

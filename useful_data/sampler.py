@@ -41,15 +41,16 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from useful_data._checks import (
-    _memory_bytes,
     check_bool,
     check_int,
     check_positive_int,
     check_upsample_factor,
+    memory_bytes,
 )
 from useful_data._comm import get_rank, get_world_size
+from useful_data._resolve import resolve_selection
 from useful_data.dataset import upsampled_index_map
-from useful_data.selection import SelectionLike, resolve_selection
+from useful_data.selection import SelectionLike
 
 __all__ = ["UpsampleSampler"]
 
@@ -395,10 +396,10 @@ def _check_epoch_size(epoch_size: int, num_examples: int, upsample_factor: int) 
             f"slow-learnable), but got epoch_size={epoch_size}; for more training, train more "
             "epochs"
         )
-    if 16 * epoch_size > _memory_bytes():  # an epoch's int64 indices, twice while drawn
+    if 16 * epoch_size > memory_bytes():  # an epoch's int64 indices, twice while drawn
         raise ValueError(
             f"epoch_size={epoch_size} makes epochs whose indices ({16 * epoch_size / 2**30:.3g} "
-            f"GiB) exceed this machine's memory ({_memory_bytes() / 2**30:.3g} GiB); use a "
+            f"GiB) exceed this machine's memory ({memory_bytes() / 2**30:.3g} GiB); use a "
             "smaller epoch_size (num_examples trains at SGD's step count)"
         )
     return epoch_size

@@ -19,11 +19,13 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024 (Algorith
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 import secrets
 import stat
+import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,46 +35,66 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from useful_data import _targets
 from useful_data._checks import (
     as_labels,
-    as_numpy,
     check_destination,
     check_positive_int,
-    check_sized,
     check_upsample_factor,
-    indices_to_mask,
 )
 from useful_data._deprecation import moved_names
-from useful_data._keys import keyed_fingerprint, keys_array
-from useful_data._targets import dataset_targets
+from useful_data._keys import decode_keys, encode_keys, keyed_fingerprint, keys_array
 from useful_data._version import __version__
 
-__all__ = [
-    "WEAK_SEPARATION_AUC",
-    "ClassSummary",
-    "Selection",
-    "SelectionLike",
-    "Separation",
-    "dataset_fingerprint",
-    "loss_auc",
-    "resolve_selection",
-]
+__all__ = ["ClassSummary", "Selection", "SelectionLike", "Separation"]
 
-FORMAT_NAME = "useful-data/selection"
-FORMAT_VERSION = 1
-#: The members of a selection file that `Selection.load` reads (any other is never opened).
-MEMBERS = ("mask", "loss", "targets", "meta")
+_FORMAT_NAME = "useful-data/selection"
+_FORMAT_VERSION = 1
+#: The members of a selection file that `Selection.load` reads (any other is never opened),
+#: with the dtypes each may declare: ``keys`` (int64 keys, or ``<U`` strings in files of
+#: useful-data 0.x) or ``keys_utf8`` + ``keys_offsets`` (strings) are optional.
+_MEMBER_KINDS = {
+    "mask": "b",
+    "loss": "f",
+    "targets": "iu",
+    "keys": "iU",
+    "keys_utf8": "u",
+    "keys_offsets": "i",
+}
+_REQUIRED = ("mask", "loss", "targets", "meta")
 #: Metadata larger than this is refused unread (a real selection's is a few KiB).
-MAX_META_BYTES = 2**24
+_MAX_META_BYTES = 2**24
+#: The arrays of a file may declare at most this many bytes, or ``_MAX_EXPANSION`` times the
+#: file's size, whichever is larger: `Selection.save` stores them uncompressed, so a file
+#: whose members inflate far beyond its own size was not written by it (a "zip bomb").
+_MIN_BYTES_BOUND = 2**26
+_MAX_EXPANSION = 64
 #: How deeply ``params`` may nest (JSON objects and arrays).
-MAX_PARAMS_DEPTH = 32
+_MAX_PARAMS_DEPTH = 32
+#: A temporary file of a `Selection.save` killed midway is removed by a later save to the
+#: same path once it is this old (seconds): younger ones may belong to a save in progress.
+_STALE_TMP_SECONDS = 3600
 
 #: Below this overall ROC-AUC (loss as a score for membership in the slow-learnable cluster),
 #: the k-means split is called weak: `find_slow_learnable` warns and `Separation.weak` is True.
 #: 0.5 is what a random split of the same size gets; on data where the split follows the
 #: planted truth (the paper's synthetic distribution, a model fit for a few epochs on digits)
 #: the AUC is 0.9-1.0. See docs/guides/strategies.md, "Selection diagnostics".
-WEAK_SEPARATION_AUC = 0.7
+_WEAK_SEPARATION_AUC = 0.7
+#: The share of examples selected outside which `Selection.diagnose` warns: the paper's
+#: selections hold about 30% of the training set.
+_SELECTED_SHARE_RANGE = (0.05, 0.5)
+#: `Selection.diagnose` calls phase 1 unlearned when its training accuracy is at most chance
+#: (``1/C``) plus this share of the way from chance to 100% ...
+_CHANCE_MARGIN = 0.1
+#: ... or, with more than two classes (where the loss bounds the accuracy only loosely), its
+#: mean loss is at least this share of ``ln C``: predictions barely differ from uniform ...
+_UNIFORM_LOSS_SHARE = 0.95
+#: ... or one class holds at least this share of the selected examples (with at least
+#: ``_MIN_SELECTED_FOR_SHARE`` selected), and ``_SWALLOW_MARGIN`` more than its share of the data.
+_SWALLOW_SHARE = 0.8
+_SWALLOW_MARGIN = 0.25
+_MIN_SELECTED_FOR_SHARE = 20
 
 #: What `USEFULDataset` and `UpsampleSampler` accept
 #: as a selection: a `Selection`, a path to a saved one, indices or a boolean mask.
@@ -81,26 +103,7 @@ SelectionLike: TypeAlias = (
 )
 
 
-def dataset_fingerprint(targets: np.ndarray) -> dict[str, Any]:
-    """Fingerprint of a labelled dataset: its size and a SHA-256 of its int64 labels.
-
-    Two datasets with the same examples in the same order have the same fingerprint; another
-    split, another dataset or a reshuffled copy almost surely do not.
-
-    Example:
-        >>> import numpy as np
-        >>> fp = dataset_fingerprint(np.array([0, 1, 1]))
-        >>> fp["num_examples"], len(fp["targets_sha256"])
-        (3, 64)
-    """
-    targets = np.ascontiguousarray(targets, dtype="<i8")
-    return {
-        "num_examples": int(targets.shape[0]),
-        "targets_sha256": hashlib.sha256(targets.tobytes()).hexdigest(),
-    }
-
-
-def loss_auc(loss: np.ndarray, positive: np.ndarray) -> float:
+def _loss_auc(loss: np.ndarray, positive: np.ndarray) -> float:
     """ROC-AUC of ``loss`` as a score for ``positive`` (rank-based, ties count one half).
 
     The probability that a randomly drawn positive example has a higher loss than a randomly
@@ -116,9 +119,9 @@ def loss_auc(loss: np.ndarray, positive: np.ndarray) -> float:
 
     Example:
         >>> import numpy as np
-        >>> loss_auc(np.array([0.1, 0.2, 0.9, 0.8]), np.array([False, False, True, True]))
+        >>> _loss_auc(np.array([0.1, 0.2, 0.9, 0.8]), np.array([False, False, True, True]))
         1.0
-        >>> loss_auc(np.array([1.0, 1.0]), np.array([True, False]))
+        >>> _loss_auc(np.array([1.0, 1.0]), np.array([True, False]))
         0.5
     """
     loss = np.asarray(loss, dtype=np.float64)
@@ -127,7 +130,7 @@ def loss_auc(loss: np.ndarray, positive: np.ndarray) -> float:
 
 
 def _loss_aucs(loss: np.ndarray, positive: np.ndarray, group: np.ndarray, k: int) -> np.ndarray:
-    """`loss_auc` of every group at once: ``(k,)`` float64, NaN where a side is empty.
+    """`_loss_auc` of every group at once: ``(k,)`` float64, NaN where a side is empty.
 
     One sort by (group, loss) instead of one per group (any order among tied losses gives
     the same ranks); ranks are 1-based within a group and
@@ -168,7 +171,8 @@ class Separation:
         loss_gap: Example-weighted mean over the split classes of the per-class difference
             in mean loss, slow-learnable minus the rest.
         num_classes_split: Classes with examples on both sides (the ones averaged).
-        weak: ``auc < WEAK_SEPARATION_AUC`` (NaN, i.e. nothing split, counts as weak).
+        weak: ``auc < 0.7`` (NaN, i.e. nothing split, counts as weak); 0.5 is what a
+            random split of the same size gets.
     """
 
     auc: float
@@ -189,7 +193,7 @@ class ClassSummary:
         mean_loss_fast: Mean cross-entropy of the rest of the class (NaN if empty).
         note: Why the class was not split (empty if it was).
         loss_auc: ROC-AUC of the loss for membership in the slow-learnable cluster, within the
-            class (see `loss_auc`; NaN if one side is empty).
+            class (NaN if one side is empty).
     """
 
     label: int
@@ -240,8 +244,8 @@ class _ReadOnlyDict(dict[Any, Any]):
 def _frozen_json(value: Any, where: str, depth: int = 0) -> Any:
     """``value`` as read-only JSON data: mappings with string keys become `_ReadOnlyDict`,
     lists and tuples tuples, numpy scalars Python ones; anything else raises."""
-    if depth > MAX_PARAMS_DEPTH:
-        raise ValueError(f"{where} nests deeper than {MAX_PARAMS_DEPTH} levels")
+    if depth > _MAX_PARAMS_DEPTH:
+        raise ValueError(f"{where} nests deeper than {_MAX_PARAMS_DEPTH} levels")
     if isinstance(value, np.generic):
         value = value.item()
     if value is None or isinstance(value, bool | int | float | str):
@@ -293,7 +297,7 @@ def _unsplit(unsplit: Any) -> _ReadOnlyDict:
 
 
 def _fingerprint(value: Any, name: str) -> _ReadOnlyDict | None:
-    """A fingerprint as `dataset_fingerprint` makes it (or ``None``), checked."""
+    """A fingerprint as `_dataset_fingerprint` makes it (or ``None``), checked."""
     if value is None:
         return None
     if (
@@ -303,7 +307,7 @@ def _fingerprint(value: Any, name: str) -> _ReadOnlyDict | None:
         or not isinstance(value["targets_sha256"], str)
     ):
         raise ValueError(
-            f"{name} should be a fingerprint as dataset_fingerprint() returns it "
+            f"{name} should be a fingerprint of a dataset "
             f"({{'num_examples': int, 'targets_sha256': str}}), but got {value!r:.200}"
         )
     return _ReadOnlyDict(value)
@@ -324,12 +328,12 @@ class Selection:
             read-only mapping of JSON data (nested lists become tuples).
         unsplit: Classes that were not split, mapped to the reason (e.g. a single example);
             read-only.
-        data_fingerprint: `dataset_fingerprint` of the labels the dataset exposes
+        data_fingerprint: The fingerprint (see ``fingerprint``) of the labels the dataset exposes
             (``.targets``), where they differ from ``targets`` (a ``target_transform``);
             ``None`` where they are the same or unknown. See `check_fits`.
-        keys: ``(N,)`` example keys (int64, or unicode strings) for a selection computed on a
-            stream (`useful_data.streaming`), whose examples are addressed by key, not
-            position; ``None`` for a map-style dataset. With keys, the fingerprint is taken
+        keys: ``(N,)`` example keys (int64, or an object array of ``str``) for a selection
+            computed on a stream (`useful_data.streaming`), whose examples are addressed by
+            key, not position; ``None`` for a map-style dataset. With keys, the fingerprint is taken
             over the key set (any order), see `useful_data._keys.keyed_fingerprint`.
 
     Example:
@@ -364,6 +368,12 @@ class Selection:
         if loss.dtype.kind not in "iuf":
             raise ValueError(f"loss should hold real numbers, but got dtype {loss.dtype}")
         loss = loss.astype(np.float32)
+        if not np.isfinite(loss).all():
+            bad = int(np.count_nonzero(~np.isfinite(loss)))
+            raise ValueError(
+                f"loss should be finite, but {bad} of {loss.shape[0]} values are NaN or "
+                "infinite; recompute the selection from finite outputs"
+            )
         targets = np.asarray(self.targets)
         for name, array in (("loss", loss), ("targets", targets)):
             if array.shape != (n,):
@@ -414,16 +424,16 @@ class Selection:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        """The dataset fingerprint (``N`` and a label hash), see `dataset_fingerprint`; for
+        """The dataset fingerprint: ``N`` and a SHA-256 of the int64 labels in order; for
         a keyed selection, over its ``(key, label)`` pairs in any order."""
         if self.keys is not None:
             return keyed_fingerprint(self.keys, self.targets)
-        return dataset_fingerprint(self.targets)
+        return _targets.dataset_fingerprint(self.targets)
 
     def fits(self, targets: np.ndarray) -> bool:
         """Whether a dataset exposing the labels ``targets`` (in order) is the one this
         selection was computed on: they match `fingerprint` or `data_fingerprint`."""
-        found = dataset_fingerprint(targets)
+        found = _targets.dataset_fingerprint(targets)
         return found == self.fingerprint or found == self.data_fingerprint
 
     def check_fits(self, dataset: Dataset[Any], *, name: str = "selection") -> None:
@@ -445,14 +455,10 @@ class Selection:
                 the labels differ.
             TypeError: if ``dataset`` has no length.
         """
-        _refuse_keyed(self, name)
-        num_examples = check_sized("dataset", dataset)
-        if num_examples != self.num_examples:
-            raise ValueError(
-                f"{name} was computed on {self.num_examples} examples, but the dataset has "
-                f"{num_examples}; was it computed on another dataset or split?"
-            )
-        targets = dataset_targets(dataset)
+        from useful_data._resolve import refuse_keyed  # (it imports this module)
+
+        refuse_keyed(self, name)
+        targets = _targets.exposed_labels(dataset, self.num_examples, name=name)
         if targets is not None and not self.fits(targets):
             raise ValueError(
                 f"{name} does not match dataset: same length but different labels "
@@ -564,7 +570,105 @@ class Selection:
         sizes = np.array([c.num_examples for c in split], dtype=np.float64)
         auc = float(np.average([c.loss_auc for c in split], weights=sizes))
         gap = float(np.average([c.loss_gap for c in split], weights=sizes))
-        return Separation(auc, gap, len(split), not auc >= WEAK_SEPARATION_AUC)
+        return Separation(auc, gap, len(split), not auc >= _WEAK_SEPARATION_AUC)
+
+    def diagnose(self) -> list[str]:
+        """What looks wrong with this selection, one message per finding; empty if nothing.
+
+        Computed from the whole selection (all ranks' examples), so `find_slow_learnable`,
+        which warns with each message, and ``useful-data inspect``, which prints them, agree.
+        It flags:
+
+        * a phase-1 model that has not learned: a training accuracy within 10% (of the way
+          to 100%) of chance, ``1/C``, read from the loss (an example counts as correct
+          when its loss is below ``ln C``: exact for two classes, an upper bound for more);
+          with more than two classes, also a mean loss of at least 95% of ``ln C``
+          (predictions barely differ from uniform); or one class holding at least 80% of
+          the selected examples (at least 20 of them), 25 points more than its share of
+          the data;
+        * a selected share outside 5%-50% of the training set (the paper's is about 30%);
+        * a weak split of a k-means selection: loss ROC-AUC below 0.7 (see `separation`).
+
+        Returns:
+            The messages, each saying what was found and what to try.
+
+        Example:
+            >>> import numpy as np
+            >>> sel = Selection(mask=np.arange(100) < 60, loss=np.linspace(0.1, 0.2, 100)[::-1],
+            ...                 targets=np.zeros(100, dtype=int))
+            >>> for message in sel.diagnose():
+            ...     print(message[:49])
+            60 of 100 examples (60.0%) are selected, outside
+        """
+        n = self.num_examples
+        if n == 0:
+            return []
+        messages = []
+        labels, counts = np.unique(self.targets, return_counts=True)
+        num_classes = self.params.get("num_classes", len(labels))
+        if isinstance(num_classes, int) and num_classes >= 2:
+            chance = 1.0 / num_classes
+            accuracy = float(np.mean(self.loss < np.log(num_classes)))
+            mean_loss = float(self.loss.astype(np.float64).mean())
+            if num_classes > 2 and mean_loss >= _UNIFORM_LOSS_SHARE * np.log(num_classes):
+                messages.append(
+                    f"the phase-1 model looks untrained: its mean loss {mean_loss:.4f} is "
+                    f"close to ln({num_classes}) = {np.log(num_classes):.4f}, what predicting "
+                    "every class alike gives, so the selection reflects noise, not slow "
+                    "learning; train phase 1 until the training loss falls (check the "
+                    "learning rate and the labels) and pick the separating epoch after that"
+                )
+            elif accuracy <= chance + _CHANCE_MARGIN * (1.0 - chance):
+                bound = "" if num_classes == 2 else "at most "
+                messages.append(
+                    f"the phase-1 model looks untrained: it classifies {bound}{accuracy:.1%} "
+                    f"of the training examples correctly, chance is {chance:.1%} with "
+                    f"{num_classes} classes, so the selection reflects noise, not slow "
+                    "learning; train phase 1 until the training accuracy rises (check the "
+                    "learning rate and the labels) and pick the separating epoch after that"
+                )
+        num_selected = self.num_slow_learnable
+        if num_selected >= _MIN_SELECTED_FOR_SHARE and len(labels) >= 2:
+            selected = np.bincount(
+                np.searchsorted(labels, self.targets[self.mask]), minlength=len(labels)
+            )
+            top = int(np.argmax(selected))
+            share_selected, share_data = selected[top] / num_selected, counts[top] / n
+            if share_selected >= max(_SWALLOW_SHARE, share_data + _SWALLOW_MARGIN):
+                messages.append(
+                    f"class {int(labels[top])} holds {int(selected[top])} of the {num_selected} "
+                    f"selected examples but {int(counts[top])} of the {n} examples: a phase-1 "
+                    "model that predicts one class everywhere selects the other's examples; "
+                    "check that phase 1 learned (training accuracy above chance)"
+                )
+        low, high = _SELECTED_SHARE_RANGE
+        share = num_selected / n
+        if not low <= share <= high:
+            advice = (
+                "train phase 1 for fewer epochs (an earlier separating epoch)"
+                if share > high
+                else "train phase 1 for more epochs (a later separating epoch), or check "
+                "that the model is not already fitting every example"
+            )
+            messages.append(
+                f"{num_selected} of {n} examples ({share:.1%}) are selected, outside "
+                f"{low:.0%}-{high:.0%} (the paper selects about 30%); {advice}, see "
+                "useful_data.separating_epoch"
+            )
+        separation = self.separation
+        if (
+            self.params.get("strategy", "kmeans") == "kmeans"
+            and separation.weak
+            and separation.num_classes_split
+        ):
+            messages.append(
+                f"the slow-learnable clusters are weakly separated by loss (ROC-AUC "
+                f"{separation.auc:.3f} < {_WEAK_SEPARATION_AUC}, mean-loss gap "
+                f"{separation.loss_gap:.3g}), so the selection is close to random upsampling; "
+                "try another separating epoch (see useful_data.separating_epoch) and check "
+                "selection.class_summary()"
+            )
+        return messages
 
     def __repr__(self) -> str:
         return (
@@ -578,12 +682,15 @@ class Selection:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the selection to ``path`` (an ``.npz`` file, no pickle), atomically.
 
-        The file is written to a temporary name in the same folder and renamed over ``path``,
-        so a crash never leaves a half-written selection behind. Otherwise it behaves like
+        The file is written to a temporary name in the same folder (``.<name>.<random>.tmp``)
+        and renamed over ``path``, so a crash never leaves a half-written selection behind;
+        `load` never reads such a file, and a later save to the same path removes those an
+        hour old or older (a save killed midway leaves one). Otherwise it behaves like
         ``open(path, "w")``: a new file gets the permissions the process's umask gives any
         new file (``0o666 & ~umask``); an existing file keeps its permissions; a symbolic
         link is followed (the file it points to is replaced, the link kept); a read-only
-        file, a FIFO, a socket or a device is refused.
+        file, a FIFO, a socket or a device is refused. String keys are stored as their UTF-8
+        bytes and offsets: the file costs their total length and gives each back exactly.
 
         Args:
             path: Destination file. Its folder must exist.
@@ -599,8 +706,8 @@ class Selection:
         """
         target = check_destination("path", path)
         meta = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format": _FORMAT_NAME,
+            "format_version": _FORMAT_VERSION,
             "library_version": __version__,
             "upsample_factor": self.upsample_factor,
             "params": self.params,
@@ -610,8 +717,9 @@ class Selection:
         if self.data_fingerprint is not None:
             meta["data_fingerprint"] = self.data_fingerprint
         meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
+        _remove_stale_tmp(target)
         fd, tmp = _create_beside(target)
-        arrays: dict[str, Any] = {} if self.keys is None else {"keys": self.keys}
+        arrays: dict[str, Any] = {} if self.keys is None else encode_keys(self.keys)
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(
@@ -635,70 +743,58 @@ class Selection:
         """Read a selection written by `save`.
 
         Only the members a selection needs are read (``mask``, ``loss``, ``targets``,
-        ``meta``); any other member of the file is never decompressed.
+        ``meta``, and the keys of a stream's selection); any other member of the file is
+        never decompressed. Before a member is read, the shape and dtype its header
+        declares are checked against the metadata (``N`` examples), and the bytes all of
+        them declare are bounded (64 MiB, or 64 times the file's size, whichever is more:
+        `save` stores them uncompressed), so a small crafted file is refused before it can
+        take memory or time.
 
         Raises:
             FileNotFoundError: if ``path`` does not exist.
             IsADirectoryError: if ``path`` is a folder.
-            ValueError: if the file is not a useful-data selection, is of an unknown format
-                version, is malformed (the message names the field) or is corrupt (its
-                labels do not match its fingerprint).
+            ValueError: if ``path`` is not a regular file (a device, a FIFO), the file is not
+                a useful-data selection, is of an unknown format version, is malformed (the
+                message names the field), declares more data than it can hold, or is
+                corrupt (its labels do not match its fingerprint).
         """
         path = Path(path)
+        where = str(path)
         if path.is_dir():
             raise IsADirectoryError(
-                f"selection file {str(path)!r} is a folder; pass the file Selection.save wrote"
+                f"selection file {where!r} is a folder; pass the file Selection.save wrote"
             )
+        if not path.exists():
+            raise FileNotFoundError(f"selection file {where!r} does not exist")
         if not path.is_file():
-            raise FileNotFoundError(f"selection file {str(path)!r} does not exist")
-        where = str(path)
+            raise ValueError(
+                f"selection file {where!r} is not a regular file (a device, FIFO or socket); "
+                "pass the file Selection.save wrote"
+            )
         try:
-            with np.load(path, allow_pickle=False) as data:
-                info = {
-                    m: data.zip.getinfo(f"{m}.npy") for m in (*MEMBERS, "keys") if m in data.files
-                }
-                if "meta" in info and info["meta"].file_size > MAX_META_BYTES:
-                    raise ValueError(
-                        f"its metadata is {info['meta'].file_size} bytes, more than the "
-                        f"{MAX_META_BYTES} a selection's can be"
-                    )
-                arrays = {m: data[m] for m in info}
+            meta, arrays = _read_members(path)
+        except _Malformed as err:
+            raise ValueError(f"{where!r} is not a useful-data selection file: {err}") from None
         except Exception as err:  # zipfile / numpy raise many types for a bad file
             raise ValueError(
                 f"{where!r} is not a readable useful-data selection file ({err})"
             ) from err
-        missing = set(MEMBERS) - arrays.keys()
-        if missing:
-            raise ValueError(
-                f"{where!r} is not a useful-data selection file: missing {sorted(missing)}"
-            )
-        try:
-            meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            reason = "nested too deeply" if isinstance(err, RecursionError) else err
-            raise ValueError(f"{where!r} has unreadable metadata ({reason})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-            raise ValueError(f"{where!r} is not a useful-data selection file")
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{where!r} has selection format_version={version!r}, but this version of "
-                f"useful-data ({__version__}) reads format_version={FORMAT_VERSION}; "
-                "recompute the selection or install a matching useful-data"
-            )
         factor = meta.get("upsample_factor", 2)
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
             raise ValueError(
                 f"{where!r} is malformed: upsample_factor should be an integer >= 1, "
                 f"but got {factor!r:.100}"
             )
-        for name in ("params", "unsplit", "fingerprint"):
+        for name in ("params", "unsplit"):
             if not isinstance(meta.get(name, {}), dict):
                 raise ValueError(
                     f"{where!r} is malformed: {name} should be a JSON object, but got "
                     f"{type(meta[name]).__name__}"
                 )
         try:
+            keys = arrays.get("keys")
+            if "keys_utf8" in arrays:
+                keys = decode_keys(arrays["keys_utf8"], arrays["keys_offsets"])
             selection = cls(
                 mask=arrays["mask"],
                 loss=arrays["loss"],
@@ -707,13 +803,131 @@ class Selection:
                 params=meta.get("params", {}),
                 unsplit=meta.get("unsplit", {}),
                 data_fingerprint=meta.get("data_fingerprint"),
-                keys=arrays.get("keys"),
+                keys=keys,
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where!r} is malformed: {err}") from None
         if meta.get("fingerprint") != selection.fingerprint:
             raise ValueError(f"{where!r} is corrupt: its labels do not match its fingerprint")
         return selection
+
+
+class _Malformed(Exception):
+    """A selection file's structure is wrong (the message says how)."""
+
+
+def _read_members(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The metadata and the arrays of a selection file, each member's header checked
+    against the metadata before the member is read (see `Selection.load`)."""
+    with zipfile.ZipFile(path) as archive:
+        info = {}
+        for name in (*_REQUIRED, *_MEMBER_KINDS):
+            try:
+                info[name] = archive.getinfo(f"{name}.npy")
+            except KeyError:
+                continue
+        missing = [m for m in _REQUIRED if m not in info]
+        if missing:
+            raise _Malformed(f"missing {missing}")
+        if info["meta"].file_size > _MAX_META_BYTES:
+            raise _Malformed(
+                f"its metadata is {info['meta'].file_size} bytes, more than the "
+                f"{_MAX_META_BYTES} a selection's can be"
+            )
+        meta = _parse_meta(_read_member(archive, info["meta"], "meta", "u", None))
+        n = meta["fingerprint"]["num_examples"]
+        length: dict[str, int | None] = {m: n for m in _MEMBER_KINDS}
+        length["keys_utf8"] = None  # the total length of the keys (checked by decode_keys)
+        length["keys_offsets"] = n + 1
+        arrays = {m: (info[m], _MEMBER_KINDS[m], length[m]) for m in info if m != "meta"}
+        for m, (member, kinds, size) in arrays.items():  # every header, before any body
+            with archive.open(member) as f:
+                _check_member(f, member, m, kinds, size)
+        bound = max(_MIN_BYTES_BOUND, _MAX_EXPANSION * path.stat().st_size)
+        declared = sum(member.file_size for member, _, _ in arrays.values())
+        if declared > bound:
+            raise _Malformed(
+                f"its arrays declare {declared} bytes, more than the {bound} a selection file "
+                f"of {path.stat().st_size} bytes can hold (Selection.save does not compress)"
+            )
+        read = {
+            m: _read_member(archive, i, m, kinds, size) for m, (i, kinds, size) in arrays.items()
+        }
+    if ("keys_utf8" in read) != ("keys_offsets" in read) or (
+        "keys" in read and "keys_utf8" in read
+    ):
+        raise _Malformed("its keys should be 'keys', or both 'keys_utf8' and 'keys_offsets'")
+    return meta, read
+
+
+def _check_member(
+    f: Any, info: zipfile.ZipInfo, name: str, kinds: str, length: int | None
+) -> tuple[int, np.dtype[Any]]:
+    """Read the ``.npy`` header at the start of the open member ``f`` and check that it
+    declares a 1-D array of ``length`` entries (any length if ``None``) of a dtype of one
+    of ``kinds`` that fills the member; return its entry count and dtype."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise _Malformed(f"{name} is an .npy of unknown version {version}")
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, _, dtype = read_header(f)
+    if (
+        len(shape) != 1
+        or (length is not None and shape[0] != length)
+        or dtype.kind not in kinds
+        or dtype.hasobject
+        or f.tell() + shape[0] * dtype.itemsize != info.file_size
+    ):
+        expected = "(N,)" if length is None else f"({length},)"
+        raise _Malformed(
+            f"{name} should be a {expected} array of a kind in {kinds!r} filling its "
+            f"member, but its header declares shape {shape} and dtype {dtype} in "
+            f"{info.file_size} bytes"
+        )
+    return int(shape[0]), dtype
+
+
+def _read_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, kinds: str, length: int | None
+) -> np.ndarray:
+    """The member ``info`` as a read-only array, its header checked first (`_check_member`)."""
+    with archive.open(info) as f:
+        count, dtype = _check_member(f, info, name, kinds, length)
+        data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise _Malformed(f"{name} ends before its declared size")
+    return np.frombuffer(data, dtype=dtype)  # Selection copies what it keeps
+
+
+def _parse_meta(raw: np.ndarray) -> dict[str, Any]:
+    """The checked metadata of a selection file."""
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise _Malformed(f"unreadable metadata ({reason})") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT_NAME:
+        raise _Malformed("its metadata does not name the format")
+    version = meta.get("format_version")
+    if version != _FORMAT_VERSION:
+        raise _Malformed(
+            f"it has selection format_version={version!r}, but this version of "
+            f"useful-data ({__version__}) reads format_version={_FORMAT_VERSION}; "
+            "recompute the selection or install a matching useful-data"
+        )
+    fingerprint = meta.get("fingerprint")
+    if (
+        not isinstance(fingerprint, dict)
+        or isinstance(fingerprint.get("num_examples"), bool)
+        or not isinstance(fingerprint.get("num_examples"), int)
+        or fingerprint["num_examples"] < 0
+    ):
+        raise _Malformed(f"its fingerprint should hold num_examples, but got {fingerprint!r:.200}")
+    return meta
 
 
 def _create_beside(target: Path) -> tuple[int, Path]:
@@ -738,73 +952,37 @@ def _create_beside(target: Path) -> tuple[int, Path]:
         return fd, tmp
 
 
-def _refuse_keyed(selection: Selection, name: str) -> None:
-    """Raise if ``selection`` is addressed by key (computed on a stream), not by position."""
-    if selection.keys is not None:
-        raise ValueError(
-            f"{name} was computed on a stream and addresses its examples by key, not by "
-            "position; upsample the stream with useful_data.USEFULIterableDataset"
-        )
+def _remove_stale_tmp(target: Path) -> None:
+    """Remove the temporary files `_create_beside` made for ``target`` that are at least
+    ``_STALE_TMP_SECONDS`` old: left by a save that was killed before its rename."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[0-9a-f]{{16}}\.tmp")
+    now = time.time()
+    try:
+        siblings = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in siblings:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and (
+                now - entry.stat(follow_symlinks=False).st_mtime >= _STALE_TMP_SECONDS
+            ):
+                os.unlink(entry.path)
+        except OSError:  # removed by another save meanwhile, or not ours to remove
+            continue
 
 
-def resolve_selection(
-    selection: SelectionLike, num_examples: int | None = None, *, name: str = "selection"
-) -> tuple[np.ndarray, Selection | None]:
-    """Turn anything `SelectionLike` into a boolean mask.
-
-    Args:
-        selection: A `Selection`, a path to a saved one, a boolean mask of shape
-            ``(N,)``, or a sequence of distinct integer indices.
-        num_examples: ``N``; required for indices, checked against a mask or a Selection.
-        name: Argument name used in error messages.
-
-    Returns:
-        ``(mask, selection_or_none)``: the mask and the `Selection` it came from, if any.
-
-    Raises:
-        TypeError: if ``selection`` is none of the accepted kinds.
-        ValueError: if it does not fit ``num_examples`` (a mask's length, a Selection's size,
-            an index out of range or repeated, a 0/1 integer array given for a bool mask),
-            or indices come without ``num_examples``.
-    """
-    sel: Selection | None = None
-    if isinstance(selection, str | os.PathLike):
-        sel = Selection.load(selection)
-    elif isinstance(selection, Selection):
-        sel = selection
-    if sel is not None:
-        _refuse_keyed(sel, name)
-        if num_examples is not None and sel.num_examples != num_examples:
-            raise ValueError(
-                f"{name} was computed on {sel.num_examples} examples, but the dataset has "
-                f"{num_examples}; was it computed on another dataset or split?"
-            )
-        return np.asarray(sel.mask), sel
-    array = as_numpy(name, selection)
-    if array.dtype == bool:
-        if array.ndim != 1 or (num_examples is not None and array.shape[0] != num_examples):
-            expected = f"({num_examples},)" if num_examples is not None else "(N,)"
-            raise ValueError(
-                f"{name} as a boolean mask should have shape {expected}, "
-                f"but got shape {tuple(array.shape)}"
-            )
-        return array, None
-    if num_examples is None:
-        raise ValueError(
-            f"{name} given as indices needs the dataset size: pass num_examples=N "
-            "(or pass a boolean mask or a Selection)"
-        )
-    if array.size == 0:
-        array = array.astype(np.int64)
-    if array.size > 2 and np.isin(array, (0, 1)).all():  # as indices, 0 and 1 would repeat
-        raise ValueError(
-            f"{name} holds only 0s and 1s, which as indices would repeat: for a mask, pass "
-            f"booleans ({name}.astype(bool) or tensor.bool()); for indices, distinct ones"
-        )
-    return indices_to_mask(array, num_examples, name=name), None
-
-
-# 0.x names: ``check_selection_fits(selection, dataset)`` is ``Selection.check_fits``.
+# 0.x names: ``check_selection_fits(selection, dataset)`` is ``Selection.check_fits``; the
+# helpers below are private since 1.0 (``Selection.fingerprint``, ``Selection.separation`` and
+# ``Selection.diagnose`` are their public faces).
 __getattr__ = moved_names(
-    __name__, {"check_selection_fits": "useful_data.selection:Selection.check_fits"}
+    __name__,
+    {
+        "check_selection_fits": "useful_data.selection:Selection.check_fits",
+        "WEAK_SEPARATION_AUC": "useful_data.selection:_WEAK_SEPARATION_AUC",
+        "dataset_fingerprint": "useful_data._targets:dataset_fingerprint",
+        "loss_auc": "useful_data.selection:_loss_auc",
+        "resolve_selection": "useful_data._resolve:resolve_selection",
+    },
 )

@@ -26,6 +26,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, IterableDataset
 
+from useful_data._baselines import (
+    STRATEGIES,
+    select_loss_quantile,
+    select_misclassified,
+    select_random_like,
+)
 from useful_data._batches import model_device
 from useful_data._checks import (
     as_numpy,
@@ -40,15 +46,9 @@ from useful_data._comm import resolve_distributed
 from useful_data._deprecation import moved_names
 from useful_data._sharded import collect_outputs_sharded, select_across_ranks
 from useful_data._streaming import stream_outputs, with_keys
-from useful_data._targets import dataset_targets
+from useful_data._targets import dataset_fingerprint, dataset_targets, exposed_labels
 from useful_data.collect import collect_outputs
-from useful_data.selection import WEAK_SEPARATION_AUC, Selection, dataset_fingerprint
-from useful_data.strategies import (
-    STRATEGIES,
-    select_loss_quantile,
-    select_misclassified,
-    select_random_like,
-)
+from useful_data.selection import Selection
 
 __all__ = ["find_slow_learnable"]
 
@@ -308,13 +308,7 @@ def _record_dataset_labels(selection: Selection, dataset: Dataset[Any] | None) -
     not the labels it was computed with (``targets=`` given for a ``target_transform``)."""
     if dataset is None:
         return selection
-    num_examples = check_sized("dataset", dataset)
-    if num_examples != selection.num_examples:
-        raise ValueError(
-            f"dataset should hold the {selection.num_examples} examples the outputs are of, "
-            f"but it has {num_examples}"
-        )
-    exposed = dataset_targets(dataset)
+    exposed = exposed_labels(dataset, selection.num_examples, name="the selection")
     if exposed is None or selection.fits(exposed):
         return selection
     return dataclasses.replace(selection, data_fingerprint=dataset_fingerprint(exposed))
@@ -524,20 +518,8 @@ def _warn_if_doubtful(selection: Selection) -> None:
             )
     if unsplit:
         logger.info("classes not split: %s", unsplit)
-    if selection.params.get("strategy") == "kmeans":
-        separation = selection.separation
-        # Nothing split at all is warned about above (identical outputs, one cluster, equal
-        # mean loss) or is a set of single-example classes.
-        if separation.weak and separation.num_classes_split:
-            warnings.warn(
-                f"the slow-learnable clusters are weakly separated by loss (ROC-AUC "
-                f"{separation.auc:.3f} < {WEAK_SEPARATION_AUC}, mean-loss gap "
-                f"{separation.loss_gap:.3g}), so the selection is close to random upsampling; "
-                "try another separating epoch (see useful_data.separating_epoch) and check "
-                "selection.class_summary()",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+    for message in selection.diagnose():  # untrained phase 1, share, weak split
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 # 1.0 made the per-class step private: call find_slow_learnable(logits=..., targets=...)

@@ -31,24 +31,16 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-__all__ = [
-    "INTERPOLATIONS",
-    "check_model_name",
-    "check_split",
-    "checkpoint_data_config",
-    "create_eval_dataset",
-    "create_timm_model",
-    "extract_state_dict",
-    "load_timm_checkpoint",
-    "with_sampler",
-]
+from useful_data._deprecation import moved_names
+
+__all__ = ["load_timm_checkpoint", "with_sampler"]
 
 #: Keys under which timm (and most training scripts) store weights, in the order tried.
 STATE_DICT_KEYS: tuple[str, ...] = ("state_dict", "model")
 #: Keys under which timm stores the EMA weights (``--model-ema``).
 EMA_KEYS: tuple[str, ...] = ("state_dict_ema", "model_ema")
 #: The resize interpolations timm's eval transform takes (``--interpolation``).
-INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+_INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 #: Split names timm treats as the training split: with no such subfolder, an image folder
 #: dataset is read from the data folder itself (as timm's ``train.py`` reads it).
 _TRAIN_SPLITS = ("train", "training")
@@ -93,7 +85,7 @@ def _strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
-def extract_state_dict(checkpoint: Any, *, use_ema: bool = False) -> dict[str, torch.Tensor]:
+def _extract_state_dict(checkpoint: Any, *, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """Pick the model weights out of a loaded checkpoint, the way timm saves them.
 
     Args:
@@ -112,7 +104,7 @@ def extract_state_dict(checkpoint: Any, *, use_ema: bool = False) -> dict[str, t
     Example:
         >>> import torch
         >>> ckpt = {"epoch": 9, "state_dict": {"module.fc.weight": torch.zeros(2, 3)}}
-        >>> list(extract_state_dict(ckpt))
+        >>> list(_extract_state_dict(ckpt))
         ['fc.weight']
     """
     if not isinstance(checkpoint, dict):
@@ -158,7 +150,7 @@ def load_timm_checkpoint(
         ValueError: if the weights do not fit the model: a different class count, missing or
             unexpected keys, or other shape mismatches (each named in the message).
     """
-    state = extract_state_dict(_read_checkpoint(path), use_ema=use_ema)
+    state = _extract_state_dict(_read_checkpoint(path), use_ema=use_ema)
     _check_fits(model, state, path)
     model.load_state_dict(state, strict=True)
     return model
@@ -207,9 +199,20 @@ def _classifier_weight_key(model: nn.Module) -> str | None:
     return None
 
 
-def check_model_name(name: str) -> None:
+def _import_timm() -> Any:
+    """The ``timm`` module, or an `ImportError` that names the extra to install."""
+    try:
+        import timm
+    except ImportError as err:
+        raise ImportError(
+            "this part of useful_data.timm needs timm: pip install 'useful-data[timm]'"
+        ) from err
+    return timm
+
+
+def _check_model_name(name: str) -> None:
     """Raise a `ValueError` (with similar names) if ``name`` is not a timm model name."""
-    import timm
+    timm = _import_timm()
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
@@ -220,7 +223,7 @@ def check_model_name(name: str) -> None:
         )
 
 
-def create_timm_model(
+def _create_timm_model(
     name: str,
     *,
     num_classes: int,
@@ -244,25 +247,25 @@ def create_timm_model(
         ValueError: for an unknown model name or a checkpoint that does not fit.
 
     Example:
-        >>> model = create_timm_model("resnet10t", num_classes=3)
+        >>> model = _create_timm_model("resnet10t", num_classes=3)
         >>> model.get_classifier().out_features
         3
     """
-    import timm
+    timm = _import_timm()
 
-    check_model_name(name)
+    _check_model_name(name)
     model = timm.create_model(name, num_classes=num_classes, pretrained=False, **kwargs)
     if checkpoint is not None:
         load_timm_checkpoint(model, checkpoint, use_ema=use_ema)
     return model.eval()
 
 
-def checkpoint_data_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+def _checkpoint_data_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The eval data settings of the training run that saved ``path``, where timm kept them.
 
     timm's ``train.py`` (its ``CheckpointSaver``) stores the run's arguments in every
     checkpoint; the ones that shape the eval transform are returned under
-    `create_eval_dataset`'s names, so the selection sees the images as training did.
+    `_create_eval_dataset`'s names, so the selection sees the images as training did.
 
     Args:
         path: A checkpoint file (see `load_timm_checkpoint`).
@@ -296,7 +299,7 @@ def checkpoint_data_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def check_split(name: str, root: str | os.PathLike[str], split: str) -> None:
+def _check_split(name: str, root: str | os.PathLike[str], split: str) -> None:
     """Raise a `ValueError` if ``split`` names no folder of an image-folder dataset.
 
     timm's ``create_dataset`` reads an image folder's split from ``root/split`` (or a synonym:
@@ -308,8 +311,8 @@ def check_split(name: str, root: str | os.PathLike[str], split: str) -> None:
 
     Example:
         >>> import tempfile
-        >>> check_split("", tempfile.gettempdir(), "train")  # falls back to the folder
-        >>> check_split("", tempfile.gettempdir(), "no-such-split")
+        >>> _check_split("", tempfile.gettempdir(), "train")  # falls back to the folder
+        >>> _check_split("", tempfile.gettempdir(), "no-such-split")
         Traceback (most recent call last):
         ...
         ValueError: split='no-such-split' names no subfolder of ...
@@ -333,7 +336,7 @@ def check_split(name: str, root: str | os.PathLike[str], split: str) -> None:
     )
 
 
-def create_eval_dataset(
+def _create_eval_dataset(
     name: str,
     root: str | os.PathLike[str],
     *,
@@ -364,7 +367,7 @@ def create_eval_dataset(
         mean: Normalization mean per channel (timm's ``--mean``); defaults to the model's.
         std: Normalization std per channel (timm's ``--std``); defaults to the model's.
         interpolation: Resize interpolation (timm's ``--interpolation``, e.g. ``"bicubic"``);
-            defaults to the model's. `checkpoint_data_config` reads all of these from the
+            defaults to the model's. `_checkpoint_data_config` reads all of these from the
             training run's arguments, which timm saves in its checkpoints.
         download: Let torchvision datasets download (``torch/...`` names only).
         class_map: timm's ``--class-map`` file, if training used one.
@@ -374,13 +377,14 @@ def create_eval_dataset(
 
     Raises:
         ValueError: if the dataset cannot be built or holds no examples, or ``split`` names
-            no folder of an image folder (see `check_split`).
+            no folder of an image folder (see `_check_split`).
     """
+    _import_timm()
     from timm.data import create_dataset, create_transform, resolve_data_config
 
     if not os.path.isdir(root) and not (download and name.lower().startswith("torch/")):
         raise ValueError(f"data_dir={str(root)!r} is not a folder")
-    check_split(name, root, split)
+    _check_split(name, root, split)
     try:
         dataset = create_dataset(
             name,
@@ -494,3 +498,18 @@ def with_sampler(loader: Any, sampler: Sampler[int]) -> Any:
         return rebuilt
     loader.loader = rebuilt
     return loader
+
+
+# Private since 1.0: the helpers of ``useful-data select``.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "INTERPOLATIONS": "useful_data.timm:_INTERPOLATIONS",
+        "check_model_name": "useful_data.timm:_check_model_name",
+        "check_split": "useful_data.timm:_check_split",
+        "checkpoint_data_config": "useful_data.timm:_checkpoint_data_config",
+        "create_eval_dataset": "useful_data.timm:_create_eval_dataset",
+        "create_timm_model": "useful_data.timm:_create_timm_model",
+        "extract_state_dict": "useful_data.timm:_extract_state_dict",
+    },
+)

@@ -76,8 +76,9 @@ from torch.utils.data import Dataset
 
 from useful_data._checks import as_numpy, check_upsample_factor
 from useful_data._comm import all_gather_equal, comm_device, resolve_distributed
+from useful_data._resolve import resolve_selection
 from useful_data._targets import dataset_targets
-from useful_data.selection import Selection, SelectionLike, resolve_selection
+from useful_data.selection import Selection, SelectionLike
 
 __all__ = ["IndexedDataset", "TrainingDynamics", "select_from_dynamics"]
 
