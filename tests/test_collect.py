@@ -294,3 +294,19 @@ def test_a_cuda_model_gives_the_cpu_outputs_on_the_cpu():
     torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-2, atol=1e-2)  # TF32 convolutions
     with pytest.raises(ValueError, match="device should be where the model is"):
         collect_outputs(model, data, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("chunk_bytes", [0, 1, 200, 10**9])
+def test_outputs_written_in_chunks_land_in_their_rows(chunk_bytes):
+    """On an accelerator the logits wait in chunks before one copy to the CPU (one sync per
+    chunk, not per batch): every chunk size gives the same rows."""
+    from useful_data.collect import _Rows
+
+    batches = [torch.randn(n, 3, generator=torch.Generator().manual_seed(n)) for n in (4, 1, 7, 5)]
+    outputs = torch.full((17, 3), float("nan"))
+    rows, start = _Rows(chunk_bytes), 0
+    for logits in batches:
+        rows.write(outputs, start, logits)
+        start += logits.shape[0]
+    rows.flush(outputs)
+    assert torch.equal(outputs, torch.cat(batches))
