@@ -26,10 +26,10 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from useful_data import Selection, UpsampleSampler, USEFULDataset, find_slow_learnable
+from useful_data._targets import dataset_fingerprint
 from useful_data.cli import main
 from useful_data.collect import collect_outputs
 from useful_data.distributed import save_on_rank0
-from useful_data.selection import _dataset_fingerprint as dataset_fingerprint
 
 # the models here are untrained: how well their selections separate is beside the point
 pytestmark = pytest.mark.filterwarnings("ignore:the slow-learnable clusters are weakly separated")
