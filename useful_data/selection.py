@@ -600,61 +600,13 @@ class Selection:
             ...     print(message[:49])
             60 of 100 examples (60.0%) are selected, outside
         """
-        n = self.num_examples
-        if n == 0:
+        if self.num_examples == 0:
             return []
-        messages = []
-        labels, counts = np.unique(self.targets, return_counts=True)
-        num_classes = self.params.get("num_classes", len(labels))
-        if isinstance(num_classes, int) and num_classes >= 2:
-            chance = 1.0 / num_classes
-            accuracy = float(np.mean(self.loss < np.log(num_classes)))
-            mean_loss = float(self.loss.astype(np.float64).mean())
-            if num_classes > 2 and mean_loss >= _UNIFORM_LOSS_SHARE * np.log(num_classes):
-                messages.append(
-                    f"the phase-1 model looks untrained: its mean loss {mean_loss:.4f} is "
-                    f"close to ln({num_classes}) = {np.log(num_classes):.4f}, what predicting "
-                    "every class alike gives, so the selection reflects noise, not slow "
-                    "learning; train phase 1 until the training loss falls (check the "
-                    "learning rate and the labels) and pick the separating epoch after that"
-                )
-            elif accuracy <= chance + _CHANCE_MARGIN * (1.0 - chance):
-                bound = "" if num_classes == 2 else "at most "
-                messages.append(
-                    f"the phase-1 model looks untrained: it classifies {bound}{accuracy:.1%} "
-                    f"of the training examples correctly, chance is {chance:.1%} with "
-                    f"{num_classes} classes, so the selection reflects noise, not slow "
-                    "learning; train phase 1 until the training accuracy rises (check the "
-                    "learning rate and the labels) and pick the separating epoch after that"
-                )
-        num_selected = self.num_slow_learnable
-        if num_selected >= _MIN_SELECTED_FOR_SHARE and len(labels) >= 2:
-            selected = np.bincount(
-                np.searchsorted(labels, self.targets[self.mask]), minlength=len(labels)
-            )
-            top = int(np.argmax(selected))
-            share_selected, share_data = selected[top] / num_selected, counts[top] / n
-            if share_selected >= max(_SWALLOW_SHARE, share_data + _SWALLOW_MARGIN):
-                messages.append(
-                    f"class {int(labels[top])} holds {int(selected[top])} of the {num_selected} "
-                    f"selected examples but {int(counts[top])} of the {n} examples: a phase-1 "
-                    "model that predicts one class everywhere selects the other's examples; "
-                    "check that phase 1 learned (training accuracy above chance)"
-                )
-        low, high = _SELECTED_SHARE_RANGE
-        share = num_selected / n
-        if not low <= share <= high:
-            advice = (
-                "train phase 1 for fewer epochs (an earlier separating epoch)"
-                if share > high
-                else "train phase 1 for more epochs (a later separating epoch), or check "
-                "that the model is not already fitting every example"
-            )
-            messages.append(
-                f"{num_selected} of {n} examples ({share:.1%}) are selected, outside "
-                f"{low:.0%}-{high:.0%} (the paper selects about 30%); {advice}, see "
-                "useful_data.separating_epoch"
-            )
+        messages = [
+            *_untrained_phase_one(self),
+            *_one_class_swallows(self),
+            *_selected_share_off(self),
+        ]
         separation = self.separation
         if (
             self.params.get("strategy", "kmeans") == "kmeans"
@@ -928,6 +880,75 @@ def _parse_meta(raw: np.ndarray) -> dict[str, Any]:
     ):
         raise _Malformed(f"its fingerprint should hold num_examples, but got {fingerprint!r:.200}")
     return meta
+
+
+# --- Selection.diagnose's checks, each over the whole selection ------------------------------
+def _untrained_phase_one(sel: Selection) -> list[str]:
+    """A phase-1 model at chance: accuracy (from the loss) near ``1/C``, or, for ``C > 2``, a
+    mean loss near ``ln C`` (near-uniform predictions)."""
+    num_classes = sel.params.get("num_classes", len(np.unique(sel.targets)))
+    if not isinstance(num_classes, int) or num_classes < 2:
+        return []
+    chance = 1.0 / num_classes
+    accuracy = float(np.mean(sel.loss < np.log(num_classes)))
+    mean_loss = float(sel.loss.astype(np.float64).mean())
+    if num_classes > 2 and mean_loss >= _UNIFORM_LOSS_SHARE * np.log(num_classes):
+        return [
+            f"the phase-1 model looks untrained: its mean loss {mean_loss:.4f} is "
+            f"close to ln({num_classes}) = {np.log(num_classes):.4f}, what predicting "
+            "every class alike gives, so the selection reflects noise, not slow "
+            "learning; train phase 1 until the training loss falls (check the "
+            "learning rate and the labels) and pick the separating epoch after that"
+        ]
+    if accuracy <= chance + _CHANCE_MARGIN * (1.0 - chance):
+        bound = "" if num_classes == 2 else "at most "
+        return [
+            f"the phase-1 model looks untrained: it classifies {bound}{accuracy:.1%} "
+            f"of the training examples correctly, chance is {chance:.1%} with "
+            f"{num_classes} classes, so the selection reflects noise, not slow "
+            "learning; train phase 1 until the training accuracy rises (check the "
+            "learning rate and the labels) and pick the separating epoch after that"
+        ]
+    return []
+
+
+def _one_class_swallows(sel: Selection) -> list[str]:
+    """One class holding most of the selection, far beyond its share of the data."""
+    n, num_selected = sel.num_examples, sel.num_slow_learnable
+    labels, counts = np.unique(sel.targets, return_counts=True)
+    if num_selected < _MIN_SELECTED_FOR_SHARE or len(labels) < 2:
+        return []
+    selected = np.bincount(np.searchsorted(labels, sel.targets[sel.mask]), minlength=len(labels))
+    top = int(np.argmax(selected))
+    share_selected, share_data = selected[top] / num_selected, counts[top] / n
+    if share_selected < max(_SWALLOW_SHARE, share_data + _SWALLOW_MARGIN):
+        return []
+    return [
+        f"class {int(labels[top])} holds {int(selected[top])} of the {num_selected} "
+        f"selected examples but {int(counts[top])} of the {n} examples: a phase-1 "
+        "model that predicts one class everywhere selects the other's examples; "
+        "check that phase 1 learned (training accuracy above chance)"
+    ]
+
+
+def _selected_share_off(sel: Selection) -> list[str]:
+    """A selected share outside `_SELECTED_SHARE_RANGE` (the paper selects about 30%)."""
+    n, num_selected = sel.num_examples, sel.num_slow_learnable
+    low, high = _SELECTED_SHARE_RANGE
+    share = num_selected / n
+    if low <= share <= high:
+        return []
+    advice = (
+        "train phase 1 for fewer epochs (an earlier separating epoch)"
+        if share > high
+        else "train phase 1 for more epochs (a later separating epoch), or check "
+        "that the model is not already fitting every example"
+    )
+    return [
+        f"{num_selected} of {n} examples ({share:.1%}) are selected, outside "
+        f"{low:.0%}-{high:.0%} (the paper selects about 30%); {advice}, see "
+        "useful_data.separating_epoch"
+    ]
 
 
 def _create_beside(target: Path) -> tuple[int, Path]:

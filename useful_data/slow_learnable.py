@@ -44,6 +44,7 @@ from useful_data._checks import (
 from useful_data._cluster import KMeans2, check_backend
 from useful_data._comm import resolve_distributed
 from useful_data._deprecation import moved_names
+from useful_data._keys import KeySpec
 from useful_data._sharded import collect_outputs_sharded, select_across_ranks
 from useful_data._streaming import stream_outputs, with_keys
 from useful_data._targets import dataset_fingerprint, dataset_targets, exposed_labels
@@ -209,42 +210,24 @@ def find_slow_learnable(
     keys: np.ndarray | None = None  # a stream's keys, row for row
     if model is not None:
         device = torch.device(device) if device is not None else model_device(model)
-        collect_kwargs: dict[str, Any] = {
-            "batch_size": batch_size,
-            "num_workers": num_workers,
-            "device": device,
-            "autocast_dtype": autocast_dtype,
-            "channels_last": channels_last,
-            "progress": progress,
-        }
-        if stream:  # its examples are named by key
-            logits, targets, keys = stream_outputs(
-                model,
-                dataset,  # type: ignore[arg-type]
-                key=key,
-                max_examples=max_examples,
-                eval_dataset=eval_dataset,
-                targets=targets,
-                sharded=sharded,
-                **collect_kwargs,
-            )
-        else:
-            logits, targets = _dataset_outputs(
-                model,
-                dataset,  # type: ignore[arg-type]
-                eval_dataset=eval_dataset,
-                targets=targets,
-                sharded=sharded,
-                **collect_kwargs,
-            )
+        logits, targets, keys = _model_outputs(
+            model,
+            dataset,
+            stream=stream,
+            key=key,
+            max_examples=max_examples,
+            eval_dataset=eval_dataset,
+            targets=targets,
+            sharded=sharded,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            channels_last=channels_last,
+            progress=progress,
+        )
     elif targets is None:
-        if dataset is None:
-            raise TypeError("logits= needs targets= (or a dataset exposing .targets)")
-        targets = dataset_targets(dataset)
-        if targets is None:
-            raise TypeError(
-                "logits= needs targets=: the dataset exposes no .targets or .labels to read"
-            )
+        targets = _targets_of(dataset)
     if logits is None or targets is None:  # narrowing for type checkers
         raise TypeError("find_slow_learnable needs both outputs and targets")
     select = functools.partial(
@@ -265,6 +248,50 @@ def find_slow_learnable(
     if keys is not None:
         return with_keys(selection, keys, key)
     return _record_dataset_labels(selection, dataset)
+
+
+def _model_outputs(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    stream: bool,
+    key: KeySpec | None,
+    max_examples: int | None,
+    eval_dataset: Any,
+    targets: np.ndarray | torch.Tensor | None,
+    sharded: bool,
+    **collect_kwargs: Any,
+) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray, np.ndarray | None]:
+    """The model's outputs on the data, their labels, and (for a stream) the examples' keys:
+    a map-style dataset is read in order, a stream is named by key."""
+    if stream:
+        return stream_outputs(
+            model,
+            dataset,
+            key=key,
+            max_examples=max_examples,
+            eval_dataset=eval_dataset,
+            targets=targets,
+            sharded=sharded,
+            **collect_kwargs,
+        )
+    logits, labels = _dataset_outputs(
+        model, dataset, eval_dataset=eval_dataset, targets=targets, sharded=sharded,
+        **collect_kwargs,
+    )  # fmt: skip
+    return logits, labels, None
+
+
+def _targets_of(dataset: Any) -> np.ndarray:
+    """The labels of ``find_slow_learnable(logits=..., dataset=...)``: the dataset's own."""
+    if dataset is None:
+        raise TypeError("logits= needs targets= (or a dataset exposing .targets)")
+    targets = dataset_targets(dataset)
+    if targets is None:
+        raise TypeError(
+            "logits= needs targets=: the dataset exposes no .targets or .labels to read"
+        )
+    return targets
 
 
 def _check_sources(
