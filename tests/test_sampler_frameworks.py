@@ -134,17 +134,32 @@ def test_under_accelerate_batch_sharding_each_epoch_is_the_whole_multiset(
     assert Counter(per_rank[0] + per_rank[1]) == EXPECTED
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps its state per process (a Borg): forget the test's Accelerator after it,
+    or every later test in this process would run 'under Accelerate'."""
+    state = pytest.importorskip("accelerate.state")
+    yield state
+    state.AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"num_replicas": 2, "rank": 0}])
-def test_once_an_accelerator_exists_a_sampler_that_would_shard_refuses(monkeypatch, kwargs):
+def test_once_an_accelerator_exists_a_sampler_that_would_shard_refuses(
+    monkeypatch, kwargs, fresh_accelerate_state
+):
     """Forgetting ``num_replicas=1, rank=0`` under Accelerate would shard twice (each rank a
-    quarter of the epoch on 2 processes): with an ``Accelerator`` in the process, iterating
-    or sizing such a sampler raises, saying what to pass; before it exists, it shards."""
+    quarter of the epoch on 2 processes): with an ``Accelerator`` of several processes in the
+    process, iterating or sizing such a sampler raises, saying what to pass; before it exists,
+    it shards. (The real 2-process case: tests/_accelerate_worker.py and _hf_worker.py.)"""
     accelerate = pytest.importorskip("accelerate")
     fake_group(monkeypatch, 2, 0)
     forgot = UpsampleSampler(SLOW, num_examples=N, **kwargs)
     recipe = UpsampleSampler(SLOW, num_examples=N, num_replicas=1, rank=0)
     assert len(forgot) == 25  # no Accelerator yet: its own shard
     accelerate.Accelerator(cpu=True)
+    assert len(forgot) == 25  # an Accelerator of one process shards nothing: nothing lost
+    # as `accelerate launch` / torchrun with 2 processes would make it
+    monkeypatch.setitem(fresh_accelerate_state.PartialState._shared_state, "num_processes", 2)
     for use in (list, len):
         with pytest.raises(RuntimeError, match=r"num_replicas=2 .*UpsampleSampler\(\.\.\., "
                            r"num_replicas=1, rank=0\)"):  # fmt: skip

@@ -194,7 +194,8 @@ class UpsampleSampler(DistributedSampler[int]):
         if replicas > 1 and _accelerator_exists():
             raise RuntimeError(
                 f"UpsampleSampler would shard itself over num_replicas={replicas} processes, "
-                "but an accelerate.Accelerator exists in this process, and Accelerate's prepare "
+                "but an accelerate.Accelerator of several processes exists in this process, and "
+                "Accelerate's prepare "
                 "(the Hugging Face Trainer's too) shards the loader's batches itself: sharded "
                 "twice, each process would train on a fraction of its share. Build it with "
                 "UpsampleSampler(..., num_replicas=1, rank=0): it yields the whole multiset and "
@@ -406,10 +407,13 @@ def _check_epoch_size(epoch_size: int, num_examples: int, upsample_factor: int) 
 
 
 def _accelerator_exists() -> bool:
-    """Whether an ``accelerate.Accelerator`` was created in this process (Accelerate's own
-    public test; Accelerate is not imported for it)."""
+    """Whether an ``accelerate.Accelerator`` of several processes was created in this process
+    (Accelerate's own public state; Accelerate is not imported for it). One of a single
+    process shards nothing, so a sampler sharding itself then loses nothing."""
     state = sys.modules.get("accelerate.state")
-    return state is not None and bool(state.is_initialized())
+    if state is None or not state.is_initialized():
+        return False
+    return int(getattr(state.PartialState(), "num_processes", 1)) > 1
 
 
 def _check_rank(rank: int, num_replicas: int) -> None:
