@@ -56,6 +56,7 @@ def _run(script: str) -> str:
             ],
         ),
         ("bench_data.py", [("ratio", "ratio of best")] * 3),
+        ("bench_eval_pass.py", [("median / plain eval loop",)]),
         pytest.param(
             "bench_lightning.py",
             [("ratio", "min ratio"), ("extra time / baseline epoch (median)",)],

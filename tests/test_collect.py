@@ -280,7 +280,11 @@ def test_a_model_whose_output_width_depends_on_the_layout_falls_back():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_cuda_model_gives_the_cpu_outputs_on_the_cpu():
+@pytest.mark.parametrize("chunk_bytes", [1, 200, 32 * 2**20])  # a copy per batch ... one
+def test_a_cuda_model_gives_the_cpu_outputs_on_the_cpu(monkeypatch, chunk_bytes):
+    import useful_data.collect
+
+    monkeypatch.setattr(useful_data.collect, "_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3)
