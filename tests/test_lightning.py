@@ -31,7 +31,7 @@ from _lightning_helpers import (  # noqa: E402
 )
 from torch.utils.data import DataLoader, SequentialSampler, WeightedRandomSampler  # noqa: E402
 
-from useful_data import SAM, UpsampleSampler, find_slow_learnable  # noqa: E402
+from useful_data import SAM, Selection, UpsampleSampler, find_slow_learnable  # noqa: E402
 from useful_data.lightning import USEFUL  # noqa: E402
 from useful_data.separating_epoch import SeparatingEpoch, find_separating_epoch  # noqa: E402
 
@@ -608,3 +608,27 @@ def test_import_useful_data_does_not_import_lightning():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("cut", "message"),
+    [
+        (lambda s: s.pop("selection"), r"is missing \['selection'\]"),
+        (lambda s: s.pop("restart_pending"), r"is missing \['restart_pending'\]"),
+        (lambda s: s.update(separating_epoch="1"), "has separating_epoch='1'"),
+        (lambda s: s.update(monitored=5), "has monitored=5"),
+        (lambda s: s["selection"].pop("mask"), "should hold a selection with the fields"),
+        (lambda s: s["selection"].update(mask=[True] * N), "arrays as tensors"),
+        (lambda s: s["selection"].update(unsplit=5), "holds a malformed selection"),
+        (lambda s: s["selection"].update(upsample_factor=-1), "malformed selection.*upsample"),
+    ],
+)  # fmt: skip
+def test_an_incomplete_or_edited_state_is_a_value_error(cut, message):
+    """Issue #25 (incomplete checkpoints): a cut-short or edited callback state is refused
+    with a ValueError saying what is wrong, never a KeyError or AttributeError."""
+    mask = np.isin(np.arange(N), SLOW)
+    selection = Selection(mask=mask, loss=np.zeros(N), targets=np.arange(N) % 2)
+    state = USEFUL(selection=selection).state_dict()
+    cut(state)
+    with pytest.raises(ValueError, match=message):
+        USEFUL().load_state_dict(state)

@@ -93,6 +93,8 @@ logger = logging.getLogger(__name__)
 # find_slow_learnable arguments the callback fills in itself
 _OWN_FIND_ARGS = frozenset({"model", "dataset", "logits", "targets", "eval_dataset"})
 _STATE_VERSION = 1
+_STATE_FIELDS = ("separating_epoch", "restart_pending", "initial_state", "monitored", "selection")
+_SELECTION_FIELDS = ("mask", "loss", "targets", "upsample_factor", "params", "unsplit")
 # classes named in the summary printed after the selection
 _CLASSES_SHOWN = 10
 
@@ -349,12 +351,7 @@ class USEFUL(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        version = state_dict.get("version")
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"the checkpoint's USEFUL state has version={version!r}; this useful-data "
-                f"reads version {_STATE_VERSION}"
-            )
+        _check_state(state_dict)
         epoch = state_dict["separating_epoch"]
         if self._fixed_epoch is not None and epoch not in (None, self._fixed_epoch):
             raise ValueError(
@@ -634,6 +631,49 @@ def _check_eval_dataset(eval_dataset: Any) -> Dataset[Any] | Callable[[], Datase
     return eval_dataset
 
 
+def _check_state(state: Any) -> None:
+    """Raise a `ValueError` saying what is wrong if ``state`` is not a whole USEFUL state of
+    this version (a checkpoint cut short, edited, or of another useful-data)."""
+    if not isinstance(state, Mapping):
+        raise ValueError(
+            f"the checkpoint's USEFUL state should be a dict, but got {type(state).__name__}"
+        )
+    version = state.get("version")
+    if version != _STATE_VERSION:
+        raise ValueError(
+            f"the checkpoint's USEFUL state has version={version!r}; this useful-data "
+            f"reads version {_STATE_VERSION}"
+        )
+    missing = [k for k in _STATE_FIELDS if k not in state]
+    epoch, monitored, saved = (state.get(k) for k in ("separating_epoch", "monitored", "selection"))
+    problem = None
+    if missing:
+        problem = f"is missing {missing}"
+    elif epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+        problem = f"has separating_epoch={epoch!r:.100}, not None or an integer >= 0"
+    elif not isinstance(state["restart_pending"], bool):
+        problem = f"has restart_pending={state['restart_pending']!r:.100}, not a bool"
+    elif monitored is not None and not isinstance(monitored, list | tuple):
+        problem = f"has monitored={monitored!r:.100}, not None or a list of numbers"
+    elif saved is not None:
+        fields = (
+            ("given",) if isinstance(saved, Mapping) and "given" in saved else _SELECTION_FIELDS
+        )
+        if not isinstance(saved, Mapping) or any(k not in saved for k in fields):
+            problem = f"should hold a selection with the fields {fields}, but got {saved!r:.200}"
+        elif any(
+            not isinstance(saved[k], torch.Tensor)
+            for k in ("given", "mask", "loss", "targets")
+            if k in saved
+        ):
+            problem = "should hold the selection's arrays as tensors"
+    if problem is not None:
+        raise ValueError(
+            f"the checkpoint's USEFUL state {problem}: the checkpoint is incomplete or was "
+            "not written by USEFUL; resume from another checkpoint or start a new fit"
+        )
+
+
 def _saved_selection(saved: Mapping[str, Any]) -> SelectionLike:
     """The selection a checkpoint's callback state holds (a `Selection`, or a given mask)."""
     if "given" in saved:  # a mask or indices given as selection=
@@ -650,14 +690,19 @@ def _saved_selection(saved: Mapping[str, Any]) -> SelectionLike:
             f"the checkpoint's USEFUL state should hold the selection params as a JSON "
             f"object, but got {type(params).__name__}"
         )
-    return Selection(
-        mask=saved["mask"].numpy(),
-        loss=saved["loss"].numpy(),
-        targets=saved["targets"].numpy(),
-        upsample_factor=saved["upsample_factor"],
-        params=params,
-        unsplit=dict(saved["unsplit"]),
-    )
+    try:
+        return Selection(
+            mask=saved["mask"].numpy(),
+            loss=saved["loss"].numpy(),
+            targets=saved["targets"].numpy(),
+            upsample_factor=saved["upsample_factor"],
+            params=params,
+            unsplit=dict(saved["unsplit"]),
+        )
+    except (TypeError, ValueError) as err:  # dict() of a non-pair list raises either
+        raise ValueError(
+            f"the checkpoint's USEFUL state holds a malformed selection: {err}"
+        ) from None
 
 
 def _same_selection(given: SelectionLike, saved: SelectionLike) -> bool:
