@@ -632,3 +632,23 @@ def test_an_incomplete_or_edited_state_is_a_value_error(cut, message):
     cut(state)
     with pytest.raises(ValueError, match=message):
         USEFUL().load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("find_kwargs", "error", "message"),
+    [
+        ({"upsample_factor": 0}, ValueError, "upsample_factor should be an integer >= 1"),
+        ({"upsample_factor": 2.0}, TypeError, "upsample_factor should be an integer"),
+        ({"seed": -1}, ValueError, "seed should be an integer >= 0"),
+        ({"n_init": 0}, ValueError, "n_init should be an integer >= 1"),
+        ({"batch_size": 0}, ValueError, "batch_size should be an integer >= 1"),
+        ({"max_examples": -5}, ValueError, "max_examples should be an integer >= 1"),
+        ({"num_workers": -1}, ValueError, "num_workers should be an integer >= 0"),
+        ({"backend": "gpu"}, ValueError, "backend should be one of"),
+    ],
+)
+def test_find_kwargs_numbers_are_checked_at_construction(find_kwargs, error, message):
+    """Issue #25: refused when the callback is built, not after phase 1 trained t epochs."""
+    with pytest.raises(error, match=message):
+        USEFUL(2, find_kwargs=find_kwargs)
+    USEFUL(2, find_kwargs={"batch_size": None, "max_examples": None, "upsample_factor": 3})

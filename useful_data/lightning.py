@@ -59,7 +59,14 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from useful_data._checks import as_numpy, check_int, check_positive_int
+from useful_data._checks import (
+    as_numpy,
+    check_int,
+    check_positive_int,
+    check_seed,
+    check_upsample_factor,
+)
+from useful_data._cluster import check_backend
 from useful_data._resolve import resolve_selection
 from useful_data.sampler import UpsampleSampler
 from useful_data.selection import Selection, SelectionLike
@@ -173,7 +180,8 @@ class USEFUL(Callback):
             the wrong type (``selection`` not selection-like, ``eval_dataset`` neither a
             map-style dataset nor a function), or a removed argument is passed.
         ValueError: if ``separating_epoch < 1``, or ``find_kwargs`` names an argument the
-            callback fills in or one `find_slow_learnable` does not take. Errors about the
+            callback fills in or one `find_slow_learnable` does not take, or gives a number it
+            would refuse (``upsample_factor``, ``seed``, ``n_init``, ...). Errors about the
             trainer, the data and checkpoints are raised when the fit starts (see the
             Lightning guide).
 
@@ -602,6 +610,19 @@ def _check_find_kwargs(find_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(
             f"find_kwargs: find_slow_learnable takes no {unknown}; it accepts {sorted(accepted)}"
         )
+    for name, value in kwargs.items():  # the numbers find_slow_learnable checks first
+        if name == "upsample_factor":
+            check_upsample_factor(value)
+        elif name == "seed":
+            check_seed(name, value)
+        elif name == "backend":
+            check_backend(value)
+        elif name in ("n_init", "batch_size", "max_examples") and not (
+            value is None and name != "n_init"
+        ):
+            check_positive_int(name, value)
+        elif name == "num_workers":
+            check_positive_int(name, value, minimum=0)
     return kwargs
 
 
