@@ -652,3 +652,21 @@ def test_find_kwargs_numbers_are_checked_at_construction(find_kwargs, error, mes
     with pytest.raises(error, match=message):
         USEFUL(2, find_kwargs=find_kwargs)
     USEFUL(2, find_kwargs={"batch_size": None, "max_examples": None, "upsample_factor": 3})
+
+
+@pytest.mark.parametrize(
+    ("selection", "error", "message"),
+    [
+        ([1.5, 2.0], TypeError, "boolean mask or integer indices, but got dtype float64"),
+        ([-1, 3], ValueError, "indices should be >= 0, but got index -1"),
+        ([2, 2], ValueError, "should not repeat an index"),
+        ([[1, 2]], ValueError, r"should be 1-D, but got shape \(1, 2\)"),
+        (["a"], TypeError, "boolean mask or integer indices"),
+    ],
+)
+def test_given_indices_are_checked_at_construction(selection, error, message):
+    """Issue #25 (accepted at construction): what needs no dataset size is checked when the
+    callback is built; the range is checked when the fit starts."""
+    with pytest.raises(error, match=message):
+        USEFUL(selection=selection)
+    USEFUL(selection=[]), USEFUL(selection=[10**12]), USEFUL(selection=np.ones(3, bool))

@@ -636,6 +636,26 @@ def _check_selection_type(selection: object) -> None:
             f"sequence of indices, but got selection={selection!r} of type "
             f"{type(selection).__name__}"
         )
+    if isinstance(selection, Selection | str | os.PathLike):
+        return
+    # a mask or indices: what does not need N is checked now, the range when N is known
+    array = as_numpy("selection", selection)
+    if array.ndim != 1:
+        raise ValueError(f"selection should be 1-D, but got shape {tuple(array.shape)}")
+    if array.dtype == bool or not array.size:
+        return
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(
+            f"selection should be a boolean mask or integer indices, but got dtype {array.dtype}"
+        )
+    if int(array.min()) < 0:
+        raise ValueError(f"selection's indices should be >= 0, but got index {int(array.min())}")
+    values, counts = np.unique(array, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(
+            f"selection should not repeat an index (upsampling is set by upsample_factor), "
+            f"but index {int(values[counts > 1][0])} appears {int(counts.max())} times"
+        )
 
 
 def _check_eval_dataset(eval_dataset: Any) -> Dataset[Any] | Callable[[], Dataset[Any]] | None:
