@@ -670,3 +670,17 @@ def test_given_indices_are_checked_at_construction(selection, error, message):
     with pytest.raises(error, match=message):
         USEFUL(selection=selection)
     USEFUL(selection=[]), USEFUL(selection=[10**12]), USEFUL(selection=np.ones(3, bool))
+
+
+def test_resuming_phase_two_with_another_epoch_size_is_refused():
+    """Issue #25 (conflicts): a phase-2 state records its epoch_size; resuming it with another
+    would silently change which items the remaining epochs train on."""
+    selection = Selection(mask=np.isin(np.arange(N), SLOW), loss=np.zeros(N),
+                          targets=np.arange(N) % 2)  # fmt: skip
+    state = USEFUL(selection=selection, epoch_size=N).state_dict()
+    for other in (None, N + 5):
+        with pytest.raises(ValueError, match=rf"epoch_size={N}, but .* pass epoch_size={N} to"):
+            USEFUL(epoch_size=other).load_state_dict(state)
+    USEFUL(epoch_size=N).load_state_dict(state)
+    del state["epoch_size"]  # a state saved before the field existed: not checked
+    USEFUL().load_state_dict(state)

@@ -356,6 +356,7 @@ class USEFUL(Callback):
             "initial_state": self._initial_state,
             "monitored": None if self._detector is None else list(self._detector.errors),
             "selection": selection,
+            "epoch_size": self.epoch_size,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -381,6 +382,14 @@ class USEFUL(Callback):
                 )
             self._replay = list(state_dict["monitored"] or [])  # fed to the detector later
         else:
+            saved_size = state_dict.get("epoch_size", self.epoch_size)  # absent before 1.0
+            if saved_size != self.epoch_size:
+                raise ValueError(
+                    f"the checkpoint trained phase 2 with epoch_size={saved_size}, but this "
+                    f"callback has epoch_size={self.epoch_size}; pass epoch_size={saved_size} "
+                    "to resume it (its epochs continue through the same passes), or start a "
+                    "new run to use another"
+                )
             selection = _saved_selection(saved)
             if self._given is not None and not _same_selection(self._given, selection):
                 raise ValueError(
