@@ -237,6 +237,8 @@ def test_recorder_errors_name_the_problem():
         TrainingDynamics(0)
     with pytest.raises(TypeError, match=r"num_examples=2\.5"):
         TrainingDynamics(2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"num_examples=10000000000000 needs 53 bytes"):
+        TrainingDynamics(10**13)  # refused before its arrays are allocated (issue #25)
     dynamics = TrainingDynamics(4)
     logits = torch.zeros(2, 3)
     with pytest.raises(ValueError, match=r"indices should have shape \(2,\)"):

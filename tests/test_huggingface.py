@@ -515,3 +515,22 @@ def test_select_with_trainer_shows_its_summary_and_the_trainers_bar(tmp_path, ca
     assert any(isinstance(c, ProgressCallback) for c in shown.callback_handler.callbacks)
     with pytest.raises(TypeError, match="progress should be True, False or None"):
         select_with_trainer(shown, data, progress="yes")
+
+
+def test_resuming_with_another_epoch_size_is_refused(tmp_path):
+    """Issue #25 (conflicts): a checkpoint records the epoch_size it was trained with; a
+    resume with another (or none) is refused and told which to pass."""
+    data = Items()
+    args = arguments(tmp_path, save_strategy="epoch", num_train_epochs=1)
+    USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data,
+                  selection=fixed_selection(data), epoch_size=N).train()  # fmt: skip
+    args = arguments(tmp_path, save_strategy="epoch", num_train_epochs=2)
+    for other in (None, N + 5):
+        resumed = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data,
+                                selection=None, epoch_size=other)  # fmt: skip
+        with pytest.raises(ValueError, match=rf"epoch_size={N}, but this trainer has epoch_siz"):
+            resumed.train(resume_from_checkpoint=True)
+    resumed = USEFULTrainer(TinyModel(TinyConfig()), args, train_dataset=data, selection=None,
+                            epoch_size=N)  # fmt: skip
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 2 * (N // 5)

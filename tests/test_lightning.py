@@ -31,7 +31,7 @@ from _lightning_helpers import (  # noqa: E402
 )
 from torch.utils.data import DataLoader, SequentialSampler, WeightedRandomSampler  # noqa: E402
 
-from useful_data import SAM, UpsampleSampler, find_slow_learnable  # noqa: E402
+from useful_data import SAM, Selection, UpsampleSampler, find_slow_learnable  # noqa: E402
 from useful_data.lightning import USEFUL  # noqa: E402
 from useful_data.separating_epoch import SeparatingEpoch, find_separating_epoch  # noqa: E402
 
@@ -608,3 +608,79 @@ def test_import_useful_data_does_not_import_lightning():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("cut", "message"),
+    [
+        (lambda s: s.pop("selection"), r"is missing \['selection'\]"),
+        (lambda s: s.pop("restart_pending"), r"is missing \['restart_pending'\]"),
+        (lambda s: s.update(separating_epoch="1"), "has separating_epoch='1'"),
+        (lambda s: s.update(monitored=5), "has monitored=5"),
+        (lambda s: s["selection"].pop("mask"), "should hold a selection with the fields"),
+        (lambda s: s["selection"].update(mask=[True] * N), "arrays as tensors"),
+        (lambda s: s["selection"].update(unsplit=5), "holds a malformed selection"),
+        (lambda s: s["selection"].update(upsample_factor=-1), "malformed selection.*upsample"),
+    ],
+)  # fmt: skip
+def test_an_incomplete_or_edited_state_is_a_value_error(cut, message):
+    """Issue #25 (incomplete checkpoints): a cut-short or edited callback state is refused
+    with a ValueError saying what is wrong, never a KeyError or AttributeError."""
+    mask = np.isin(np.arange(N), SLOW)
+    selection = Selection(mask=mask, loss=np.zeros(N), targets=np.arange(N) % 2)
+    state = USEFUL(selection=selection).state_dict()
+    cut(state)
+    with pytest.raises(ValueError, match=message):
+        USEFUL().load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("find_kwargs", "error", "message"),
+    [
+        ({"upsample_factor": 0}, ValueError, "upsample_factor should be an integer >= 1"),
+        ({"upsample_factor": 2.0}, TypeError, "upsample_factor should be an integer"),
+        ({"seed": -1}, ValueError, "seed should be an integer >= 0"),
+        ({"n_init": 0}, ValueError, "n_init should be an integer >= 1"),
+        ({"batch_size": 0}, ValueError, "batch_size should be an integer >= 1"),
+        ({"max_examples": -5}, ValueError, "max_examples should be an integer >= 1"),
+        ({"num_workers": -1}, ValueError, "num_workers should be an integer >= 0"),
+        ({"backend": "gpu"}, ValueError, "backend should be one of"),
+    ],
+)
+def test_find_kwargs_numbers_are_checked_at_construction(find_kwargs, error, message):
+    """Issue #25: refused when the callback is built, not after phase 1 trained t epochs."""
+    with pytest.raises(error, match=message):
+        USEFUL(2, find_kwargs=find_kwargs)
+    USEFUL(2, find_kwargs={"batch_size": None, "max_examples": None, "upsample_factor": 3})
+
+
+@pytest.mark.parametrize(
+    ("selection", "error", "message"),
+    [
+        ([1.5, 2.0], TypeError, "boolean mask or integer indices, but got dtype float64"),
+        ([-1, 3], ValueError, "indices should be >= 0, but got index -1"),
+        ([2, 2], ValueError, "should not repeat an index"),
+        ([[1, 2]], ValueError, r"should be 1-D, but got shape \(1, 2\)"),
+        (["a"], TypeError, "boolean mask or integer indices"),
+    ],
+)
+def test_given_indices_are_checked_at_construction(selection, error, message):
+    """Issue #25 (accepted at construction): what needs no dataset size is checked when the
+    callback is built; the range is checked when the fit starts."""
+    with pytest.raises(error, match=message):
+        USEFUL(selection=selection)
+    USEFUL(selection=[]), USEFUL(selection=[10**12]), USEFUL(selection=np.ones(3, bool))
+
+
+def test_resuming_phase_two_with_another_epoch_size_is_refused():
+    """Issue #25 (conflicts): a phase-2 state records its epoch_size; resuming it with another
+    would silently change which items the remaining epochs train on."""
+    selection = Selection(mask=np.isin(np.arange(N), SLOW), loss=np.zeros(N),
+                          targets=np.arange(N) % 2)  # fmt: skip
+    state = USEFUL(selection=selection, epoch_size=N).state_dict()
+    for other in (None, N + 5):
+        with pytest.raises(ValueError, match=rf"epoch_size={N}, but .* pass epoch_size={N} to"):
+            USEFUL(epoch_size=other).load_state_dict(state)
+    USEFUL(epoch_size=N).load_state_dict(state)
+    del state["epoch_size"]  # a state saved before the field existed: not checked
+    USEFUL().load_state_dict(state)

@@ -333,3 +333,23 @@ def test_epoch_size_is_checked(kwargs, error, match):
     kwargs = {"selection": [1], "num_examples": 5, **kwargs}
     with pytest.raises(error, match=match):
         UpsampleSampler(**kwargs)
+
+
+def test_sizes_that_would_not_fit_in_memory_are_refused_before_allocating():
+    """Issue #25 (sizes): num_examples for indices, and num_replicas whose padded epoch would
+    be allocated, are refused with a ValueError naming them, not a MemoryError."""
+    with pytest.raises(ValueError, match=r"num_examples=10000000000000 makes a mask"):
+        UpsampleSampler([1], 10**13, num_replicas=1, rank=0)
+    with pytest.raises(ValueError, match=r"num_replicas=10000000000000 pads an epoch"):
+        UpsampleSampler([1], 5, num_replicas=10**13, rank=0)
+    assert len(list(UpsampleSampler([1], 5, num_replicas=8, rank=7))) == 1  # padding is fine
+
+
+def test_a_state_that_yielded_more_than_an_epoch_is_refused():
+    """A saved position past the epoch's end would silently skip the whole epoch."""
+    sampler = UpsampleSampler([1], 5, num_replicas=2, rank=0)
+    state = sampler.state_dict()
+    sampler.load_state_dict({**state, "yielded": 3})  # the whole shard: a finished epoch
+    assert list(sampler) == []
+    with pytest.raises(ValueError, match=r"state_dict\['yielded'\] should be at most the 3"):
+        sampler.load_state_dict({**state, "yielded": 4})

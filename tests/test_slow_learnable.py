@@ -310,6 +310,26 @@ def test_bad_arguments_fail_before_the_forward_pass(kwargs, error, match):
         find_slow_learnable(logits=logits, targets=targets, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"batch_size": 8},
+        {"num_workers": 2},
+        {"autocast_dtype": torch.bfloat16},
+        {"channels_last": True},
+        {"eval_dataset": TensorDataset(torch.zeros(4, 2))},
+    ],
+)
+def test_forward_pass_settings_with_logits_are_refused_not_ignored(kwargs):
+    """Issue #25 (ignored arguments): logits= are used as given, so a setting of the forward
+    pass alongside them would be silently ignored; it is refused, naming it."""
+    logits, targets, _ = two_blob_logits()
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=rf"{name}= applies to the model's forward pass only"):
+        find_slow_learnable(logits=logits, targets=targets, backend="sklearn", **kwargs)
+    find_slow_learnable(logits=logits, targets=targets, backend="sklearn", num_workers=0)
+
+
 def test_eval_view_in_another_order_fails_for_a_tensor_dataset():
     """A TensorDataset's labels are its second tensor: the eval view is checked against them."""
     logits, targets, _ = two_blob_logits()

@@ -819,3 +819,33 @@ def test_two_ranks_two_workers_count_every_key(tmp_path):
     for result in ranks:  # the gathered pass selects what one process selects
         assert result["selected"] == sorted(single.keys[single.mask].tolist())
         assert result["fingerprint"] == single.fingerprint
+
+
+def test_a_factor_whose_copies_would_not_fit_in_memory_is_refused():
+    """Issue #25 (sizes): the k - 1 copies of a selected item wait in the buffer at once, so a
+    factor whose copies exceed memory is refused when the wrapper is built, not while the
+    first selected item is pushed; with nothing selected the factor costs nothing."""
+    items = [{"__key__": "a"}, {"__key__": "b"}]
+    with pytest.raises(ValueError, match=r"upsample_factor=1000000000000 holds the"):
+        USEFULIterableDataset(items, ["a"], upsample_factor=10**12)
+    assert len(list(USEFULIterableDataset(items, [], upsample_factor=10**12))) == 2
+
+
+def test_epochs_beyond_int64_are_named():
+    stream = USEFULIterableDataset([], ["a"])
+    with pytest.raises(ValueError, match=r"epoch should be an integer in \[0, "):
+        stream.set_epoch(2**64)
+    with pytest.raises(ValueError, match=r"state\['epoch'\] should be an integer in \[0, "):
+        stream.load_state_dict({"epoch": 2**64, "pass": 0, "offset": 0, "taken": 0})
+
+
+def test_a_state_past_the_end_of_its_pass_is_refused_not_an_empty_epoch():
+    """A restored offset beyond the stream's part (another stream or split) would silently
+    yield nothing; it is refused when the pass is rebuilt. The pass's own length is fine."""
+    items = [{"__key__": f"k{i}"} for i in range(10)]
+    stream = USEFULIterableDataset(items, ["k1"])  # a pass: 11 items
+    stream.load_state_dict({"epoch": 0, "pass": 0, "offset": 12, "taken": 12})
+    with pytest.raises(ValueError, match=r"offset=12 items of pass 0, but .* has 11: the st"):
+        list(stream)
+    stream.load_state_dict({"epoch": 0, "pass": 0, "offset": 11, "taken": 11})
+    assert list(stream) == []  # saved at the pass's end: nothing left of it

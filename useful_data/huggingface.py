@@ -37,6 +37,7 @@ Simplicity Bias Improves In-distribution Generalization", NeurIPS 2024, Algorith
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import warnings
@@ -72,6 +73,8 @@ __all__ = ["SeparatingEpochCallback", "USEFULTrainer", "select_with_trainer"]
 #: Name of the selection file `USEFULTrainer` writes into every checkpoint folder, last: a
 #: checkpoint folder without it is incomplete (or not a phase-2 checkpoint).
 _SELECTION_FILE = "useful_selection.npz"
+#: The phase-2 settings a resume must match (``{"epoch_size": ...}``), written just before it.
+_SETTINGS_FILE = "useful_settings.json"
 #: Dataset columns read as class labels (``datasets.Dataset``), in the order tried.
 _LABEL_COLUMNS = ("labels", "label")
 #: Checkpoint folder names, as the Trainer writes and finds them.
@@ -409,6 +412,8 @@ class _SelectionCheckpoint(TrainerCallback):
             return
         folder = Path(str(args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if folder.is_dir():
+            settings = json.dumps({"epoch_size": self.trainer.epoch_size})
+            (folder / _SETTINGS_FILE).write_text(settings, encoding="utf-8")
             selection.save(folder / _SELECTION_FILE)  # last: it marks the folder complete
 
 
@@ -547,6 +552,7 @@ class USEFULTrainer(Trainer):
                 "phase-1 checkpoint)"
             )
         saved = Selection.load(path)
+        self._check_saved_settings(checkpoint)
         if self.selection is None:
             if self.train_dataset is not None:
                 _check_fits(saved, self.train_dataset)
@@ -564,6 +570,27 @@ class USEFULTrainer(Trainer):
                 f"({self.selection.num_slow_learnable} of {self.selection.num_examples} "
                 f"x{self.selection.upsample_factor}): the checkpoint holds a selection; pass "
                 "selection=None to resume it, or start a new run to use another"
+            )
+
+    def _check_saved_settings(self, checkpoint: Path) -> None:
+        """Refuse a resume whose ``epoch_size`` differs from the checkpoint's (checkpoints
+        saved before the settings file existed are not checked)."""
+        path = checkpoint / _SETTINGS_FILE
+        if not path.is_file():
+            return
+        try:
+            if path.stat().st_size > 2**16:
+                raise ValueError("larger than any USEFULTrainer writes")
+            saved = json.loads(path.read_text(encoding="utf-8"))["epoch_size"]
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as err:
+            raise ValueError(
+                f"checkpoint {str(checkpoint)!r} has an unreadable {_SETTINGS_FILE} ({err!r:.200})"
+            ) from None
+        if saved != self.epoch_size:
+            raise ValueError(
+                f"checkpoint {str(checkpoint)!r} was trained with epoch_size={saved!r:.50}, but "
+                f"this trainer has epoch_size={self.epoch_size}; pass epoch_size={saved!r:.50} "
+                "to resume it, or start a new run to use another"
             )
 
     def _build_sampler(self, train_dataset: Dataset[Any]) -> UpsampleSampler:

@@ -58,7 +58,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from useful_data._checks import check_positive_int, check_seed, check_upsample_factor
+from useful_data._checks import (
+    check_positive_int,
+    check_seed,
+    check_upsample_factor,
+    memory_bytes,
+)
 from useful_data._comm import get_rank, get_world_size
 from useful_data._keys import (
     DEFAULT_KEY,
@@ -80,6 +85,10 @@ T_co = TypeVar("T_co", covariant=True)
 
 #: DataLoader workers per process whose positions survive between epochs (``epoch_length``).
 _MAX_WORKERS = 256
+#: Bytes a copy waiting in the buffer holds at least (its heap entry: a tuple and two ints).
+_COPY_BYTES = 128
+#: Epochs and positions are kept in shared int64 memory.
+_INT64_MAX = 2**63 - 1
 
 
 def _selected_keys(
@@ -148,7 +157,8 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
     Raises:
         TypeError: for a selection without keys, keys of mixed kinds, a bad ``key``, or (while
             iterating) a stream key of the other kind than the selection's.
-        ValueError: for a repeated selected key or bad numbers.
+        ValueError: for a repeated selected key or bad numbers, or an ``upsample_factor``
+            whose copies of one selected item would not fit in memory.
 
     Example:
         >>> from torch.utils.data import IterableDataset
@@ -206,6 +216,14 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
         self.dataset = dataset
         self.key = key
         self.upsample_factor = check_upsample_factor(upsample_factor)
+        held = _COPY_BYTES * (self.upsample_factor - 1)  # a selected item's copies, at once
+        if len(keys) and held > memory_bytes():
+            raise ValueError(
+                f"upsample_factor={self.upsample_factor} holds the {self.upsample_factor - 1} "
+                f"extra copies of a selected item in the buffer at once ({held / 2**30:.3g} "
+                f"GiB), more than this machine's memory ({memory_bytes() / 2**30:.3g} GiB); "
+                "use a smaller upsample_factor (the paper: 2)"
+            )
         self.buffer_size = check_positive_int("buffer_size", buffer_size)
         self.seed = check_seed("seed", seed)
         self.transform = transform
@@ -243,7 +261,7 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
         """Draw other delays this epoch; passed on to the wrapped stream if it has
         ``set_epoch`` (a Hugging Face ``IterableDataset`` reshuffles with it), here and, when
         an epoch starts, in every DataLoader worker (persistent ones too)."""
-        self._shared[0] = check_positive_int("epoch", epoch, minimum=0)
+        self._shared[0] = check_seed("epoch", epoch, maximum=_INT64_MAX)
         inner = getattr(self.dataset, "set_epoch", None)
         if callable(inner):
             inner(epoch)
@@ -259,7 +277,7 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
         to that point (not yielding it) and goes on from there.
 
         Raises:
-            ValueError: for a state without the four non-negative integers.
+            ValueError: for a state without the four integers in ``[0, 2**63)``.
         """
         fields = ("epoch", "pass", "offset", "taken")
         if not isinstance(state, dict) or set(state) != set(fields):
@@ -267,7 +285,7 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
                 f"state should be a dict with the fields {fields} (from state_dict()), "
                 f"but got {state!r}"
             )
-        resume = {f: check_positive_int(f"state[{f!r}]", state[f], minimum=0) for f in fields}
+        resume = {f: check_seed(f"state[{f!r}]", state[f], maximum=_INT64_MAX) for f in fields}
         self._shared[0] = resume["epoch"]
         self._resume = resume
 
@@ -316,8 +334,13 @@ class USEFULIterableDataset(IterableDataset[T_co], Generic[T_co]):
             items = live[2]  # this process stopped there last epoch: go on
         else:
             items = self._pass(pass_number)
-            for _ in itertools.islice(items, offset):  # rebuild the pass up to there
-                pass
+            rebuilt = sum(1 for _ in itertools.islice(items, offset))  # the pass up to there
+            if rebuilt < offset:
+                raise ValueError(
+                    f"the state loaded with load_state_dict has offset={offset} items of pass "
+                    f"{pass_number}, but this process's part of the stream has {rebuilt}: the "
+                    "state comes from another stream, split or number of workers"
+                )
         while quota is None or position[3] < quota:
             for item in items:
                 position[2] += 1

@@ -59,7 +59,14 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from useful_data._checks import as_numpy, check_int, check_positive_int
+from useful_data._checks import (
+    as_numpy,
+    check_int,
+    check_positive_int,
+    check_seed,
+    check_upsample_factor,
+)
+from useful_data._cluster import check_backend
 from useful_data._resolve import resolve_selection
 from useful_data.sampler import UpsampleSampler
 from useful_data.selection import Selection, SelectionLike
@@ -93,6 +100,8 @@ logger = logging.getLogger(__name__)
 # find_slow_learnable arguments the callback fills in itself
 _OWN_FIND_ARGS = frozenset({"model", "dataset", "logits", "targets", "eval_dataset"})
 _STATE_VERSION = 1
+_STATE_FIELDS = ("separating_epoch", "restart_pending", "initial_state", "monitored", "selection")
+_SELECTION_FIELDS = ("mask", "loss", "targets", "upsample_factor", "params", "unsplit")
 # classes named in the summary printed after the selection
 _CLASSES_SHOWN = 10
 
@@ -171,7 +180,8 @@ class USEFUL(Callback):
             the wrong type (``selection`` not selection-like, ``eval_dataset`` neither a
             map-style dataset nor a function), or a removed argument is passed.
         ValueError: if ``separating_epoch < 1``, or ``find_kwargs`` names an argument the
-            callback fills in or one `find_slow_learnable` does not take. Errors about the
+            callback fills in or one `find_slow_learnable` does not take, or gives a number it
+            would refuse (``upsample_factor``, ``seed``, ``n_init``, ...). Errors about the
             trainer, the data and checkpoints are raised when the fit starts (see the
             Lightning guide).
 
@@ -346,15 +356,11 @@ class USEFUL(Callback):
             "initial_state": self._initial_state,
             "monitored": None if self._detector is None else list(self._detector.errors),
             "selection": selection,
+            "epoch_size": self.epoch_size,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        version = state_dict.get("version")
-        if version != _STATE_VERSION:
-            raise ValueError(
-                f"the checkpoint's USEFUL state has version={version!r}; this useful-data "
-                f"reads version {_STATE_VERSION}"
-            )
+        _check_state(state_dict)
         epoch = state_dict["separating_epoch"]
         if self._fixed_epoch is not None and epoch not in (None, self._fixed_epoch):
             raise ValueError(
@@ -376,6 +382,14 @@ class USEFUL(Callback):
                 )
             self._replay = list(state_dict["monitored"] or [])  # fed to the detector later
         else:
+            saved_size = state_dict.get("epoch_size", self.epoch_size)  # absent before 1.0
+            if saved_size != self.epoch_size:
+                raise ValueError(
+                    f"the checkpoint trained phase 2 with epoch_size={saved_size}, but this "
+                    f"callback has epoch_size={self.epoch_size}; pass epoch_size={saved_size} "
+                    "to resume it (its epochs continue through the same passes), or start a "
+                    "new run to use another"
+                )
             selection = _saved_selection(saved)
             if self._given is not None and not _same_selection(self._given, selection):
                 raise ValueError(
@@ -605,6 +619,19 @@ def _check_find_kwargs(find_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(
             f"find_kwargs: find_slow_learnable takes no {unknown}; it accepts {sorted(accepted)}"
         )
+    for name, value in kwargs.items():  # the numbers find_slow_learnable checks first
+        if name == "upsample_factor":
+            check_upsample_factor(value)
+        elif name == "seed":
+            check_seed(name, value)
+        elif name == "backend":
+            check_backend(value)
+        elif name in ("n_init", "batch_size", "max_examples") and not (
+            value is None and name != "n_init"
+        ):
+            check_positive_int(name, value)
+        elif name == "num_workers":
+            check_positive_int(name, value, minimum=0)
     return kwargs
 
 
@@ -617,6 +644,26 @@ def _check_selection_type(selection: object) -> None:
             "selection should be a Selection, a path to a saved one, a boolean mask or a "
             f"sequence of indices, but got selection={selection!r} of type "
             f"{type(selection).__name__}"
+        )
+    if isinstance(selection, Selection | str | os.PathLike):
+        return
+    # a mask or indices: what does not need N is checked now, the range when N is known
+    array = as_numpy("selection", selection)
+    if array.ndim != 1:
+        raise ValueError(f"selection should be 1-D, but got shape {tuple(array.shape)}")
+    if array.dtype == bool or not array.size:
+        return
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(
+            f"selection should be a boolean mask or integer indices, but got dtype {array.dtype}"
+        )
+    if int(array.min()) < 0:
+        raise ValueError(f"selection's indices should be >= 0, but got index {int(array.min())}")
+    values, counts = np.unique(array, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(
+            f"selection should not repeat an index (upsampling is set by upsample_factor), "
+            f"but index {int(values[counts > 1][0])} appears {int(counts.max())} times"
         )
 
 
@@ -632,6 +679,49 @@ def _check_eval_dataset(eval_dataset: Any) -> Dataset[Any] | Callable[[], Datase
             f"eval_dataset={eval_dataset!r} of type {type(eval_dataset).__name__}"
         )
     return eval_dataset
+
+
+def _check_state(state: Any) -> None:
+    """Raise a `ValueError` saying what is wrong if ``state`` is not a whole USEFUL state of
+    this version (a checkpoint cut short, edited, or of another useful-data)."""
+    if not isinstance(state, Mapping):
+        raise ValueError(
+            f"the checkpoint's USEFUL state should be a dict, but got {type(state).__name__}"
+        )
+    version = state.get("version")
+    if version != _STATE_VERSION:
+        raise ValueError(
+            f"the checkpoint's USEFUL state has version={version!r}; this useful-data "
+            f"reads version {_STATE_VERSION}"
+        )
+    missing = [k for k in _STATE_FIELDS if k not in state]
+    epoch, monitored, saved = (state.get(k) for k in ("separating_epoch", "monitored", "selection"))
+    problem = None
+    if missing:
+        problem = f"is missing {missing}"
+    elif epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+        problem = f"has separating_epoch={epoch!r:.100}, not None or an integer >= 0"
+    elif not isinstance(state["restart_pending"], bool):
+        problem = f"has restart_pending={state['restart_pending']!r:.100}, not a bool"
+    elif monitored is not None and not isinstance(monitored, list | tuple):
+        problem = f"has monitored={monitored!r:.100}, not None or a list of numbers"
+    elif saved is not None:
+        fields = (
+            ("given",) if isinstance(saved, Mapping) and "given" in saved else _SELECTION_FIELDS
+        )
+        if not isinstance(saved, Mapping) or any(k not in saved for k in fields):
+            problem = f"should hold a selection with the fields {fields}, but got {saved!r:.200}"
+        elif any(
+            not isinstance(saved[k], torch.Tensor)
+            for k in ("given", "mask", "loss", "targets")
+            if k in saved
+        ):
+            problem = "should hold the selection's arrays as tensors"
+    if problem is not None:
+        raise ValueError(
+            f"the checkpoint's USEFUL state {problem}: the checkpoint is incomplete or was "
+            "not written by USEFUL; resume from another checkpoint or start a new fit"
+        )
 
 
 def _saved_selection(saved: Mapping[str, Any]) -> SelectionLike:
@@ -650,14 +740,19 @@ def _saved_selection(saved: Mapping[str, Any]) -> SelectionLike:
             f"the checkpoint's USEFUL state should hold the selection params as a JSON "
             f"object, but got {type(params).__name__}"
         )
-    return Selection(
-        mask=saved["mask"].numpy(),
-        loss=saved["loss"].numpy(),
-        targets=saved["targets"].numpy(),
-        upsample_factor=saved["upsample_factor"],
-        params=params,
-        unsplit=dict(saved["unsplit"]),
-    )
+    try:
+        return Selection(
+            mask=saved["mask"].numpy(),
+            loss=saved["loss"].numpy(),
+            targets=saved["targets"].numpy(),
+            upsample_factor=saved["upsample_factor"],
+            params=params,
+            unsplit=dict(saved["unsplit"]),
+        )
+    except (TypeError, ValueError) as err:  # dict() of a non-pair list raises either
+        raise ValueError(
+            f"the checkpoint's USEFUL state holds a malformed selection: {err}"
+        ) from None
 
 
 def _same_selection(given: SelectionLike, saved: SelectionLike) -> bool:

@@ -106,7 +106,8 @@ class UpsampleSampler(DistributedSampler[int]):
         ValueError: if a number is out of range, ``rank >= num_replicas``, the
             selection does not match ``num_examples``, ``epoch_size`` is given for an
             empty dataset or exceeds ``upsample_factor * num_examples``, or the upsampled
-            multiset (or an epoch) would not fit in memory.
+            multiset, an epoch, an epoch padded for ``num_replicas`` or the mask of
+            ``num_examples`` would not fit in memory.
         RuntimeError: when an epoch starts (or ``len`` is asked) with ``num_replicas > 1``
             while an ``accelerate.Accelerator`` exists (build it with ``num_replicas=1,
             rank=0`` there).
@@ -141,6 +142,12 @@ class UpsampleSampler(DistributedSampler[int]):
         # num_replicas/rank, an initialised process group, which is read here per epoch.
         if num_examples is not None:
             num_examples = check_positive_int("num_examples", num_examples, minimum=0)
+            if 9 * num_examples > memory_bytes():  # a bool mask and an int64 index of N
+                raise ValueError(
+                    f"num_examples={num_examples} makes a mask and an index "
+                    f"({9 * num_examples / 2**30:.3g} GiB) that exceed this machine's memory "
+                    f"({memory_bytes() / 2**30:.3g} GiB); pass the dataset's length"
+                )
         mask, sel = resolve_selection(selection, num_examples)
         if upsample_factor is None:
             upsample_factor = sel.upsample_factor if sel is not None else 2
@@ -162,6 +169,8 @@ class UpsampleSampler(DistributedSampler[int]):
         self._epoch_size: int | None = None
         if epoch_size is not None:
             self._epoch_size = _check_epoch_size(epoch_size, len(mask), self.upsample_factor)
+        if self._num_replicas is not None:
+            self._check_padded(self._num_replicas)
         # Resumption: (epoch, position) to start the next iteration of that epoch from, and
         # the running epoch's (epoch, start, length, iterator) to tell how far it has got.
         self._resume: tuple[int, int] | None = None
@@ -202,7 +211,20 @@ class UpsampleSampler(DistributedSampler[int]):
                 "Accelerate deals it out"
             )
         _check_rank(rank, replicas)
+        self._check_padded(replicas)
         return replicas, rank
+
+    def _check_padded(self, replicas: int) -> None:
+        """Refuse ``num_replicas`` whose padded epoch (``DistributedSampler`` repeats indices
+        until every replica has as many) would not fit in memory, before it is allocated."""
+        total_size = self._sizes(replicas)[1]
+        if 16 * total_size > memory_bytes():  # int64 indices, twice while padded
+            raise ValueError(
+                f"num_replicas={replicas} pads an epoch of {self.epoch_size} indices to "
+                f"{total_size} (one per replica at least), whose index "
+                f"({16 * total_size / 2**30:.3g} GiB) exceeds this machine's memory; "
+                "num_replicas should be the number of training processes"
+            )
 
     def _sizes(self, replicas: int) -> tuple[int, int]:
         """``(num_samples, total_size)`` per ``DistributedSampler``'s arithmetic."""
@@ -343,7 +365,8 @@ class UpsampleSampler(DistributedSampler[int]):
 
         Raises:
             TypeError: if ``state_dict`` is not a mapping of integers.
-            ValueError: if a key is missing, ``yielded`` is negative, or the state comes from a
+            ValueError: if a key is missing, ``yielded`` is negative or more than this
+                process's indices an epoch, or the state comes from a
                 sampler with another seed, multiset size (another selection or factor) or
                 ``epoch_size``.
         """
@@ -375,6 +398,12 @@ class UpsampleSampler(DistributedSampler[int]):
                     f"sampler's is {own} (same selection, upsample_factor, seed and "
                     "epoch_size needed)"
                 )
+        if state["yielded"] > self.num_samples:
+            raise ValueError(
+                f"state_dict['yielded'] should be at most the {self.num_samples} indices this "
+                f"process yields an epoch, but got {state['yielded']}; it comes from a sampler "
+                "with other num_replicas or drop_last, or was edited"
+            )
         self.epoch = state["epoch"]
         self._resume = (state["epoch"], state["yielded"])
         self._running = None

@@ -185,7 +185,9 @@ def find_slow_learnable(
 
     Raises:
         TypeError: if neither ``model`` nor ``logits`` is given, or both are.
-        ValueError: for non-finite outputs, mismatched lengths or labels, or bad arguments.
+        ValueError: for non-finite outputs, mismatched lengths or labels, or bad arguments
+            (among them a setting of the forward pass, such as ``batch_size=``, or ``key=``,
+            given with ``logits=``: it would be ignored).
 
     Example:
         >>> import torch
@@ -207,6 +209,14 @@ def find_slow_learnable(
     upsample_factor = check_upsample_factor(upsample_factor)
     sharded = resolve_distributed(distributed)
     stream, max_examples = _check_sources(model, dataset, logits, key, max_examples)
+    if logits is not None:  # the forward pass's settings would be silently ignored
+        _refuse_forward_settings(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            autocast_dtype=autocast_dtype,
+            channels_last=channels_last,
+            eval_dataset=eval_dataset,
+        )
     keys: np.ndarray | None = None  # a stream's keys, row for row
     if model is not None:
         device = torch.device(device) if device is not None else model_device(model)
@@ -339,6 +349,17 @@ def _record_dataset_labels(selection: Selection, dataset: Dataset[Any] | None) -
     if exposed is None or selection.fits(exposed):
         return selection
     return dataclasses.replace(selection, data_fingerprint=dataset_fingerprint(exposed))
+
+
+def _refuse_forward_settings(**settings: Any) -> None:
+    """Raise a `ValueError` for a setting of the model's forward pass given with ``logits=``
+    (``num_workers`` counts when not 0, the others when not ``None``)."""
+    for name, value in settings.items():
+        if value is not None and not (name == "num_workers" and value == 0):
+            raise ValueError(
+                f"{name}= applies to the model's forward pass only, but got {name}="
+                f"{value!r:.100} with logits=, which are used as given; drop {name}="
+            )
 
 
 def _cluster_device(

@@ -74,7 +74,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from useful_data._checks import as_numpy, check_upsample_factor
+from useful_data._checks import as_numpy, check_upsample_factor, memory_bytes
 from useful_data._comm import all_gather_equal, comm_device, resolve_distributed
 from useful_data._resolve import resolve_selection
 from useful_data._targets import dataset_targets
@@ -92,6 +92,8 @@ _EQUAL_SCORES = "all examples have the same score"
 
 # the per-example columns of one epoch's observations: index, label, correct, loss
 _COLUMNS = 4
+#: Bytes of statistics kept per example (`TrainingDynamics._init_state`'s arrays).
+_BYTES_PER_EXAMPLE = 53
 # the O(N) arrays of the record, as named in state_dict (attributes ``_<name>``)
 _STATE_FIELDS = (
     "targets", "seen", "correct", "conf", "conf_sq", "loss", "forgetting",
@@ -173,7 +175,7 @@ class TrainingDynamics:
 
     Raises:
         TypeError: if ``num_examples`` is not an integer.
-        ValueError: if ``num_examples < 1``.
+        ValueError: if ``num_examples < 1``, or its statistics would not fit in memory.
 
     Example:
         >>> import torch
@@ -199,6 +201,13 @@ class TrainingDynamics:
         if num_examples < 1:
             raise ValueError(
                 f"num_examples should be an integer >= 1, but got num_examples={num_examples}"
+            )
+        if _BYTES_PER_EXAMPLE * num_examples > memory_bytes():
+            raise ValueError(
+                f"num_examples={num_examples} needs {_BYTES_PER_EXAMPLE} bytes of statistics "
+                f"per example ({_BYTES_PER_EXAMPLE * num_examples / 2**30:.3g} GiB), more "
+                f"than this machine's memory ({memory_bytes() / 2**30:.3g} GiB); pass the "
+                "training set's length"
             )
         if distributed is not None and not isinstance(distributed, bool):
             raise TypeError(
