@@ -189,3 +189,11 @@ def test_gpu_extras_are_one_per_cuda_major_and_gpu_follows_the_pinned_torch():
     torch_pin = next(d for d in extras["dev"] if d.startswith("torch=="))
     assert torch_pin == "torch==2.14.1"  # a CUDA 13 build on PyPI: gpu is gpu-cu13
     assert extras["gpu"] == extras["gpu-cu13"]
+
+
+@pytest.mark.parametrize("n_init", [0, 1001, 10**9])
+def test_n_init_is_bounded_at_construction(n_init):
+    """A restart count in the millions would run for hours before failing or returning."""
+    with pytest.raises(ValueError, match="n_init should be an integer"):
+        _cluster.KMeans2("torch", n_init=n_init)
+    assert _cluster.KMeans2("torch", n_init=_cluster.N_INIT_MAX).n_init == 1000

@@ -641,6 +641,7 @@ def test_an_incomplete_or_edited_state_is_a_value_error(cut, message):
         ({"upsample_factor": 2.0}, TypeError, "upsample_factor should be an integer"),
         ({"seed": -1}, ValueError, "seed should be an integer >= 0"),
         ({"n_init": 0}, ValueError, "n_init should be an integer >= 1"),
+        ({"n_init": 10**9}, ValueError, r"n_init should be an integer in \[1, 1000\]"),
         ({"batch_size": 0}, ValueError, "batch_size should be an integer >= 1"),
         ({"max_examples": -5}, ValueError, "max_examples should be an integer >= 1"),
         ({"num_workers": -1}, ValueError, "num_workers should be an integer >= 0"),

@@ -112,6 +112,11 @@ def test_identical_outputs_warn_and_are_not_split():
         ({}, TypeError, "exactly one source"),
         ({"logits": np.zeros((4, 2)), "targets": [0, 1, 0, 1], "n_init": 0}, ValueError, "n_init"),
         (
+            {"logits": np.zeros((4, 2)), "targets": [0, 1, 0, 1], "n_init": 10**9},
+            ValueError,
+            r"n_init should be an integer in \[1, 1000\]",
+        ),
+        (
             {"logits": np.zeros((4, 2)), "targets": [0, 1, 0, 1], "backend": "gpu"},
             ValueError,
             "backend",

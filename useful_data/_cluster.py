@@ -31,15 +31,32 @@ from useful_data._checks import check_positive_int, check_seed
 
 __all__ = [
     "BACKENDS",
+    "N_INIT_MAX",
     "Backend",
     "KMeans2",
     "check_backend",
+    "check_n_init",
     "cuml_usable",
     "gpu_extra",
     "resolve_backend",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The most k-means restarts accepted. The paper and scikit-learn use 10; a thousand is ample for
+#: any study of restarts, and a larger count only runs for hours before anything is returned.
+N_INIT_MAX = 1000
+
+
+def check_n_init(n_init: object) -> int:
+    """Return ``n_init`` as an ``int`` in ``[1, N_INIT_MAX]``, else raise (the argument named)."""
+    value = check_positive_int("n_init", n_init)
+    if value > N_INIT_MAX:
+        raise ValueError(
+            f"n_init should be an integer in [1, {N_INIT_MAX}] (the paper and scikit-learn use "
+            f"10), but got n_init={value}"
+        )
+    return value
 
 Backend: TypeAlias = Literal["auto", "cuml", "sklearn", "torch"]
 BACKENDS: tuple[str, ...] = ("auto", "cuml", "sklearn", "torch")
@@ -167,7 +184,7 @@ class KMeans2:
     ) -> None:
         self.requested = backend
         self.backend = resolve_backend(backend)
-        self.n_init = check_positive_int("n_init", n_init)
+        self.n_init = check_n_init(n_init)
         self.seed = check_seed("seed", seed)
         self.device = torch.device("cpu" if device is None else device)
 

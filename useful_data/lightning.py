@@ -66,7 +66,7 @@ from useful_data._checks import (
     check_seed,
     check_upsample_factor,
 )
-from useful_data._cluster import check_backend
+from useful_data._cluster import check_backend, check_n_init
 from useful_data._resolve import resolve_selection
 from useful_data.sampler import UpsampleSampler
 from useful_data.selection import Selection, SelectionLike
@@ -626,9 +626,9 @@ def _check_find_kwargs(find_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
             check_seed(name, value)
         elif name == "backend":
             check_backend(value)
-        elif name in ("n_init", "batch_size", "max_examples") and not (
-            value is None and name != "n_init"
-        ):
+        elif name == "n_init":
+            check_n_init(value)
+        elif name in ("batch_size", "max_examples") and value is not None:
             check_positive_int(name, value)
         elif name == "num_workers":
             check_positive_int(name, value, minimum=0)

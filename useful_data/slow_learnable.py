@@ -41,7 +41,7 @@ from useful_data._checks import (
     check_sized,
     check_upsample_factor,
 )
-from useful_data._cluster import KMeans2, check_backend
+from useful_data._cluster import KMeans2, check_backend, check_n_init
 from useful_data._comm import resolve_distributed
 from useful_data._deprecation import moved_names
 from useful_data._keys import KeySpec
@@ -203,7 +203,7 @@ def find_slow_learnable(
     if features not in FEATURES:
         raise ValueError(f"features should be one of {FEATURES}, but got features={features!r}")
     _check_strategy(strategy)
-    n_init = check_positive_int("n_init", n_init)
+    n_init = check_n_init(n_init)
     seed = check_seed("seed", seed)
     check_backend(backend)  # an unknown or unusable backend fails before the forward pass
     upsample_factor = check_upsample_factor(upsample_factor)
