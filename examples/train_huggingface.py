@@ -148,3 +148,5 @@ def main(argv: list[str] | None = None) -> float:
 
 if __name__ == "__main__":
     main()
+    if torch.distributed.is_initialized():  # torchrun: the Trainer leaves the group open
+        torch.distributed.destroy_process_group()

@@ -196,6 +196,11 @@ for block in blocks:
     # pad with blank lines so that tracebacks show the line numbers of the Markdown page
     code = compile("\\n" * (block["line"] - 1) + block["source"], page, "exec")
     exec(code, namespace)
+# as a torchrun script should end: a process group left up can abort the interpreter's exit
+# ("terminate called without an active exception") after the page has run
+import torch.distributed as dist
+if dist.is_available() and dist.is_initialized():
+    dist.destroy_process_group()
 """
 
 
