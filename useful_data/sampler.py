@@ -24,9 +24,9 @@ Where training frameworks are concerned, the rule is that exactly one party shar
   sampler it is given, so there the sampler must not: build it with
   ``num_replicas=1, rank=0``, and it yields the whole multiset, the same on every process, for
   Accelerate to deal out. That is the one switch, and it is explicit: once an
-  ``accelerate.Accelerator`` exists in the process, a sampler that would shard itself
-  (``num_replicas > 1``, given or read from the process group) raises a ``RuntimeError`` that
-  says so, rather than lose data to a second sharding.
+  ``accelerate.Accelerator`` of several processes exists in the process, a sampler that
+  would shard itself (``num_replicas > 1``, given or read from the process group) raises a
+  ``RuntimeError`` that says so, rather than lose data to a second sharding.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ class UpsampleSampler(DistributedSampler[int]):
     Under Accelerate's ``prepare`` (and in a Hugging Face ``Trainer`` subclass), which shard
     the batches themselves, build it with ``num_replicas=1, rank=0``: it then yields the whole
     multiset on every process and Accelerate deals it out (``len(loader)`` before
-    ``prepare`` is the whole epoch's). Once an ``accelerate.Accelerator`` exists in the
-    process, a sampler that would shard itself (``num_replicas > 1``) raises a
-    ``RuntimeError`` instead of sharding a second time.
+    ``prepare`` is the whole epoch's). Once an ``accelerate.Accelerator`` of several
+    processes exists in the process, a sampler that would shard itself
+    (``num_replicas > 1``) raises a ``RuntimeError`` instead of sharding a second time.
 
     Args:
         selection: A `Selection`, a path to a saved one, a boolean mask of
@@ -109,8 +109,8 @@ class UpsampleSampler(DistributedSampler[int]):
             multiset, an epoch, an epoch padded for ``num_replicas`` or the mask of
             ``num_examples`` would not fit in memory.
         RuntimeError: when an epoch starts (or ``len`` is asked) with ``num_replicas > 1``
-            while an ``accelerate.Accelerator`` exists (build it with ``num_replicas=1,
-            rank=0`` there).
+            while an ``accelerate.Accelerator`` of several processes exists (build it with
+            ``num_replicas=1, rank=0`` there).
 
     Example:
         >>> sampler = UpsampleSampler([1, 3], num_examples=5, shuffle=False)
