@@ -10,7 +10,7 @@ import numpy as np
 from useful_data._checks import as_numpy, indices_to_mask
 from useful_data.selection import Selection, SelectionLike
 
-__all__ = ["refuse_keyed", "resolve_selection"]
+__all__ = ["refuse_keyed", "resolve_selection", "same_selection"]
 
 
 def refuse_keyed(selection: Selection, name: str) -> None:
@@ -77,3 +77,26 @@ def resolve_selection(
             f"booleans ({name}.astype(bool) or tensor.bool()); for indices, distinct ones"
         )
     return indices_to_mask(array, num_examples, name=name), None
+
+
+def same_selection(given: SelectionLike, saved: SelectionLike) -> bool:
+    """Whether two selections upsample the same examples by the same factor, and, for two
+    `Selection` objects, were computed on the same labels: the one rule by which a resumed
+    checkpoint's selection and a ``selection=`` argument are compared (Lightning, the HF
+    ``Trainer``)."""
+    if isinstance(given, Selection) and isinstance(saved, Selection):
+        return (
+            np.array_equal(given.mask, saved.mask)
+            and given.upsample_factor == saved.upsample_factor
+            and given.fingerprint == saved.fingerprint
+        )
+    return np.array_equal(_selected_indices(given), _selected_indices(saved))
+
+
+def _selected_indices(selection: SelectionLike) -> np.ndarray:
+    if isinstance(selection, Selection):
+        return selection.indices
+    array = as_numpy("selection", selection)
+    if array.dtype == bool:
+        return np.flatnonzero(array)
+    return np.unique(array.astype(np.int64))

@@ -63,6 +63,8 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
 
 from useful_data._checks import check_positive_int
 from useful_data._deprecation import moved_names
+from useful_data._resolve import same_selection
+from useful_data._summary import selected_per_class
 from useful_data.sampler import UpsampleSampler
 from useful_data.selection import Selection
 from useful_data.separating_epoch import SeparatingEpoch
@@ -79,8 +81,6 @@ _SETTINGS_FILE = "useful_settings.json"
 _LABEL_COLUMNS = ("labels", "label")
 #: Checkpoint folder names, as the Trainer writes and finds them.
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-#: Classes listed by name in the summary printed after the selection.
-_SUMMARY_CLASSES = 10
 
 
 def _check_map_style(name: str, dataset: Any) -> None:
@@ -244,12 +244,7 @@ def _summary(selection: Selection, state: TrainerState) -> str:
     """A few lines on the selection: selected per class, separation and compute cost (with
     ``t`` the epochs phase 1 trained and ``T`` its schedule's, from the Trainer's state)."""
     n, s = selection.num_examples, selection.num_slow_learnable
-    classes = selection.class_summary()
-    per_class = ", ".join(
-        f"{c.label}: {c.num_slow_learnable}/{c.num_examples}" for c in classes[:_SUMMARY_CLASSES]
-    )
-    if len(classes) > _SUMMARY_CLASSES:
-        per_class += f", ... ({len(classes)} classes)"
+    per_class = selected_per_class(selection)
     separation = selection.separation
     verdict = "weak" if separation.weak else "ok"
     t, total = round(state.epoch or 0), int(state.num_train_epochs or 0)
@@ -558,11 +553,7 @@ class USEFULTrainer(Trainer):
                 _check_fits(saved, self.train_dataset)
             self.selection = saved
             return
-        if not (
-            np.array_equal(saved.mask, self.selection.mask)
-            and saved.upsample_factor == self.selection.upsample_factor
-            and saved.fingerprint == self.selection.fingerprint
-        ):
+        if not same_selection(saved, self.selection):
             raise ValueError(
                 f"checkpoint {str(checkpoint)!r} was trained on another selection "
                 f"({saved.num_slow_learnable} of {saved.num_examples} examples upsampled "

@@ -67,7 +67,8 @@ from useful_data._checks import (
     check_upsample_factor,
 )
 from useful_data._cluster import check_backend, check_n_init
-from useful_data._resolve import resolve_selection
+from useful_data._resolve import resolve_selection, same_selection
+from useful_data._summary import selected_per_class
 from useful_data.sampler import UpsampleSampler
 from useful_data.selection import Selection, SelectionLike
 from useful_data.separating_epoch import SeparatingEpoch
@@ -102,8 +103,6 @@ _OWN_FIND_ARGS = frozenset({"model", "dataset", "logits", "targets", "eval_datas
 _STATE_VERSION = 1
 _STATE_FIELDS = ("separating_epoch", "restart_pending", "initial_state", "monitored", "selection")
 _SELECTION_FIELDS = ("mask", "loss", "targets", "upsample_factor", "params", "unsplit")
-# classes named in the summary printed after the selection
-_CLASSES_SHOWN = 10
 
 
 class _UpsampledSource(_DataLoaderSource):
@@ -391,7 +390,7 @@ class USEFUL(Callback):
                     "new run to use another"
                 )
             selection = _saved_selection(saved)
-            if self._given is not None and not _same_selection(self._given, selection):
+            if self._given is not None and not same_selection(self._given, selection):
                 raise ValueError(
                     "the checkpoint holds a selection that differs from the selection= given "
                     "to USEFUL; pass selection=None to resume it, or start a new run to use "
@@ -503,14 +502,7 @@ class USEFUL(Callback):
         """The selection as a user checks it: per class, separation, relative cost."""
         t, total = self.separating_epoch or 0, self._total_epochs
         n, k = selection.num_examples, selection.num_slow_learnable
-        classes = selection.class_summary()
-        shown = ", ".join(
-            f"{c.label}: {c.num_slow_learnable}/{c.num_examples}"
-            + (f" (not split: {c.note})" if c.note else "")
-            for c in classes[:_CLASSES_SHOWN]
-        )
-        if len(classes) > _CLASSES_SHOWN:
-            shown += f", ... ({len(classes)} classes)"
+        shown = selected_per_class(selection, notes=True)
         separation = selection.separation
         cost = selection.relative_cost(
             separating_epoch=t, total_epochs=total, epoch_size=self.epoch_size
@@ -753,25 +745,6 @@ def _saved_selection(saved: Mapping[str, Any]) -> SelectionLike:
         raise ValueError(
             f"the checkpoint's USEFUL state holds a malformed selection: {err}"
         ) from None
-
-
-def _same_selection(given: SelectionLike, saved: SelectionLike) -> bool:
-    """Whether two selections upsample the same examples by the same factor."""
-    if isinstance(given, Selection) and isinstance(saved, Selection):
-        return (
-            np.array_equal(given.mask, saved.mask)
-            and given.upsample_factor == saved.upsample_factor
-        )
-    return np.array_equal(_selected_indices(given), _selected_indices(saved))
-
-
-def _selected_indices(selection: SelectionLike) -> np.ndarray:
-    if isinstance(selection, Selection):
-        return selection.indices
-    array = as_numpy("selection", selection)
-    if array.dtype == bool:
-        return np.flatnonzero(array)
-    return np.unique(array.astype(np.int64))
 
 
 def _with_sampler(loader: DataLoader[Any], sampler: DistributedSampler[int]) -> DataLoader[Any]:
